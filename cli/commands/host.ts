@@ -1,0 +1,68 @@
+/**
+ * Host and tooling commands: schema, doctor, completions, version, and the
+ * hidden `complete` callback used by the completion scripts. None of these
+ * loads a native library except `doctor` and `version`, which ask the
+ * engines (lazily) what this host can do.
+ * @module
+ */
+import type { Command } from "@commander-js/extra-typings";
+import { jsonSchema } from "../../core/spec/schema.ts";
+import { Store } from "../../core/store/store.ts";
+import { VERSION } from "../../core/version.ts";
+import { CoveError, ExitCode } from "../../core/errors.ts";
+import { completionTree, printScript, type Shell, SHELLS } from "../completions.ts";
+import { out, outJson, parseFormat } from "../output.ts";
+
+/** Registers the host and tooling commands. */
+export function register(program: Command): void {
+  program.command("schema")
+    .description("print the JSON Schema of cove.yaml (for editors)")
+    .action(() => outJson(jsonSchema()));
+
+  program.command("doctor")
+    .description("check this host: OS, engines, QEMU and accelerator, the VZ library")
+    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .action(async (opts) => {
+      const { doctor, doctorText } = await import("../../core/doctor.ts");
+      const report = await doctor();
+      if (opts.format === "json") outJson(report);
+      else out(doctorText(report));
+    });
+
+  program.command("completions")
+    .description("print shell completions: bash, zsh or fish")
+    .argument("<shell>", "bash, zsh or fish")
+    .action((shell) => {
+      if (!(SHELLS as readonly string[]).includes(shell)) {
+        throw new CoveError("usage.shell", `'${shell}' is not a supported shell`, {
+          hint: "use bash, zsh or fish",
+          exit: ExitCode.Usage,
+        });
+      }
+      printScript(shell as Shell);
+    });
+
+  program.command("complete", { hidden: true })
+    .description("completion callback for the shell scripts")
+    .argument("[words...]")
+    .allowUnknownOption(true)
+    .helpOption(false)
+    .action(async (words) => {
+      const names = (await new Store().list().catch(() => [])).map((v) => v.name);
+      // deno-lint-ignore no-explicit-any
+      completionTree(program as any, () => names).parse(words ?? []);
+    });
+
+  program.command("version")
+    .description("print the versions of cove, Deno, the VZ library and the engines")
+    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .action(async (opts) => {
+      const { versionInfo } = await import("../../core/doctor.ts");
+      const v = await versionInfo();
+      if (opts.format === "json") return outJson(v);
+      out(`cove ${VERSION}`);
+      out(`deno ${v.deno}`);
+      out(`vz library ABI ${v.vzAbi ?? "not loaded"}${v.vzAbiNote ? ` (${v.vzAbiNote})` : ""}`);
+      out(`engines: ${v.engines.map((e) => `${e.id}${e.available ? "" : " (unavailable)"}`).join(", ")}`);
+    });
+}

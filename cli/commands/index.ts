@@ -1,0 +1,16 @@
+/**
+ * The list of command modules, in the order `cove --help` shows them.
+ * Each exports `register(program)`.
+ * @module
+ */
+import type { Command } from "@commander-js/extra-typings";
+import * as vm from "./vm.ts";
+import * as host from "./host.ts";
+
+/** A module that adds commands to the program. */
+export interface CommandModule {
+  register(program: Command): void;
+}
+
+/** Every command module. */
+export const commandModules: CommandModule[] = [vm, host];

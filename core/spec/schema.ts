@@ -1,0 +1,211 @@
+/**
+ * The VM spec (`cove.yaml`): one zod schema from which the static types and
+ * the JSON Schema printed by `cove schema` are both derived. This module only
+ * says what a spec may contain; {@link ./load.ts} parses YAML with positions
+ * and {@link ./defaults.ts} fills in per-os/arch/host defaults.
+ *
+ * Every key is optional in the file; a loaded spec has defaults applied, so
+ * engines read {@link VmSpec} with everything filled in.
+ * @module
+ */
+import { z } from "zod";
+import { SIZE_PATTERN } from "../units.ts";
+
+/** A size such as `4GiB`, `512MiB`, `64G`, or a byte count. */
+export const Size = z.union([
+  z.string().regex(new RegExp(SIZE_PATTERN), {
+    error: "expected a size such as 512MiB, 4GiB or 64G",
+  }),
+  z.int().nonnegative(),
+]).meta({ description: "A size: a number with a binary unit (512MiB, 4GiB, 64G) or bytes." });
+
+/** A MAC address, colon separated, lower or upper case. */
+export const MacAddress = z.string().regex(/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/, {
+  error: "expected a MAC address like 52:54:00:12:34:56",
+});
+
+export const Os = z.enum(["macos", "linux"]);
+export const Arch = z.enum(["arm64", "x86_64"]);
+export const EngineName = z.enum(["auto", "vz", "qemu"]);
+
+/** A disk attached to the VM. The first disk is the root (boot) disk. */
+export const Disk = z.strictObject({
+  path: z.string().min(1).meta({
+    description: "Image file, relative to the bundle or absolute. Raw (sparse) unless format says.",
+  }),
+  size: Size.optional().meta({
+    description: "Size to create or grow the image to. Disks only grow.",
+  }),
+  format: z.enum(["raw", "asif", "qcow2"]).default("raw").meta({
+    description: "Image format. cove writes raw; asif needs macOS 26 with vz; qcow2 needs qemu.",
+  }),
+  media: z.enum(["disk", "cdrom"]).default("disk").meta({
+    description: "cdrom attaches an ISO installer (vz: USB mass storage, qemu: a CD drive).",
+  }),
+  readOnly: z.boolean().default(false),
+  cache: z.enum(["auto", "cached", "uncached"]).default("auto").meta({
+    description: "Host caching: auto, cached (host page cache) or uncached (direct I/O).",
+  }),
+  sync: z.enum(["full", "fsync", "none"]).default("full").meta({
+    description: "Flush behaviour: full (F_FULLFSYNC), fsync, or none (fastest, unsafe on crash).",
+  }),
+  bus: z.enum(["virtio", "nvme", "usb"]).default("virtio"),
+});
+
+/** A host to guest port forward, for `user` networking. */
+export const PortForward = z.strictObject({
+  host: z.int().min(0).max(65535).meta({ description: "Host port; 0 picks a free one." }),
+  guest: z.int().min(1).max(65535),
+  protocol: z.enum(["tcp", "udp"]).default("tcp"),
+  address: z.string().default("127.0.0.1").meta({ description: "Host address to bind." }),
+});
+
+/** A network interface. */
+export const Network = z.strictObject({
+  mode: z.enum(["nat", "bridged", "user", "none"]).meta({
+    description:
+      "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; none: no network.",
+  }),
+  interface: z.string().optional().meta({
+    description: "Host interface to bridge to (bridged only), e.g. en0.",
+  }),
+  mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
+  forwards: z.array(PortForward).default([]),
+});
+
+/** A host directory shared with the guest. */
+export const Share = z.strictObject({
+  path: z.string().min(1).meta({ description: "Host directory." }),
+  tag: z.string().regex(/^[A-Za-z0-9_.-]{1,36}$/, {
+    error: "expected 1 to 36 letters, digits, '_', '.' or '-'",
+  }).optional().meta({ description: "virtiofs/9p tag; defaults to the directory's name." }),
+  readOnly: z.boolean().default(false),
+  mountPoint: z.string().optional().meta({
+    description: "Where cloud-init mounts it in a Linux guest.",
+  }),
+  automount: z.boolean().default(false).meta({
+    description: "macOS guests: use the automount tag so it appears under /Volumes/My Shared Files.",
+  }),
+});
+
+export const Boot = z.strictObject({
+  loader: z.enum(["macos", "efi", "kernel"]).meta({
+    description: "macos: Mac boot loader; efi: UEFI with a variable store; kernel: direct kernel.",
+  }),
+  kernel: z.string().optional().meta({ description: "Kernel image (kernel loader)." }),
+  initrd: z.string().optional(),
+  cmdline: z.string().optional(),
+  variableStore: z.string().optional().meta({
+    description: "EFI variable store, relative to the bundle (efi loader).",
+  }),
+});
+
+export const Display = z.union([
+  z.literal("none"),
+  z.strictObject({
+    width: z.int().min(320).max(8192).default(1920),
+    height: z.int().min(200).max(8192).default(1200),
+    ppi: z.int().min(72).max(500).default(144),
+  }),
+]).meta({ description: "A graphical display, or 'none' for headless." });
+
+export const Serial = z.strictObject({
+  mode: z.enum(["log", "pty", "none"]).default("log").meta({
+    description: "log: console.log in the bundle (and cove console); pty: a host pty; none.",
+  }),
+  path: z.string().optional().meta({ description: "Log file (log mode); default console.log." }),
+});
+
+export const Provision = z.strictObject({
+  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, {
+    error: "expected a Unix user name (lower case, digits, '_' or '-')",
+  }).optional(),
+  sshKeys: z.array(z.string()).default([]).meta({
+    description: "Public keys; cove's own key is added when empty.",
+  }),
+  hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/, {
+    error: "expected a hostname (letters, digits and '-')",
+  }).optional(),
+  commands: z.array(z.string()).default([]).meta({
+    description: "Extra shell commands run once at first boot.",
+  }),
+  sshPort: z.int().min(1).max(65535).default(22),
+});
+
+export const QemuOptions = z.strictObject({
+  accel: z.enum(["auto", "kvm", "hvf", "tcg"]).default("auto").meta({
+    description: "Accelerator; COVE_QEMU_ACCEL overrides it.",
+  }),
+  binary: z.string().optional().meta({ description: "qemu-system-* binary to use." }),
+  machine: z.string().optional().meta({ description: "Machine type; default q35 or virt." }),
+  cpu: z.string().optional().meta({ description: "CPU model; default host or max." }),
+  args: z.array(z.string()).default([]).meta({ description: "Extra arguments, appended." }),
+});
+
+/** The whole VM spec as written in cove.yaml. */
+export const SpecSchema = z.strictObject({
+  os: Os.optional(),
+  arch: Arch.optional(),
+  engine: EngineName.default("auto"),
+  cpus: z.int().min(1).max(256).optional(),
+  memory: Size.optional(),
+  disks: z.array(Disk).optional().meta({ description: "Disks; the first is the root disk." }),
+  boot: Boot.optional(),
+  networks: z.array(Network).optional(),
+  shares: z.array(Share).default([]),
+  rosetta: z.boolean().default(false).meta({
+    description: "Linux arm64 guests on vz: share Rosetta to run x86_64 binaries.",
+  }),
+  nested: z.boolean().default(false).meta({
+    description: "Nested virtualization (vz: macOS 15 and M3 or later; qemu: kvm).",
+  }),
+  display: Display.optional(),
+  audio: z.boolean().default(false),
+  keyboard: z.enum(["auto", "usb", "mac", "none"]).default("auto"),
+  pointing: z.enum(["auto", "usb", "trackpad", "none"]).default("auto"),
+  clipboard: z.boolean().default(false).meta({ description: "Spice agent clipboard sharing." }),
+  serial: Serial.optional(),
+  vsock: z.boolean().default(true),
+  entropy: z.boolean().default(true),
+  balloon: z.boolean().default(true),
+  provision: Provision.optional(),
+  qemu: QemuOptions.optional(),
+}).meta({ title: "cove VM spec", description: "A cove virtual machine (cove.yaml)." });
+
+/** The spec as written (every key optional). */
+export type SpecInput = z.input<typeof SpecSchema>;
+/** The spec after parsing, before defaults. */
+export type SpecParsed = z.output<typeof SpecSchema>;
+export type DiskSpec = z.output<typeof Disk>;
+export type NetworkSpec = z.output<typeof Network>;
+export type PortForwardSpec = z.output<typeof PortForward>;
+export type ShareSpec = z.output<typeof Share>;
+export type BootSpec = z.output<typeof Boot>;
+export type DisplaySpec = z.output<typeof Display>;
+export type OsName = z.output<typeof Os>;
+export type ArchName = z.output<typeof Arch>;
+
+/** A spec with all defaults applied: what engines read. */
+export interface VmSpec extends
+  Omit<
+    SpecParsed,
+    "os" | "arch" | "cpus" | "memory" | "disks" | "boot" | "networks" | "display" | "serial" | "provision" | "qemu"
+  > {
+  os: OsName;
+  arch: ArchName;
+  cpus: number;
+  memory: string | number;
+  disks: DiskSpec[];
+  boot: BootSpec;
+  networks: NetworkSpec[];
+  display: DisplaySpec;
+  serial: z.output<typeof Serial>;
+  provision: z.output<typeof Provision> & { user: string };
+  qemu: z.output<typeof QemuOptions>;
+}
+
+/** The JSON Schema of cove.yaml, for editors. */
+export function jsonSchema(): Record<string, unknown> {
+  const schema = z.toJSONSchema(SpecSchema, { io: "input", unrepresentable: "any" });
+  return { ...schema, $id: "https://cove.dev/schema/cove.yaml.json" };
+}

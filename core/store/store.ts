@@ -1,0 +1,404 @@
+/**
+ * The store: `$COVE_HOME` (default `~/.cove`) with `vms/NAME/` bundles,
+ * `cache/` and `tmp/`. Creating, cloning, renaming and deleting VMs are
+ * atomic from the point of view of `cove list`: work happens in `tmp/` and a
+ * single rename publishes (or retires) a bundle. A kill -9 at any moment
+ * leaves at worst a stale directory under `tmp/`, which the next create
+ * sweeps away.
+ * @module
+ */
+import { basename, join } from "node:path";
+import { CoveError, ExitCode, usageError } from "../errors.ts";
+import { detectHost, type HostInfo } from "../host.ts";
+import { applyDefaults } from "../spec/defaults.ts";
+import type { SpecParsed, VmSpec } from "../spec/schema.ts";
+import { formatSize, parseSize } from "../units.ts";
+import { Bundle, type BundleLock, type MachineIdentity } from "./bundle.ts";
+import { cloneFile, type CopyMethod, ensureSparseFile } from "./fsutil.ts";
+
+/** The rule for VM names, shown in errors. */
+export const NAME_RULE =
+  "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** Throws a usage error unless `name` is a valid VM name. */
+export function validateName(name: string): void {
+  if (!NAME_RE.test(name) || name.includes("..")) {
+    throw usageError("vm.bad_name", `'${name}' is not a valid VM name`, `use ${NAME_RULE}`);
+  }
+}
+
+/** Where cove keeps its data: $COVE_HOME or ~/.cove. */
+export function coveHome(): string {
+  const env = Deno.env.get("COVE_HOME");
+  if (env) return env;
+  const home = Deno.env.get("HOME");
+  if (!home) {
+    throw new CoveError("home.unset", "neither COVE_HOME nor HOME is set", {
+      hint: "set COVE_HOME to a writable directory",
+    });
+  }
+  return join(home, ".cove");
+}
+
+/** A line of `cove list`. */
+export interface VmSummary {
+  name: string;
+  state: "running" | "stopped" | "broken";
+  os?: string;
+  arch?: string;
+  engine?: string;
+  cpus?: number;
+  memory?: number;
+  /** Size of the root disk in bytes (its virtual size). */
+  disk?: number;
+  /** Why the bundle is broken. */
+  error?: string;
+}
+
+/** What `create` needs. */
+export interface CreateOptions {
+  /** The validated spec, as from parseSpec or built from flags. */
+  spec: SpecParsed;
+  /**
+   * Places files into the staging bundle before disks are sized: copy or
+   * convert an image to the root disk, write engine state. It may return a
+   * spec to use instead (for example with an installer disk added).
+   */
+  populate?: (staging: Bundle, spec: VmSpec) => Promise<VmSpec | void>;
+  host?: HostInfo;
+}
+
+/** Files that belong to one running instance, never copied by clone. */
+const INSTANCE_FILES = new Set([
+  "lock",
+  "control.sock",
+  "console.log",
+  "supervisor.log",
+  "last-exit.json",
+  "run",
+  "state.vzvmsave",
+]);
+
+/** The VM store rooted at a COVE_HOME. */
+export class Store {
+  readonly home: string;
+  constructor(home: string = coveHome()) {
+    this.home = home;
+  }
+
+  get vmsDir(): string {
+    return join(this.home, "vms");
+  }
+  get cacheDir(): string {
+    return join(this.home, "cache");
+  }
+  get tmpDir(): string {
+    return join(this.home, "tmp");
+  }
+
+  /** Creates the store directories (0700), or says clearly why it cannot. */
+  async ensure(): Promise<void> {
+    for (const d of [this.home, this.vmsDir, this.cacheDir, this.tmpDir]) {
+      try {
+        await Deno.mkdir(d, { recursive: true, mode: 0o700 });
+        const probe = join(d, `.probe-${crypto.randomUUID()}`);
+        await Deno.writeTextFile(probe, "");
+        await Deno.remove(probe);
+      } catch (e) {
+        if (e instanceof CoveError) throw e;
+        throw new CoveError("home.unwritable", `COVE_HOME '${this.home}' is not writable (${d})`, {
+          hint: "set COVE_HOME to a writable directory or fix its permissions",
+          exit: ExitCode.Host,
+          cause: e,
+        });
+      }
+    }
+  }
+
+  /** The bundle of `name`, whether or not it exists. */
+  bundle(name: string): Bundle {
+    validateName(name);
+    return new Bundle(name, join(this.vmsDir, name));
+  }
+
+  /** True when a VM of that name exists. */
+  async exists(name: string): Promise<boolean> {
+    try {
+      return (await Deno.stat(join(this.vmsDir, name, "cove.yaml"))).isFile;
+    } catch {
+      return false;
+    }
+  }
+
+  /** The bundle of an existing VM, or a not-found error. */
+  async get(name: string): Promise<Bundle> {
+    const b = this.bundle(name);
+    if (!(await this.exists(name))) {
+      throw new CoveError("vm.not_found", `no VM named '${name}'`, {
+        hint: "run 'cove list' to see your VMs",
+        exit: ExitCode.NotFound,
+      });
+    }
+    return b;
+  }
+
+  /** Every VM, sorted by name. */
+  async list(): Promise<VmSummary[]> {
+    const out: VmSummary[] = [];
+    let entries: Deno.DirEntry[] = [];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    for (const ent of entries) {
+      if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
+      if (!(await this.exists(ent.name))) continue;
+      out.push(await this.summary(new Bundle(ent.name, join(this.vmsDir, ent.name))));
+    }
+    return out.sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** The summary of one bundle. */
+  async summary(b: Bundle): Promise<VmSummary> {
+    const state = (await b.isRunning()) ? "running" : "stopped";
+    try {
+      const spec = await b.readSpec();
+      let disk: number | undefined;
+      const root = spec.disks.find((d) => d.media === "disk");
+      if (root) {
+        disk = await Deno.stat(b.resolve(root.path)).then((s) => s.size, () => undefined);
+      }
+      return {
+        name: b.name,
+        state,
+        os: spec.os,
+        arch: spec.arch,
+        engine: spec.engine,
+        cpus: spec.cpus,
+        memory: parseSize(spec.memory),
+        disk,
+      };
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      return { name: b.name, state: state === "running" ? "running" : "broken", error: msg };
+    }
+  }
+
+  /** Creates a VM atomically. */
+  async create(name: string, opts: CreateOptions): Promise<Bundle> {
+    validateName(name);
+    await this.ensure();
+    await this.assertFree(name);
+    await this.sweepStale();
+    const host = opts.host ?? detectHost();
+    let spec = withMacs(applyDefaults(opts.spec, host, name));
+    return await this.stage(`create-${name}`, async (staging, lockHeld) => {
+      void lockHeld;
+      await staging.writeMachine({ uuid: crypto.randomUUID(), created: new Date().toISOString() });
+      if (opts.populate) spec = (await opts.populate(staging, spec)) ?? spec;
+      await sizeDisks(staging, spec);
+      await staging.writeSpec(spec);
+      return await this.publish(staging, name);
+    });
+  }
+
+  /**
+   * Clones a stopped VM: disks copy-on-write (or hole-preserving), a new
+   * MAC address per network, a new machine identity.
+   */
+  async clone(src: string, dst: string): Promise<{ bundle: Bundle; methods: CopyMethod[] }> {
+    const from = await this.get(src);
+    validateName(dst);
+    await this.ensure();
+    await this.assertFree(dst);
+    await this.sweepStale();
+    const lock = await this.lockStopped(from, "clone");
+    try {
+      const parsed = await from.readParsedSpec();
+      const methods: CopyMethod[] = [];
+      const bundle = await this.stage(`clone-${dst}`, async (staging) => {
+        for await (const ent of Deno.readDir(from.dir)) {
+          if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
+          if (ent.name === "cove.yaml" || ent.name === "machine.json") continue;
+          methods.push(await cloneFile(join(from.dir, ent.name), join(staging.dir, ent.name)));
+        }
+        const old = await from.readMachine().catch((): MachineIdentity => ({
+          uuid: "",
+          created: new Date().toISOString(),
+        }));
+        await staging.writeMachine({
+          uuid: crypto.randomUUID(),
+          vzHardwareModel: old.vzHardwareModel,
+          created: new Date().toISOString(),
+        });
+        const spec: SpecParsed = structuredClone(parsed);
+        spec.networks = spec.networks?.map((n) => ({ ...n, mac: randomMac() }));
+        if (spec.provision?.hostname === src) spec.provision.hostname = dst;
+        await staging.writeSpec(withMacs(applyDefaults(spec, detectHost(), dst)));
+        return await this.publish(staging, dst);
+      });
+      return { bundle, methods };
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** Renames a stopped VM. */
+  async rename(oldName: string, newName: string): Promise<Bundle> {
+    const from = await this.get(oldName);
+    validateName(newName);
+    await this.assertFree(newName);
+    const lock = await this.lockStopped(from, "rename");
+    try {
+      const to = this.bundle(newName);
+      await Deno.rename(from.dir, to.dir);
+      return to;
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** Deletes a stopped VM: retired by one rename, then removed. */
+  async delete(name: string): Promise<void> {
+    const b = await this.get(name);
+    await this.ensure();
+    const lock = await this.lockStopped(b, "delete");
+    const grave = join(this.tmpDir, `delete-${name}-${crypto.randomUUID()}`);
+    try {
+      await Deno.rename(b.dir, grave);
+    } finally {
+      lock.release();
+    }
+    await Deno.remove(grave, { recursive: true });
+  }
+
+  /** Resizes a stopped VM's root disk (grow only). */
+  async resizeRootDisk(name: string, size: number): Promise<void> {
+    const b = await this.get(name);
+    const lock = await this.lockStopped(b, "change the disk of");
+    try {
+      const spec = await b.readParsedSpec();
+      const full = applyDefaults(spec, detectHost(), name);
+      const i = full.disks.findIndex((d) => d.media === "disk");
+      if (i < 0) throw usageError("disk.none", `VM '${name}' has no disk to resize`);
+      full.disks[i] = { ...full.disks[i], size: formatSize(size) };
+      await ensureSparseFile(b.resolve(full.disks[i].path), size, `disks[${i}].size`);
+      spec.disks = full.disks;
+      await b.writeSpec(spec);
+    } finally {
+      lock.release();
+    }
+  }
+
+  private async assertFree(name: string): Promise<void> {
+    try {
+      await Deno.lstat(join(this.vmsDir, name));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return;
+      throw e;
+    }
+    throw new CoveError("vm.exists", `a VM named '${name}' already exists`, {
+      hint: "choose another name, or delete the existing VM first",
+      exit: ExitCode.Usage,
+    });
+  }
+
+  private async lockStopped(b: Bundle, action: string): Promise<BundleLock> {
+    const lock = await b.tryLock();
+    if (!lock) {
+      throw new CoveError("vm.running", `cannot ${action} '${b.name}': it is running`, {
+        hint: `stop it first with 'cove stop ${b.name}'`,
+        exit: ExitCode.State,
+      });
+    }
+    return lock;
+  }
+
+  /** Runs `work` in a fresh locked staging bundle; removes it on failure. */
+  private async stage<T>(
+    label: string,
+    work: (staging: Bundle, lock: BundleLock) => Promise<T>,
+  ): Promise<T> {
+    const dir = join(this.tmpDir, `${label}-${crypto.randomUUID()}`);
+    await Deno.mkdir(dir, { mode: 0o700 });
+    const staging = new Bundle(basename(dir), dir);
+    const lock = (await staging.tryLock())!;
+    try {
+      return await work(staging, lock);
+    } catch (e) {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      throw e;
+    } finally {
+      lock.release();
+    }
+  }
+
+  /** Publishes a staging bundle under `name` with one rename. */
+  private async publish(staging: Bundle, name: string): Promise<Bundle> {
+    await this.assertFree(name);
+    const final = this.bundle(name);
+    await Deno.rename(staging.dir, final.dir);
+    return final;
+  }
+
+  /** Removes staging directories left by killed processes (their lock is free). */
+  async sweepStale(): Promise<void> {
+    let entries: Deno.DirEntry[];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.tmpDir));
+    } catch {
+      return;
+    }
+    for (const ent of entries) {
+      if (!ent.isDirectory) continue;
+      const dir = join(this.tmpDir, ent.name);
+      if (ent.name.startsWith("delete-")) {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+        continue;
+      }
+      if (!/^(create|clone)-/.test(ent.name)) continue;
+      const lock = await new Bundle(ent.name, dir).tryLock().catch(() => null);
+      if (!lock) continue;
+      lock.release();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+/** Creates or grows every writable raw disk of a spec to its size. */
+async function sizeDisks(b: Bundle, spec: VmSpec): Promise<void> {
+  for (const [i, d] of spec.disks.entries()) {
+    if (d.media !== "disk") continue;
+    const path = b.resolve(d.path);
+    if (d.size === undefined) {
+      const exists = await Deno.stat(path).then(() => true, () => false);
+      if (!exists) {
+        throw usageError(
+          "spec.invalid",
+          `disks[${i}]: '${d.path}' does not exist and has no size`,
+          "give the disk a size, or point path at an existing image",
+        );
+      }
+      continue;
+    }
+    if (d.format !== "raw") continue;
+    await ensureSparseFile(path, parseSize(d.size), `disks[${i}].size`);
+  }
+}
+
+/** A random locally administered, unicast MAC address. */
+export function randomMac(): string {
+  const b = crypto.getRandomValues(new Uint8Array(6));
+  b[0] = (b[0] & 0xfc) | 0x02;
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(":");
+}
+
+function withMacs(spec: VmSpec): VmSpec {
+  return {
+    ...spec,
+    networks: spec.networks.map((n) => n.mode === "none" || n.mac ? n : { ...n, mac: randomMac() }),
+  };
+}
