@@ -129,8 +129,14 @@ const EXPECTED_NAMES: Record<string, string> = {
   object: "a mapping",
 };
 
-function allowedKeysAt(path: ReadonlyArray<PropertyKey>): string[] {
-  // Walk the schema's JSON shape to list the keys a mapping may have.
+/** True when the schema at `path` is an integer. */
+function isIntAt(path: ReadonlyArray<PropertyKey>): boolean {
+  const node = unwrap(schemaAt(path));
+  return node?.def?.type === "number" && /int/.test(String(node?.def?.format ?? node?.format ?? ""));
+}
+
+// deno-lint-ignore no-explicit-any
+function schemaAt(path: ReadonlyArray<PropertyKey>): any {
   // deno-lint-ignore no-explicit-any
   let node: any = SpecSchema;
   for (const k of path) {
@@ -138,7 +144,11 @@ function allowedKeysAt(path: ReadonlyArray<PropertyKey>): string[] {
     if (typeof k === "number") node = node?.def?.element;
     else node = node?.def?.shape?.[k as string];
   }
-  node = unwrap(node);
+  return node;
+}
+
+function allowedKeysAt(path: ReadonlyArray<PropertyKey>): string[] {
+  const node = unwrap(schemaAt(path));
   const shape = node?.def?.shape ?? findObjectOption(node)?.def?.shape;
   return shape ? Object.keys(shape) : [];
 }
@@ -170,10 +180,9 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): LocatedProblem[] 
       }));
     }
     case "invalid_type": {
-      const expected = EXPECTED_NAMES[issue.expected] ?? issue.expected;
-      const message = value === undefined
-        ? `is required (${expected})`
-        : `got ${kindOf(value)} ${show(value)}, expected ${expected}`;
+      const expected = isIntAt(path) ? "an integer" : EXPECTED_NAMES[issue.expected] ?? issue.expected;
+      const got = value !== null && typeof value === "object" ? kindOf(value) : `${kindOf(value)} ${show(value)}`;
+      const message = value === undefined ? `is required (${expected})` : `got ${got}, expected ${expected}`;
       return [{ path: at, pathArray: path, message }];
     }
     case "invalid_value": {

@@ -1,0 +1,168 @@
+/** The store: atomic create, locks, copy-on-write clone, names and permissions. */
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { allocatedBytes, withTempDir } from "../helpers/cli.ts";
+import { Store, validateName } from "../../core/store/store.ts";
+import { parseSpec } from "../../core/spec/load.ts";
+import { CoveError } from "../../core/errors.ts";
+import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
+
+const MiB = 2 ** 20;
+const GiB = 2 ** 30;
+
+async function spawnReady(script: string, args: string[], env: Record<string, string>, ready: string) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--quiet", new URL(script, import.meta.url).pathname, ...args],
+    env,
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes(ready)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`${script} exited before saying '${ready}': ${seen}`);
+    seen += value;
+  }
+  reader.releaseLock();
+  return child;
+}
+
+async function rejects(fn: () => Promise<unknown>): Promise<CoveError> {
+  try {
+    await fn();
+  } catch (e) {
+    if (e instanceof CoveError) return e;
+    throw e;
+  }
+  throw new Error("expected a CoveError");
+}
+
+Deno.test("store: a process killed with SIGKILL mid-create leaves nothing listed, and the name stays free", () =>
+  withTempDir(async (home) => {
+    const child = await spawnReady("./fixtures/slow_create.ts", ["half"], { COVE_HOME: home }, "populating");
+    child.kill("SIGKILL");
+    await child.status;
+    await child.stdout.cancel().catch(() => {});
+    const store = new Store(home);
+    assertEquals(await store.list(), []);
+    const leftovers = await Array.fromAsync(Deno.readDir(store.tmpDir));
+    assertEquals(leftovers.length, 1, "the killed create's staging dir is under tmp/");
+    await store.create("half", { spec: parseSpec("") });
+    assertEquals((await store.list()).map((v) => v.name), ["half"]);
+    assertEquals(await Array.fromAsync(Deno.readDir(store.tmpDir)), [], "the stale staging dir was swept");
+  }));
+
+Deno.test("store: bundles and their files are private (0700/0600) and disks are sparse", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("p", { spec: parseSpec("disks: [{ path: disk.img, size: 64GiB }]\n") });
+    assertEquals((await Deno.stat(b.dir)).mode! & 0o777, 0o700);
+    for (const f of ["cove.yaml", "disk.img", "machine.json"]) {
+      assertEquals((await Deno.stat(join(b.dir, f))).mode! & 0o777, 0o600, f);
+    }
+    assertEquals((await Deno.stat(join(b.dir, "disk.img"))).size, 64 * GiB);
+    assert((await allocatedBytes(join(b.dir, "disk.img"))) < MiB);
+  }));
+
+Deno.test("store: a lock held by another process blocks delete, rename and disk changes", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("busy", { spec: parseSpec("") });
+    const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath], {}, "locked");
+    try {
+      assert(await b.isRunning());
+      const del = await rejects(() => store.delete("busy"));
+      assertEquals(del.line(), "cannot delete 'busy': it is running (stop it first with 'cove stop busy')");
+      assertEquals(del.exit, 4);
+      const ren = await rejects(() => store.rename("busy", "other"));
+      assertEquals(ren.code, "vm.running");
+      const grow = await rejects(() => store.resizeRootDisk("busy", 32 * GiB));
+      assertEquals(grow.message, "cannot change the disk of 'busy': it is running");
+      assertEquals((await store.list()).map((v) => [v.name, v.state]), [["busy", "running"]]);
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+      await holder.stdout.cancel().catch(() => {});
+    }
+    assertEquals(await b.isRunning(), false, "a dead holder releases the lock");
+    await store.delete("busy");
+    assertEquals(await store.list(), []);
+  }));
+
+Deno.test("store: cloning a 64GiB disk holding 100MiB writes about 100MiB and keeps the data", () =>
+  withTempDir(async (dir) => {
+    const src = join(dir, "src.img");
+    await ensureSparseFile(src, 64 * GiB);
+    const f = await Deno.open(src, { write: true });
+    const chunk = new Uint8Array(MiB);
+    for (let i = 0; i < MiB; i += 65536) crypto.getRandomValues(chunk.subarray(i, i + 65536));
+    for (let i = 0; i < 100; i++) {
+      await f.seek(i * 600 * MiB + 12345, Deno.SeekMode.Start); // scattered, unaligned
+      await f.write(chunk);
+    }
+    f.close();
+    const dst = join(dir, "dst.img");
+    const method = await cloneFile(src, dst);
+    assert(method === "reflink" || method === "sparse", method);
+    assertEquals((await Deno.stat(dst)).size, 64 * GiB);
+    const alloc = await allocatedBytes(dst);
+    assert(alloc <= 110 * MiB, `clone allocated ${alloc / MiB} MiB`);
+    const r = await Deno.open(dst, { read: true });
+    const back = new Uint8Array(MiB);
+    await r.seek(99 * 600 * MiB + 12345, Deno.SeekMode.Start);
+    let off = 0;
+    while (off < MiB) off += (await r.read(back.subarray(off)))!;
+    r.close();
+    assertEquals(back, chunk);
+  }));
+
+Deno.test("store: a clone gets a new MAC address and a new machine identity", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const a = await store.create("a", { spec: parseSpec("disks: [{ path: disk.img, size: 1GiB }]\n") });
+    await Deno.writeTextFile(a.consoleLog, "old console\n");
+    const { bundle: b } = await store.clone("a", "b");
+    const [sa, sb] = [await a.readSpec(), await b.readSpec()];
+    assert(sa.networks[0].mac && sb.networks[0].mac);
+    assert(sa.networks[0].mac !== sb.networks[0].mac);
+    assert((await a.readMachine()).uuid !== (await b.readMachine()).uuid);
+    assertEquals(sb.provision.hostname, "b");
+    assertEquals(await Deno.stat(b.consoleLog).catch(() => null), null, "instance files are not cloned");
+    assertEquals((await Deno.stat(join(b.dir, "disk.img"))).size, GiB);
+  }));
+
+Deno.test("store: names with a slash or '..', and duplicate names, are refused", () =>
+  withTempDir(async (home) => {
+    for (const bad of ["a/b", "..", "a..b", ".hidden", "", "x".repeat(65), "-rf"]) {
+      let e: unknown;
+      try {
+        validateName(bad);
+      } catch (err) {
+        e = err;
+      }
+      assert(e instanceof CoveError && e.exit === 2, `'${bad}' must be refused`);
+    }
+    const store = new Store(home);
+    await store.create("dup", { spec: parseSpec("") });
+    const e = await rejects(() => store.create("dup", { spec: parseSpec("") }));
+    assertEquals(e.line(), "a VM named 'dup' already exists (choose another name, or delete the existing VM first)");
+  }));
+
+Deno.test("store: disks only grow", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    await store.create("g", { spec: parseSpec("disks: [{ path: disk.img, size: 2GiB }]\n") });
+    await store.resizeRootDisk("g", 3 * GiB);
+    const b = await store.get("g");
+    assertEquals((await Deno.stat(join(b.dir, "disk.img"))).size, 3 * GiB);
+    assertEquals((await b.readSpec()).disks[0].size, "3GiB");
+    const e = await rejects(() => store.resizeRootDisk("g", GiB));
+    assertMatch(e.message, /1GiB is smaller than the image \(3GiB\); disks only grow/);
+  }));
+
+Deno.test("store: an unwritable COVE_HOME gets one clear line", async () => {
+  const e = await rejects(() => new Store("/proc/cove-home").ensure());
+  assertEquals(e.code, "home.unwritable");
+  assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
+});
