@@ -4,7 +4,7 @@ SHELL := /bin/bash
 DENO = $(shell scripts/deno-path.sh)
 TEST_FLAGS ?=
 
-.PHONY: setup test check fmt lint demo bench build verify clean
+.PHONY: setup test check fmt demo bench build verify release clean
 
 setup:
 	@scripts/setup.sh
@@ -27,6 +27,16 @@ bench: setup
 	$(DENO) run -A bench/boot/main.ts
 	$(DENO) run -A bench/qcow2/main.ts
 	$(DENO) run -A bench/oci/main.ts
+
+build: setup
+	@scripts/build.sh
+
+verify:
+	@scripts/verify.sh
+
+# make release BASE_URL=https://github.com/OWNER/cove/releases/download/vX.Y.Z
+release:
+	@scripts/release.sh "$(BASE_URL)"
 
 clean:
 	rm -rf dist tests/.cache

@@ -1,0 +1,44 @@
+/**
+ * cove as a library: the same capabilities as the `cove` command, typed.
+ * The CLI in `cli/` is a thin client of these exports.
+ *
+ * @example
+ * ```ts
+ * import { createVm, Store } from "./mod.ts";
+ * const store = new Store(); // $COVE_HOME or ~/.cove
+ * await createVm(store, "dev", { cpus: 2, memory: "4GiB", diskSize: "32GiB" });
+ * console.log(await store.list());
+ * ```
+ * @module
+ */
+export { CoveError, ExitCode, toCoveError, usageError } from "./core/errors.ts";
+export { formatSize, parseSize } from "./core/units.ts";
+export { VERSION } from "./core/version.ts";
+export { detectHost } from "./core/host.ts";
+export {
+  jsonSchema,
+  SpecSchema,
+  type SpecInput,
+  type SpecParsed,
+  type VmSpec,
+} from "./core/spec/schema.ts";
+export { parseSpec, SpecError, validateSpec } from "./core/spec/load.ts";
+export { applyDefaults } from "./core/spec/defaults.ts";
+export { applyFlags, readConfigFile, type SpecFlags } from "./core/spec/compose.ts";
+export { coveHome, randomMac, Store, validateName, type VmSummary } from "./core/store/store.ts";
+export { Bundle, type BundleLock, type MachineIdentity } from "./core/store/bundle.ts";
+export { cloneFile } from "./core/store/fsutil.ts";
+export { createVm, type CreateVmOptions, getVm, setVm, type VmDetails } from "./core/vm.ts";
+export { doctor, type DoctorReport, versionInfo } from "./core/doctor.ts";
+export type {
+  Capabilities,
+  Engine,
+  EngineEvent,
+  EngineId,
+  ExitInfo,
+  HostInfo,
+  RunningVm,
+  StartRequest,
+  VmState,
+} from "./engines/engine.ts";
+export { loadEngine, resolveEngineId } from "./engines/select.ts";
