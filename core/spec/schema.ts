@@ -24,9 +24,13 @@ export const MacAddress = z.string().regex(/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$
   error: "expected a MAC address like 52:54:00:12:34:56",
 });
 
-export const Os = z.enum(["macos", "linux"]);
-export const Arch = z.enum(["arm64", "x86_64"]);
-export const EngineName = z.enum(["auto", "vz", "qemu"]);
+export const Os = z.enum(["macos", "linux"]).meta({ description: "Guest OS. Default: linux (macos when boot.loader is macos)." });
+export const Arch = z.enum(["arm64", "x86_64"]).meta({
+  description: "Guest CPU architecture. Default: the host's (macOS guests: arm64).",
+});
+export const EngineName = z.enum(["auto", "vz", "qemu"]).meta({
+  description: "auto: vz for arm64 guests on Apple silicon, qemu otherwise.",
+});
 
 /** A disk attached to the VM. The first disk is the root (boot) disk. */
 export const Disk = z.strictObject({
@@ -42,21 +46,23 @@ export const Disk = z.strictObject({
   media: z.enum(["disk", "cdrom"]).default("disk").meta({
     description: "cdrom attaches an ISO installer (vz: USB mass storage, qemu: a CD drive).",
   }),
-  readOnly: z.boolean().default(false),
+  readOnly: z.boolean().default(false).meta({ description: "Attach read-only." }),
   cache: z.enum(["auto", "cached", "uncached"]).default("auto").meta({
     description: "Host caching: auto, cached (host page cache) or uncached (direct I/O).",
   }),
   sync: z.enum(["full", "fsync", "none"]).default("full").meta({
     description: "Flush behaviour: full (F_FULLFSYNC), fsync, or none (fastest, unsafe on crash).",
   }),
-  bus: z.enum(["virtio", "nvme", "usb"]).default("virtio"),
+  bus: z.enum(["virtio", "nvme", "usb"]).default("virtio").meta({
+    description: "virtio-blk, NVMe, or USB mass storage.",
+  }),
 });
 
 /** A host to guest port forward, for `user` networking. */
 export const PortForward = z.strictObject({
   host: z.int().min(0).max(65535).meta({ description: "Host port; 0 picks a free one." }),
-  guest: z.int().min(1).max(65535),
-  protocol: z.enum(["tcp", "udp"]).default("tcp"),
+  guest: z.int().min(1).max(65535).meta({ description: "Guest port." }),
+  protocol: z.enum(["tcp", "udp"]).default("tcp").meta({ description: "tcp or udp." }),
   address: z.string().default("127.0.0.1").meta({ description: "Host address to bind." }),
 });
 
@@ -70,7 +76,9 @@ export const Network = z.strictObject({
     description: "Host interface to bridge to (bridged only), e.g. en0.",
   }),
   mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
-  forwards: z.array(PortForward).default([]),
+  forwards: z.array(PortForward).default([]).meta({
+    description: "Host to guest port forwards (user and, on qemu, nat networking).",
+  }),
 });
 
 /** A host directory shared with the guest. */
@@ -79,7 +87,7 @@ export const Share = z.strictObject({
   tag: z.string().regex(/^[A-Za-z0-9_.-]{1,36}$/, {
     error: "expected 1 to 36 letters, digits, '_', '.' or '-'",
   }).optional().meta({ description: "virtiofs/9p tag; defaults to the directory's name." }),
-  readOnly: z.boolean().default(false),
+  readOnly: z.boolean().default(false).meta({ description: "Share read-only." }),
   mountPoint: z.string().optional().meta({
     description: "Where cloud-init mounts it in a Linux guest.",
   }),
@@ -93,8 +101,8 @@ export const Boot = z.strictObject({
     description: "macos: Mac boot loader; efi: UEFI with a variable store; kernel: direct kernel.",
   }),
   kernel: z.string().optional().meta({ description: "Kernel image (kernel loader)." }),
-  initrd: z.string().optional(),
-  cmdline: z.string().optional(),
+  initrd: z.string().optional().meta({ description: "Initial ramdisk (kernel loader)." }),
+  cmdline: z.string().optional().meta({ description: "Kernel command line (kernel loader)." }),
   variableStore: z.string().optional().meta({
     description: "EFI variable store, relative to the bundle (efi loader).",
   }),
@@ -103,9 +111,9 @@ export const Boot = z.strictObject({
 export const Display = z.union([
   z.literal("none"),
   z.strictObject({
-    width: z.int().min(320).max(8192).default(1920),
-    height: z.int().min(200).max(8192).default(1200),
-    ppi: z.int().min(72).max(500).default(144),
+    width: z.int().min(320).max(8192).default(1920).meta({ description: "Pixels." }),
+    height: z.int().min(200).max(8192).default(1200).meta({ description: "Pixels." }),
+    ppi: z.int().min(72).max(500).default(144).meta({ description: "Pixels per inch." }),
   }),
 ]).meta({ description: "A graphical display, or 'none' for headless." });
 
@@ -119,17 +127,17 @@ export const Serial = z.strictObject({
 export const Provision = z.strictObject({
   user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, {
     error: "expected a Unix user name (lower case, digits, '_' or '-')",
-  }).optional(),
+  }).optional().meta({ description: "Guest user. Default: cove (Linux), admin (macOS)." }),
   sshKeys: z.array(z.string()).default([]).meta({
     description: "Public keys; cove's own key is added when empty.",
   }),
   hostname: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/, {
     error: "expected a hostname (letters, digits and '-')",
-  }).optional(),
+  }).optional().meta({ description: "Guest hostname. Default: the VM's name." }),
   commands: z.array(z.string()).default([]).meta({
     description: "Extra shell commands run once at first boot.",
   }),
-  sshPort: z.int().min(1).max(65535).default(22),
+  sshPort: z.int().min(1).max(65535).default(22).meta({ description: "Guest SSH port." }),
 });
 
 export const QemuOptions = z.strictObject({
@@ -147,12 +155,20 @@ export const SpecSchema = z.strictObject({
   os: Os.optional(),
   arch: Arch.optional(),
   engine: EngineName.default("auto"),
-  cpus: z.int().min(1).max(256).optional(),
-  memory: Size.optional(),
+  cpus: z.int().min(1).max(256).optional().meta({
+    description: "Virtual CPUs. Default: 2 (Linux), 4 (macOS), at most the host's.",
+  }),
+  memory: Size.optional().meta({
+    description: "Memory size. Default: 2GiB (Linux), 8GiB (macOS), at most half the host's.",
+  }),
   disks: z.array(Disk).optional().meta({ description: "Disks; the first is the root disk." }),
-  boot: Boot.optional(),
-  networks: z.array(Network).optional(),
-  shares: z.array(Share).default([]),
+  boot: Boot.optional().meta({
+    description: "Default: macos for macOS guests, efi for Linux; kernel with --kernel.",
+  }),
+  networks: z.array(Network).optional().meta({
+    description: "Network interfaces. Default: one nat interface.",
+  }),
+  shares: z.array(Share).default([]).meta({ description: "Host directories shared with the guest." }),
   rosetta: z.boolean().default(false).meta({
     description: "Linux arm64 guests on vz: share Rosetta to run x86_64 binaries.",
   }),
@@ -160,16 +176,20 @@ export const SpecSchema = z.strictObject({
     description: "Nested virtualization (vz: macOS 15 and M3 or later; qemu: kvm).",
   }),
   display: Display.optional(),
-  audio: z.boolean().default(false),
-  keyboard: z.enum(["auto", "usb", "mac", "none"]).default("auto"),
-  pointing: z.enum(["auto", "usb", "trackpad", "none"]).default("auto"),
+  audio: z.boolean().default(false).meta({ description: "Sound output and input." }),
+  keyboard: z.enum(["auto", "usb", "mac", "none"]).default("auto").meta({
+    description: "auto: mac for macOS guests (macOS 14+ hosts), usb otherwise.",
+  }),
+  pointing: z.enum(["auto", "usb", "trackpad", "none"]).default("auto").meta({
+    description: "auto: trackpad for macOS guests (macOS 13+ hosts), usb otherwise.",
+  }),
   clipboard: z.boolean().default(false).meta({ description: "Spice agent clipboard sharing." }),
-  serial: Serial.optional(),
-  vsock: z.boolean().default(true),
-  entropy: z.boolean().default(true),
-  balloon: z.boolean().default(true),
-  provision: Provision.optional(),
-  qemu: QemuOptions.optional(),
+  serial: Serial.optional().meta({ description: "The serial console. Default: mode log." }),
+  vsock: z.boolean().default(true).meta({ description: "A virtio socket device (host<->guest)." }),
+  entropy: z.boolean().default(true).meta({ description: "A virtio entropy (RNG) device." }),
+  balloon: z.boolean().default(true).meta({ description: "A virtio memory balloon." }),
+  provision: Provision.optional().meta({ description: "First-boot provisioning (cloud-init for Linux)." }),
+  qemu: QemuOptions.optional().meta({ description: "QEMU engine options." }),
 }).meta({ title: "cove VM spec", description: "A cove virtual machine (cove.yaml)." });
 
 /** The spec as written (every key optional). */
