@@ -1,0 +1,328 @@
+/**
+ * The Virtualization.framework engine: macOS and Linux arm64 guests on
+ * Apple silicon, through libcove_vz (ffi/cove_vz.ts). It checks a spec in
+ * TypeScript first (./preflight.ts), builds the shim's JSON (./config.ts),
+ * and runs the VM inside this process (./running.ts). The native library is
+ * opened on first use, never at import.
+ *
+ * Beyond the Engine interface, for the CLI and supervisor:
+ * - {@link VzEngine.setRunningMacOSCounter}: how many other macOS VMs run
+ *   (core counts locked macOS bundles; the engine must not import the store);
+ * - ./install.ts: installMacOS(opts, onProgress) and latestRestoreImage().
+ * @module
+ */
+import { CoveError, ExitCode } from "../../core/errors.ts";
+import type { VmSpec } from "../../core/spec/schema.ts";
+import type {
+  Availability,
+  Capabilities,
+  Engine,
+  HostInfo,
+  RunningVm,
+  StartRequest,
+  VmPaths,
+} from "../engine.ts";
+import { type CoveVz, openCoveVz, type VzHostInfo } from "../../ffi/cove_vz.ts";
+import { fds } from "../../ffi/fd.ts";
+import { AUX_STORAGE, buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
+import { vzError } from "./errors.ts";
+import { preflight } from "./preflight.ts";
+import { VzRunningVm } from "./running.ts";
+
+/** The vz fields of a bundle's machine.json (other fields are kept as they are). */
+export interface VzIdentity {
+  vzMachineIdentifier?: string;
+  vzHardwareModel?: string;
+}
+
+/** Reads machine.json; a missing file is an empty identity. */
+export async function readIdentity(path: string): Promise<VzIdentity & Record<string, unknown>> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return {};
+    throw e;
+  }
+}
+
+/** Merges vz fields into machine.json, atomically (0600). */
+export async function writeIdentity(path: string, fields: VzIdentity): Promise<void> {
+  const merged = { ...(await readIdentity(path)), ...fields };
+  const tmp = `${path}.${crypto.randomUUID()}.tmp`;
+  await Deno.writeTextFile(tmp, JSON.stringify(merged, null, 2) + "\n", { mode: 0o600 });
+  await Deno.rename(tmp, path);
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Counts other running macOS VMs; `selfDir` is the bundle being started. */
+export type RunningMacOSCounter = (selfDir: string) => Promise<number>;
+
+export interface VzEngineOptions {
+  /** Opens the library; tests point this at the test double. */
+  open?: () => Promise<CoveVz>;
+  runningMacOSVms?: RunningMacOSCounter;
+}
+
+/** The vz engine. */
+export class VzEngine implements Engine {
+  readonly id = "vz" as const;
+  #open: () => Promise<CoveVz>;
+  #lib?: Promise<CoveVz>;
+  #count?: RunningMacOSCounter;
+
+  constructor(opts: VzEngineOptions = {}) {
+    this.#open = opts.open ?? (() => openCoveVz());
+    this.#count = opts.runningMacOSVms;
+  }
+
+  /** Wires the two-macOS-VMs check to cove's store. */
+  setRunningMacOSCounter(count: RunningMacOSCounter): void {
+    this.#count = count;
+  }
+
+  /** The opened library (once per process). */
+  async library(): Promise<CoveVz> {
+    this.#lib ??= this.#open().catch((e) => {
+      this.#lib = undefined;
+      throw vzError(e, "loading libcove_vz");
+    });
+    return await this.#lib;
+  }
+
+  async #hostInfo(): Promise<VzHostInfo> {
+    const vz = await this.library();
+    try {
+      return await vz.hostInfo();
+    } catch (e) {
+      throw vzError(e, "host info");
+    }
+  }
+
+  async capabilities(host: HostInfo): Promise<Capabilities> {
+    const no = (reason: string): Availability => ({ available: false, reason });
+    const guestsNone = {
+      "macos/arm64": no("vz needs macOS on Apple silicon"),
+      "macos/x86_64": no("macOS guests are arm64 only"),
+      "linux/arm64": no("vz needs macOS on Apple silicon"),
+      "linux/x86_64": no("vz runs arm64 guests; use qemu"),
+    };
+    if (host.os !== "darwin" || host.arch !== "arm64") {
+      return {
+        engine: "vz",
+        ...no("vz needs macOS on Apple silicon"),
+        guests: guestsNone,
+        features: {},
+        details: {},
+      };
+    }
+    let vz: CoveVz;
+    let info: VzHostInfo;
+    try {
+      vz = await this.library();
+      info = await vz.hostInfo();
+    } catch (e) {
+      const err = vzError(e, "vz");
+      return { engine: "vz", ...no(err.line()), guests: guestsNone, features: {}, details: {} };
+    }
+    const yes: Availability = { available: true };
+    const major = macosMajor(info.macosVersion);
+    const entitled = info.entitlements.virtualization;
+    const usable: Availability = !info.supported
+      ? no("this Mac cannot run VZ VMs")
+      : entitled
+      ? yes
+      : no("missing the com.apple.security.virtualization entitlement (make sign-dev)");
+    return {
+      engine: "vz",
+      ...usable,
+      guests: {
+        "macos/arm64": usable,
+        "linux/arm64": usable,
+        "macos/x86_64": no("macOS guests are arm64 only"),
+        "linux/x86_64": no("vz runs arm64 guests; use qemu"),
+      },
+      features: {
+        nat: yes,
+        bridged: info.entitlements.networking
+          ? yes
+          : no("needs the com.apple.vm.networking entitlement"),
+        "user-net": no("user networking is QEMU's"),
+        "port-forward": no("vz guests are reached at their NAT address"),
+        shares: yes,
+        rosetta: info.rosetta === "installed"
+          ? yes
+          : no(`Rosetta is ${info.rosetta === "notInstalled" ? "not installed" : "not supported"}`),
+        nested: info.nestedVirtualizationSupported
+          ? yes
+          : no("needs macOS 15 and an M3 or later chip"),
+        display: yes,
+        audio: yes,
+        clipboard: yes,
+        vsock: yes,
+        entropy: yes,
+        balloon: yes,
+        suspend: info.saveRestoreSupported ? yes : no("needs macOS 14"),
+        "usb-storage": yes,
+        nvme: major >= 14 ? yes : no("needs macOS 14"),
+      },
+      details: {
+        library: vz.path,
+        abiVersion: vz.abiVersion,
+        macosVersion: info.macosVersion,
+        machineModel: info.machineModel ?? null,
+        entitlement: entitled,
+        cpus: `${info.cpuCount.min}..${info.cpuCount.max}`,
+      },
+    };
+  }
+
+  async validate(spec: VmSpec, host: HostInfo, paths: VmPaths): Promise<void> {
+    if (host.os !== "darwin" || host.arch !== "arm64") {
+      throw new CoveError("vz.unsupported", "vz needs macOS on Apple silicon", {
+        hint: "use engine: qemu",
+        exit: ExitCode.Host,
+      });
+    }
+    const info = await this.#hostInfo();
+    const runningMacOSVms = spec.os === "macos" && this.#count
+      ? await this.#count(paths.dir)
+      : undefined;
+    await preflight({ spec, paths, host: info, runningMacOSVms });
+  }
+
+  async start(req: StartRequest): Promise<RunningVm> {
+    const { spec, paths } = req;
+    const vz = await this.library();
+    const host = await this.#hostInfo();
+    const call = async <T>(what: string, f: () => Promise<T>): Promise<T> => {
+      try {
+        return await f();
+      } catch (e) {
+        throw vzError(e, what);
+      }
+    };
+
+    const identity = await readIdentity(paths.machine);
+    const auxiliaryStorage = `${paths.dir}/${AUX_STORAGE}`;
+    if (
+      spec.os === "macos" &&
+      (!identity.vzHardwareModel || !identity.vzMachineIdentifier ||
+        !(await exists(auxiliaryStorage)))
+    ) {
+      throw new CoveError("vz.not_installed", `VM '${req.name}' has no installed macOS`, {
+        hint: "create it with 'cove create NAME --from ipsw:latest'",
+        exit: ExitCode.State,
+      });
+    }
+    if (spec.os === "linux" && !identity.vzMachineIdentifier) {
+      identity.vzMachineIdentifier = await call(
+        "machine identifier",
+        () => vz.machineIdentifierNew("generic"),
+      );
+      await writeIdentity(paths.machine, { vzMachineIdentifier: identity.vzMachineIdentifier });
+    }
+    if (spec.boot.loader === "efi") {
+      const store = spec.boot.variableStore ?? "efi-vars.fd";
+      const path = store.startsWith("/") ? store : `${paths.dir}/${store}`;
+      if (!(await exists(path))) {
+        await call("EFI variable store", () => vz.efiVariableStoreCreate(path));
+      }
+    }
+
+    // Serial console: two pipes; the shim dup()s the guest ends, we close ours after create.
+    const f = fds();
+    let guest: { readFd: number; writeFd: number } | undefined;
+    let hostEnds: { readFd: number; writeFd: number } | undefined;
+    if (spec.serial.mode !== "none") {
+      const [guestIn, hostOut] = f.pipe();
+      const [hostIn, guestOut] = f.pipe();
+      guest = { readFd: guestIn, writeFd: guestOut };
+      hostEnds = { readFd: hostIn, writeFd: hostOut };
+    }
+    const suspendable = wantsSuspendable(spec, host.macosVersion);
+    const config = buildVzConfig(spec, {
+      paths,
+      machineIdentifier: identity.vzMachineIdentifier,
+      hardwareModel: identity.vzHardwareModel,
+      auxiliaryStorage,
+      serial: guest,
+      suspendable,
+      macosVersion: host.macosVersion,
+    });
+    let handle: number;
+    let saveRestore: { supported: boolean; reason?: string };
+    try {
+      const created = await call("create", () => vz.createWithInfo(config));
+      handle = created.handle;
+      saveRestore = {
+        supported: created.saveRestore.supported,
+        reason: created.saveRestore.error?.message,
+      };
+    } catch (e) {
+      if (hostEnds) {
+        f.close(hostEnds.readFd);
+        f.close(hostEnds.writeFd);
+      }
+      throw e;
+    } finally {
+      if (guest) {
+        f.close(guest.readFd);
+        f.close(guest.writeFd);
+      }
+    }
+
+    const graphics = req.graphics && spec.display !== "none";
+    const running = new VzRunningVm({
+      vz,
+      handle,
+      console: hostEnds,
+      savedState: paths.savedState,
+      saveRestore,
+      pump: graphics,
+      info: { library: vz.path, suspendable, graphics },
+    });
+    try {
+      const restored = req.restore && saveRestore.supported && (await exists(paths.savedState)) &&
+        await this.#restore(vz, handle, paths.savedState);
+      if (!restored) await call("start", () => vz.start(handle, {}));
+      if (graphics) {
+        const d = spec.display === "none" ? { width: 1280, height: 800 } : spec.display;
+        vz.showWindow(handle, {
+          title: `cove: ${req.name}`,
+          width: d.width,
+          height: d.height,
+          capturesSystemKeys: true,
+        });
+      }
+    } catch (e) {
+      const err = vzError(e, "start");
+      await running.abandon(err.message);
+      throw err;
+    }
+    return running;
+  }
+
+  /** Restores saved state and resumes; false (state discarded) if VZ refuses it. */
+  async #restore(vz: CoveVz, handle: number, savedState: string): Promise<boolean> {
+    try {
+      await vz.restore(handle, savedState);
+      await vz.resume(handle);
+      await Deno.remove(savedState);
+      return true;
+    } catch {
+      await Deno.remove(savedState).catch(() => {});
+      return false;
+    }
+  }
+}
+
+/** The engine instance `engines/select.ts` loads. */
+export const engine = new VzEngine();
