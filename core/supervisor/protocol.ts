@@ -1,0 +1,25 @@
+/**
+ * The shared vocabulary of the control socket (docs/control-api.md): the
+ * console stream's protocol name, the default stop timeout, and the status
+ * shape. Kept apart so that clients load nothing of the supervisor.
+ * @module
+ */
+import type { VmState } from "../../engines/engine.ts";
+
+/** The protocol name of the console byte stream (`Upgrade: cove-console`). */
+export const CONSOLE_PROTOCOL = "cove-console";
+/** Default seconds a graceful stop may take before the VM is powered off. */
+export const DEFAULT_STOP_TIMEOUT = 30;
+
+/** What `GET /status` returns. */
+export interface SupervisorStatus {
+  name: string;
+  state: VmState;
+  engine: string;
+  /** The supervisor's process id. */
+  pid: number;
+  startedAt: string;
+  consoleLog: string;
+  /** Engine facts: QEMU pid, accelerator, forwarded ports, ... */
+  info: Record<string, unknown>;
+}

@@ -1,0 +1,122 @@
+/**
+ * `cove start`: the supervisor (`cove run NAME`) launched detached, in its
+ * own session, so it survives the shell that started it. Its stderr is read
+ * only until the VM runs: a failure to start is reported as the
+ * supervisor's own one-line error and exit code. Afterwards the supervisor
+ * logs to `supervisor.log` in the bundle.
+ * @module
+ */
+import { fileURLToPath } from "node:url";
+import { CoveError, ExitCode } from "../errors.ts";
+import type { Store } from "../store/store.ts";
+import { httpRequest } from "./http.ts";
+import { controlSocketTarget } from "./paths.ts";
+import type { SupervisorStatus } from "./protocol.ts";
+
+/** The command that runs `cove ARGS` in a new process (compiled binary or deno + cli/main.ts). */
+export function coveCommand(args: string[]): { command: string; args: string[] } {
+  if (Deno.build.standalone) return { command: Deno.execPath(), args };
+  const main = fileURLToPath(new URL("../../cli/main.ts", import.meta.url));
+  const config = fileURLToPath(new URL("../../deno.json", import.meta.url));
+  const pre = ["run", "-A", "--quiet"];
+  try {
+    Deno.statSync(config);
+    pre.push("--config", config);
+  } catch { /* no config next to the sources */ }
+  return { command: Deno.execPath(), args: [...pre, main, ...args] };
+}
+
+/** Options of {@link startDetached}. */
+export interface StartOptions {
+  /** How long to wait for the VM to run (ms). */
+  timeoutMs?: number;
+  /** Show a window if the VM has a display (default true). */
+  graphics?: boolean;
+}
+
+/** Starts the supervisor of `name` detached and waits until the VM runs. */
+export async function startDetached(
+  store: Store,
+  name: string,
+  opts: StartOptions = {},
+): Promise<SupervisorStatus> {
+  const bundle = await store.get(name);
+  if (await bundle.isRunning()) {
+    throw new CoveError("vm.running", `VM '${name}' is already running`, {
+      hint: `attach with 'cove console ${name}' or stop it with 'cove stop ${name}'`,
+      exit: ExitCode.State,
+    });
+  }
+  const cmd = coveCommand([
+    "run",
+    name,
+    "--detached",
+    ...(opts.graphics === false ? ["--no-graphics"] : []),
+  ]);
+  const env: Record<string, string> = { COVE_HOME: store.home };
+  const child = new Deno.Command(cmd.command, {
+    args: cmd.args,
+    cwd: store.home,
+    env,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    detached: true,
+  }).spawn();
+  let stderrText = "";
+  const reader = child.stderr.getReader();
+  const readErr = (async () => {
+    const dec = new TextDecoder();
+    try {
+      while (true) {
+        const r = await reader.read();
+        if (r.done) break;
+        stderrText += dec.decode(r.value, { stream: true });
+      }
+    } catch { /* cancelled */ }
+  })();
+  let status: Deno.CommandStatus | undefined;
+  const exited = child.status.then((s) => (status = s));
+  const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
+  while (true) {
+    if (status) {
+      await readErr;
+      const line = stderrText.split("\n").map((l) => l.trim()).filter((l) => l).pop() ?? "";
+      const msg = line.replace(/^cove: /, "") || `the supervisor exited with status ${status.code}`;
+      throw new CoveError("vm.start_failed", msg, {
+        exit: (status.code || ExitCode.Failure) as ExitCode,
+      });
+    }
+    if (Date.now() > deadline) {
+      try {
+        child.kill("SIGTERM");
+      } catch { /* gone */ }
+      await exited;
+      throw new CoveError(
+        "vm.start_timeout",
+        `VM '${name}' did not start within ${Math.round((opts.timeoutMs ?? 120_000) / 1000)}s`,
+        {
+          hint: `see ${bundle.supervisorLog}`,
+        },
+      );
+    }
+    try {
+      const res = await httpRequest(
+        await controlSocketTarget(bundle),
+        "GET",
+        "/status",
+        undefined,
+        { timeoutMs: 1000 },
+      );
+      if (res.status === 200) {
+        const s = res.json<SupervisorStatus>();
+        if (s.state !== "starting") {
+          await reader.cancel().catch(() => {});
+          child.unref();
+          return s;
+        }
+      }
+    } catch { /* not yet */ }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,532 @@
+/**
+ * The supervisor: `cove run NAME`. It holds the bundle lock for as long as
+ * the VM runs (that lock *is* "running"), starts the engine, copies the
+ * serial console to `console.log` and to attached clients, serves the
+ * control socket (see docs/control-api.md), stops the VM gracefully on
+ * SIGINT/SIGTERM/SIGHUP (hard after a timeout, or at a second signal), and
+ * records how the run ended in `last-exit.json`. Whatever happens, it
+ * leaves no lock, socket or runtime directory behind.
+ * @module
+ */
+import { dirname } from "node:path";
+import type { Engine, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
+import { loadEngine, resolveEngineId } from "../../engines/select.ts";
+import { prepareGuest } from "../provision/prepare.ts";
+import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import { detectHost } from "../host.ts";
+import type { VmSpec } from "../spec/schema.ts";
+import type { Bundle, BundleLock } from "../store/bundle.ts";
+import type { Store } from "../store/store.ts";
+import {
+  type HttpRequest,
+  type HttpResult,
+  type HttpServer,
+  serveHttp,
+  writeAll,
+  writeUpgrade,
+} from "./http.ts";
+import { consoleTailLines, type LastExit, writeLastExit } from "./lastexit.ts";
+import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
+import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
+
+export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
+
+/** Options of {@link runSupervisor}. */
+export interface RunOptions {
+  /** Run a copy-on-write clone and delete it afterwards. */
+  ephemeral?: boolean;
+  /** Show a display window (vz / qemu with a display). */
+  graphics?: boolean;
+  /** Seconds a graceful stop on SIGINT/SIGTERM may take. */
+  stopTimeout?: number;
+  /** Log lines (state changes, engine messages); the supervisor also appends them to supervisor.log. */
+  log?: (line: string) => void;
+  /** Called once the VM runs, with the live supervisor. */
+  onRunning?: (sup: Supervisor) => void | Promise<void>;
+}
+
+/** The ring buffer and fan-out of console output. */
+export class ConsoleHub {
+  #ring = new Uint8Array(64 * 1024);
+  #len = 0;
+  #subs = new Set<(b: Uint8Array) => void>();
+  #file: Deno.FsFile | undefined;
+
+  constructor(file?: Deno.FsFile) {
+    this.#file = file;
+  }
+
+  /** Appends output: to console.log, the ring and every subscriber. */
+  push(b: Uint8Array): void {
+    try {
+      let off = 0;
+      while (this.#file && off < b.length) off += this.#file.writeSync(b.subarray(off));
+    } catch { /* a full disk must not stop the VM */ }
+    if (b.length >= this.#ring.length) {
+      this.#ring.set(b.subarray(b.length - this.#ring.length));
+      this.#len = this.#ring.length;
+    } else {
+      const keep = Math.min(this.#len, this.#ring.length - b.length);
+      this.#ring.copyWithin(0, this.#len - keep, this.#len);
+      this.#ring.set(b, keep);
+      this.#len = keep + b.length;
+    }
+    for (const s of this.#subs) s(b);
+  }
+
+  /** The last `n` bytes of output. */
+  tail(n = this.#ring.length): Uint8Array {
+    const k = Math.max(0, Math.min(n, this.#len));
+    return this.#ring.slice(this.#len - k, this.#len);
+  }
+
+  /** Calls `fn` with every new chunk until the returned function is called. */
+  subscribe(fn: (b: Uint8Array) => void): () => void {
+    this.#subs.add(fn);
+    return () => this.#subs.delete(fn);
+  }
+
+  close(): void {
+    this.#subs.clear();
+    try {
+      this.#file?.close();
+    } catch { /* closed */ }
+    this.#file = undefined;
+  }
+}
+
+/** A live supervisor, as seen by the control API and by `cove run --console`. */
+export class Supervisor {
+  readonly hub: ConsoleHub;
+  state: VmState = "starting";
+  vm: RunningVm | undefined;
+  readonly startedAt = new Date().toISOString();
+  #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
+  #attached = Promise.withResolvers<RunningVm>();
+
+  constructor(
+    readonly bundle: Bundle,
+    readonly engineId: string,
+    hub: ConsoleHub,
+    readonly log: (line: string) => void,
+  ) {
+    this.hub = hub;
+  }
+
+  status(): SupervisorStatus {
+    return {
+      name: this.bundle.name,
+      state: this.state,
+      engine: this.engineId,
+      pid: Deno.pid,
+      startedAt: this.startedAt,
+      consoleLog: this.bundle.consoleLog,
+      info: this.vm?.info() ?? {},
+    };
+  }
+
+  /** Sends bytes to the guest's console. */
+  async input(b: Uint8Array): Promise<void> {
+    if (!this.vm) {
+      throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+    }
+    await this.vm.writeConsole(b);
+  }
+
+  /** Stops the VM: ACPI power button, then power off after `timeout` seconds (or at once with force). */
+  stop(force: boolean, timeout: number): Promise<{ exit: ExitInfo; forced: boolean }> {
+    const vm = this.vm;
+    if (!vm) {
+      // Still starting: power off as soon as it runs.
+      return this.#attached.promise.then(() => this.stop(true, timeout));
+    }
+    if (force && this.#stopping) {
+      // Escalate a graceful stop that is under way.
+      void vm.stop().catch(() => {});
+      return this.#stopping;
+    }
+    this.#stopping ??= (async () => {
+      if (force) {
+        this.log("stopping (power off)");
+        await vm.stop();
+        return { exit: await vm.wait(), forced: true };
+      }
+      this.log(`stopping (ACPI power button; power off after ${timeout}s)`);
+      try {
+        await vm.requestStop();
+      } catch (e) {
+        this.log(`graceful stop failed (${toCoveError(e).message}); powering off`);
+        await vm.stop();
+        return { exit: await vm.wait(), forced: true };
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const timedOut = new Promise<"timeout">((
+        r,
+      ) => (timer = setTimeout(() => r("timeout"), timeout * 1000)));
+      const first = await Promise.race([vm.wait(), timedOut]);
+      clearTimeout(timer);
+      if (first === "timeout") {
+        this.log(`the guest did not power off within ${timeout}s; powering off`);
+        await vm.stop();
+        return { exit: await vm.wait(), forced: true };
+      }
+      return { exit: first, forced: false };
+    })();
+    return this.#stopping;
+  }
+
+  /** Called by the run loop once the engine handle exists. */
+  attach(vm: RunningVm): void {
+    this.vm = vm;
+    this.#attached.resolve(vm);
+  }
+}
+
+function errorBody(e: unknown): { status: number; body: unknown } {
+  const ce = toCoveError(e);
+  const status = ce.exit === ExitCode.State ? 409 : ce.exit === ExitCode.Usage ? 400 : 500;
+  return { status, body: { error: ce.toJSON() } };
+}
+
+function parseJsonBody(req: HttpRequest): Record<string, unknown> {
+  if (req.body.length === 0) return {};
+  try {
+    const v = JSON.parse(new TextDecoder().decode(req.body));
+    return v && typeof v === "object" ? v as Record<string, unknown> : {};
+  } catch {
+    throw new CoveError("http.bad_json", "the request body is not JSON", { exit: ExitCode.Usage });
+  }
+}
+
+/** Serves one upgraded console client until either side closes. */
+async function serveConsoleClient(
+  sup: Supervisor,
+  conn: Deno.UnixConn,
+  rest: Uint8Array,
+  replay: number,
+): Promise<void> {
+  await writeUpgrade(conn, CONSOLE_PROTOCOL);
+  let queue = Promise.resolve();
+  let pending = 0;
+  let dead = false;
+  const send = (b: Uint8Array) => {
+    if (dead) return;
+    if (pending > 4 * 1024 * 1024) {
+      dead = true; // a client that stopped reading is dropped, the VM never waits for it
+      try {
+        conn.close();
+      } catch { /* closed */ }
+      return;
+    }
+    pending += b.length;
+    queue = queue.then(() => writeAll(conn, b)).then(
+      () => void (pending -= b.length),
+      () => void (dead = true),
+    );
+  };
+  if (replay > 0) send(sup.hub.tail(replay));
+  const unsubscribe = sup.hub.subscribe(send);
+  try {
+    if (rest.length) await sup.input(rest);
+    const buf = new Uint8Array(4096);
+    while (!dead) {
+      const n = await conn.read(buf);
+      if (n === null) break;
+      await sup.input(buf.slice(0, n));
+    }
+  } catch {
+    /* client gone or VM stopped */
+  } finally {
+    unsubscribe();
+    dead = true;
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+/** The control API handler (documented in docs/control-api.md). */
+export function controlHandler(sup: Supervisor, onVmStop?: () => void) {
+  return async (req: HttpRequest, conn: Deno.UnixConn, rest: Uint8Array): Promise<HttpResult> => {
+    const route = `${req.method} ${req.path}`;
+    try {
+      switch (route) {
+        case "GET /status":
+          return { status: 200, body: sup.status() };
+        case "POST /stop": {
+          const b = parseJsonBody(req);
+          const force = b.force === true;
+          const timeout = typeof b.timeout === "number" && b.timeout >= 0
+            ? b.timeout
+            : DEFAULT_STOP_TIMEOUT;
+          const r = await sup.stop(force, timeout);
+          onVmStop?.();
+          return {
+            status: 200,
+            body: { name: sup.bundle.name, state: "stopped", exit: r.exit, forced: r.forced },
+          };
+        }
+        case "POST /pause":
+        case "POST /resume":
+        case "POST /suspend": {
+          const vm = sup.vm;
+          if (!vm) {
+            throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+          }
+          if (req.path === "/pause") await vm.pause();
+          else if (req.path === "/resume") await vm.resume();
+          else await vm.suspend();
+          return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
+        }
+        case "GET /console": {
+          if ((req.headers.get("upgrade") ?? "").toLowerCase() !== CONSOLE_PROTOCOL) {
+            return {
+              status: 400,
+              body: {
+                error: {
+                  code: "http.upgrade",
+                  message: `GET /console needs 'Upgrade: ${CONSOLE_PROTOCOL}'`,
+                },
+              },
+            };
+          }
+          const replay = Math.max(0, Math.min(65536, Number(req.query.get("replay") ?? "0") || 0));
+          void serveConsoleClient(sup, conn, rest, replay);
+          return "upgraded";
+        }
+        case "GET /console/tail": {
+          const bytes = Math.max(0, Math.min(65536, Number(req.query.get("bytes") ?? "4096") || 0));
+          return { status: 200, body: { text: new TextDecoder().decode(sup.hub.tail(bytes)) } };
+        }
+        case "POST /console/input": {
+          const b = parseJsonBody(req);
+          if (typeof b.data !== "string") {
+            throw new CoveError("http.bad_input", 'POST /console/input needs {"data": "text"}', {
+              exit: ExitCode.Usage,
+            });
+          }
+          await sup.input(new TextEncoder().encode(b.data));
+          return { status: 200, body: { written: new TextEncoder().encode(b.data).length } };
+        }
+        default:
+          return {
+            status: 404,
+            body: { error: { code: "http.not_found", message: `no route ${route}` } },
+          };
+      }
+    } catch (e) {
+      return errorBody(e);
+    }
+  };
+}
+
+async function removeQuietly(path: string, recursive = false): Promise<void> {
+  await Deno.remove(path, { recursive }).catch(() => {});
+}
+
+/** Removes what a previous (killed) run left, and makes the runtime directory. */
+async function prepareRuntime(bundle: Bundle, layout: RuntimeLayout): Promise<void> {
+  await removeQuietly(bundle.controlSocket);
+  await removeQuietly(layout.controlSocket);
+  await removeQuietly(bundle.runtimeDir, true);
+  await removeQuietly(layout.runtimeDir, true);
+  await Deno.mkdir(layout.runtimeDir, { recursive: true, mode: 0o700 });
+  await Deno.mkdir(dirname(layout.controlSocket), { recursive: true, mode: 0o700 });
+  if (layout.runtimeLinked) await Deno.symlink(layout.runtimeDir, bundle.runtimeDir);
+}
+
+async function cleanupRuntime(bundle: Bundle, layout: RuntimeLayout): Promise<void> {
+  await removeQuietly(bundle.controlSocket);
+  await removeQuietly(layout.controlSocket);
+  await removeQuietly(bundle.runtimeDir, true);
+  await removeQuietly(layout.runtimeDir, true);
+  if (layout.runtimeLinked || layout.controlLinked) {
+    // The short directory per bundle: remove it when empty.
+    await Deno.remove(dirname(layout.controlLinked ? layout.controlSocket : layout.runtimeDir))
+      .catch(() => {});
+  }
+}
+
+/** How a supervised run ended. */
+export interface RunResult {
+  exit: ExitInfo;
+  /** The last console lines, cleaned. */
+  consoleTail: string[];
+  /** The name actually run (the clone's, with --ephemeral). */
+  name: string;
+}
+
+function nowLine(line: string): string {
+  return `${new Date().toISOString()} ${line}\n`;
+}
+
+/**
+ * Runs a VM under this process until it stops. Throws a CoveError for
+ * anything that keeps it from starting (already running, bad spec, host
+ * problems); returns how it ended otherwise.
+ */
+export async function runSupervisor(
+  store: Store,
+  name: string,
+  opts: RunOptions = {},
+): Promise<RunResult> {
+  const original = await store.get(name);
+  let bundle = original;
+  let ephemeral = false;
+  let heldLock: BundleLock | null = null;
+  if (opts.ephemeral) {
+    if (await original.isRunning()) {
+      throw new CoveError("vm.running", `VM '${name}' is already running`, {
+        hint: "--ephemeral runs a copy of a stopped VM",
+        exit: ExitCode.State,
+      });
+    }
+    const suffix = crypto.randomUUID().slice(0, 8);
+    const cloneName = `${name.slice(0, 64 - 13)}-eph-${suffix}`.replace(/^[-.]/, "e");
+    // The clone comes back locked, so no sweep can take it before we run it.
+    const c = await store.clone(name, cloneName, { ephemeral: true });
+    bundle = c.bundle;
+    heldLock = c.lock ?? null;
+    ephemeral = true;
+  }
+  let lock: BundleLock | null = null;
+  try {
+    lock = heldLock ?? await bundle.tryLock();
+    if (!lock) {
+      throw new CoveError("vm.running", `VM '${name}' is already running`, {
+        hint: `attach with 'cove console ${name}' or stop it with 'cove stop ${name}'`,
+        exit: ExitCode.State,
+      });
+    }
+    return await supervise(bundle, lock, opts);
+  } finally {
+    lock?.release();
+    if (ephemeral) await store.delete(bundle.name).catch(() => {});
+  }
+}
+
+async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): Promise<RunResult> {
+  let logFile: Deno.FsFile | undefined;
+  try {
+    logFile = await Deno.open(bundle.supervisorLog, { append: true, create: true, mode: 0o600 });
+  } catch { /* logging is best effort */ }
+  const log = (line: string) => {
+    try {
+      logFile?.writeSync(new TextEncoder().encode(nowLine(line)));
+    } catch { /* ignore */ }
+    opts.log?.(line);
+  };
+  const layout = await runtimeLayout(bundle);
+  let hub: ConsoleHub | undefined;
+  let server: HttpServer | undefined;
+  const signals: [Deno.Signal, () => void][] = [];
+  let spec: VmSpec;
+  try {
+    log(`supervisor ${Deno.pid} starting ${bundle.name}`);
+    spec = await bundle.readSpec();
+    const host = detectHost();
+    const engineId = resolveEngineId(spec, host);
+    // cloud-init seed (refreshed when the spec changed) and, for qemu user networking, the SSH forward.
+    spec = await prepareGuest(bundle.dir, spec, engineId);
+    const engine: Engine = await loadEngine(engineId);
+    await prepareRuntime(bundle, layout);
+    const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
+    await engine.validate(spec, host, paths);
+
+    const consoleFile = await Deno.open(bundle.consoleLog, {
+      write: true,
+      create: true,
+      truncate: true,
+      mode: 0o600,
+    });
+    hub = new ConsoleHub(consoleFile);
+    const sup = new Supervisor(bundle, engineId, hub, log);
+
+    const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
+    await Deno.chmod(layout.controlSocket, 0o600);
+    if (layout.controlLinked) await Deno.symlink(layout.controlSocket, bundle.controlSocket);
+    server = serveHttp(listener, controlHandler(sup));
+
+    const timeout = opts.stopTimeout ?? DEFAULT_STOP_TIMEOUT;
+    let interrupts = 0;
+    const onSignal = (sig: Deno.Signal) => () => {
+      interrupts++;
+      log(`received ${sig}`);
+      void sup.stop(interrupts > 1, timeout).catch(() => {});
+    };
+    for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as Deno.Signal[]) {
+      const fn = onSignal(sig);
+      try {
+        Deno.addSignalListener(sig, fn);
+        signals.push([sig, fn]);
+      } catch { /* not on this OS */ }
+    }
+
+    let vm: RunningVm;
+    try {
+      vm = await engine.start({
+        name: bundle.name,
+        spec,
+        paths,
+        graphics: opts.graphics ?? false,
+        restore: true,
+      });
+    } catch (e) {
+      throw toCoveError(e);
+    }
+    sup.attach(vm);
+    sup.state = vm.state();
+    log(`running (${JSON.stringify(vm.info(), (k, v) => (k === "argv" ? undefined : v))})`);
+    const eventsDone = (async () => {
+      for await (const ev of vm.events) {
+        if (ev.type === "state") {
+          sup.state = ev.state;
+          log(`state ${ev.state}`);
+        } else if (ev.type === "log") log(`${ev.level}: ${ev.message}`);
+      }
+    })().catch(() => {});
+    const consoleDone = (async () => {
+      for await (const chunk of vm.consoleOutput) hub!.push(chunk);
+    })().catch(() => {});
+    if (opts.onRunning) await opts.onRunning(sup);
+    const exit = await vm.wait();
+    await Promise.race([
+      Promise.all([eventsDone, consoleDone]),
+      new Promise((r) => setTimeout(r, 2000)),
+    ]);
+    sup.state = exit.reason === "crash" ? "error" : "stopped";
+    const consoleTail = consoleTailLines(hub.tail(8192), 8);
+    const rec: LastExit = {
+      time: new Date().toISOString(),
+      reason: exit.reason,
+      message: exit.message,
+      consoleTail,
+    };
+    await writeLastExit(bundle, rec);
+    log(`stopped (${exit.reason}${exit.message ? `: ${exit.message}` : ""})`);
+    return { exit, consoleTail, name: bundle.name };
+  } catch (e) {
+    const ce = toCoveError(e);
+    log(`failed: ${ce.line()}`);
+    await writeLastExit(bundle, {
+      time: new Date().toISOString(),
+      reason: "failed",
+      message: ce.message,
+      code: ce.code,
+      consoleTail: hub ? consoleTailLines(hub.tail(8192), 8) : [],
+    });
+    throw ce;
+  } finally {
+    for (const [sig, fn] of signals) {
+      try {
+        Deno.removeSignalListener(sig, fn);
+      } catch { /* ignore */ }
+    }
+    server?.close();
+    hub?.close();
+    await cleanupRuntime(bundle, layout);
+    try {
+      logFile?.close();
+    } catch { /* closed */ }
+  }
+}

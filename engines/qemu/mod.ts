@@ -1,0 +1,685 @@
+/**
+ * The QEMU engine: runs Linux guests (x86_64 on q35, arm64 on virt) with
+ * KVM, HVF or TCG, behind cove's {@link Engine} interface.
+ *
+ * `start` checks the spec (binary, firmware, kernel header, shares, host
+ * ports), builds the argument array with {@link buildQemuArgs}, launches
+ * QEMU so that it dies with the calling process ({@link reaped}), attaches
+ * to its serial console socket and its QMP socket, and returns a handle
+ * whose state follows QMP events and the process's exit.
+ * @module
+ */
+import { join } from "node:path";
+import { CoveError, ExitCode } from "../../core/errors.ts";
+import type { VmSpec } from "../../core/spec/schema.ts";
+import { parseSize } from "../../core/units.ts";
+import type {
+  Capabilities,
+  Engine,
+  EngineEvent,
+  ExitInfo,
+  HostInfo,
+  RunningVm,
+  StartRequest,
+  VmPaths,
+  VmState,
+} from "../engine.ts";
+import {
+  type Accel,
+  buildQemuArgs,
+  type ForwardPlan,
+  type QemuPlan,
+  qemuSystemName,
+  type SharePlan,
+} from "./argv.ts";
+import { chooseAccel, probeKvm } from "./accel.ts";
+import { findFirmware, prepareFirmware, requireFirmware } from "./firmware.ts";
+import { exists, findQemu, which } from "./host.ts";
+import { checkKernel } from "./kernel.ts";
+import { Qmp } from "./qmp.ts";
+import { reaped } from "./reaper.ts";
+import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } from "./virtiofsd.ts";
+
+/** Resolves a spec path against the bundle directory. */
+function resolveIn(dir: string, p: string): string {
+  return p.startsWith("/") ? p : join(dir, p);
+}
+
+/** The tag of a share: its own, or the directory's base name made safe. */
+export function shareTag(path: string, tag: string | undefined, index: number): string {
+  if (tag) return tag;
+  const base = path.replace(/\/+$/, "").split("/").pop() ?? "";
+  const safe = base.replace(/[^A-Za-z0-9_.-]/g, "_").slice(0, 36);
+  return safe || `share${index}`;
+}
+
+/** Throws one line if a host port of a forward is taken. */
+function checkPortFree(address: string, port: number, where: string): void {
+  let l: Deno.Listener | undefined;
+  try {
+    l = Deno.listen({ hostname: address, port, transport: "tcp" });
+  } catch (e) {
+    if (e instanceof Deno.errors.AddrInUse) {
+      throw new CoveError(
+        "net.port_in_use",
+        `${where}: host port ${address}:${port} is already in use`,
+        {
+          hint: "stop what listens there, or choose another host port (0 picks a free one)",
+          exit: ExitCode.Host,
+        },
+      );
+    }
+    if (e instanceof Deno.errors.AddrNotAvailable) {
+      throw new CoveError(
+        "net.bad_address",
+        `${where}: '${address}' is not an address of this host`,
+        {
+          exit: ExitCode.Usage,
+        },
+      );
+    }
+    if (e instanceof Deno.errors.PermissionDenied) {
+      throw new CoveError("net.port_denied", `${where}: host port ${port} needs privileges`, {
+        hint: "use a host port above 1023",
+        exit: ExitCode.Host,
+      });
+    }
+    throw e;
+  } finally {
+    l?.close();
+  }
+}
+
+/** A free TCP port on `address`. */
+function freePort(address: string): number {
+  const l = Deno.listen({ hostname: address, port: 0, transport: "tcp" });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** A stable vsock CID (3..2^31) from the machine UUID. */
+function vsockCid(uuid: string | undefined): number {
+  let h = 2166136261;
+  for (const c of uuid ?? crypto.randomUUID()) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  return 3 + (h % 0x7ffffff0);
+}
+
+async function readUuid(paths: VmPaths): Promise<string | undefined> {
+  try {
+    const m = JSON.parse(await Deno.readTextFile(paths.machine)) as { uuid?: string };
+    return typeof m.uuid === "string" && /^[0-9a-f-]{36}$/i.test(m.uuid) ? m.uuid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The checks of {@link QemuEngine.validate}, shared with start. */
+async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Promise<string> {
+  if (spec.os === "macos") {
+    throw new CoveError("qemu.no_macos", "the qemu engine cannot run macOS guests", {
+      hint: "macOS guests need the vz engine on a Mac with Apple silicon",
+      exit: ExitCode.Host,
+    });
+  }
+  if (spec.rosetta) {
+    throw new CoveError("qemu.no_rosetta", "rosetta: Rosetta sharing needs the vz engine", {
+      hint: "set rosetta: false, or use engine: vz on a Mac",
+      exit: ExitCode.Usage,
+    });
+  }
+  const binary = findQemu(spec.arch, spec.qemu.binary);
+  if (spec.boot.loader === "macos") {
+    throw new CoveError(
+      "qemu.bad_loader",
+      "boot.loader: the qemu engine boots with efi or kernel",
+      {
+        exit: ExitCode.Usage,
+      },
+    );
+  }
+  if (spec.boot.loader === "efi") {
+    const vars = spec.boot.variableStore
+      ? resolveIn(paths.dir, spec.boot.variableStore)
+      : undefined;
+    requireFirmware(spec.arch, vars);
+  } else {
+    await checkKernel(resolveIn(paths.dir, spec.boot.kernel ?? ""), spec.arch);
+    if (spec.boot.initrd && !exists(resolveIn(paths.dir, spec.boot.initrd))) {
+      throw new CoveError("boot.not_found", `boot.initrd: '${spec.boot.initrd}' does not exist`, {
+        hint: "give the path of an initrd, or remove boot.initrd",
+        exit: ExitCode.Usage,
+      });
+    }
+  }
+  spec.disks.forEach((d, i) => {
+    if (!exists(resolveIn(paths.dir, d.path))) {
+      throw new CoveError("disk.not_found", `disks[${i}]: '${d.path}' does not exist`, {
+        hint: d.media === "cdrom"
+          ? "give the path of an ISO image"
+          : "create the disk or fix its path",
+        exit: ExitCode.Usage,
+      });
+    }
+    if (d.format === "asif") {
+      throw new CoveError("disk.format", `disks[${i}]: the asif format needs the vz engine`, {
+        hint: "convert the disk to raw or qcow2",
+        exit: ExitCode.Usage,
+      });
+    }
+  });
+  const tags = new Set<string>();
+  spec.shares.forEach((s, i) => {
+    let st: Deno.FileInfo | undefined;
+    try {
+      st = Deno.statSync(s.path);
+    } catch { /* reported below */ }
+    if (!st?.isDirectory) {
+      throw new CoveError(
+        "share.not_found",
+        `shares[${i}]: '${s.path}' ${st ? "is not a directory" : "does not exist"}`,
+        {
+          hint: "share an existing host directory",
+          exit: ExitCode.Usage,
+        },
+      );
+    }
+    const tag = shareTag(s.path, s.tag, i);
+    if (tags.has(tag)) {
+      throw new CoveError("share.tag", `shares[${i}]: the tag '${tag}' is used twice`, {
+        hint: "give each share its own tag",
+        exit: ExitCode.Usage,
+      });
+    }
+    tags.add(tag);
+  });
+  if (spec.audio) {
+    throw new CoveError("qemu.no_audio", "audio: the qemu engine has no audio device yet", {
+      hint: "set audio: false",
+      exit: ExitCode.Usage,
+    });
+  }
+  if (opts.ports) {
+    spec.networks.forEach((n, i) => {
+      n.forwards.forEach((f, j) => {
+        if (f.host !== 0 && f.protocol === "tcp") {
+          checkPortFree(f.address, f.host, `networks[${i}].forwards[${j}]`);
+        }
+      });
+    });
+  }
+  return binary;
+}
+
+/** The facts of this host that accelerator choice needs (engines do not import core's host module). */
+function localHost(): HostInfo {
+  return {
+    os: Deno.build.os === "linux" ? "linux" : Deno.build.os === "darwin" ? "darwin" : "other",
+    arch: Deno.build.arch === "aarch64" ? "arm64" : "x86_64",
+    cpus: navigator.hardwareConcurrency || 1,
+    memory: 0,
+  };
+}
+
+/** QEMU's noise that is not an error. */
+function isNoise(line: string): boolean {
+  return /QEMU waiting for connection|warning: host doesn't support requested feature/.test(line);
+}
+
+/** The engine object. */
+export class QemuEngine implements Engine {
+  readonly id = "qemu" as const;
+
+  async capabilities(host: HostInfo): Promise<Capabilities> {
+    const native = which(qemuSystemName(host.arch));
+    const x86 = which(qemuSystemName("x86_64"));
+    const arm = which(qemuSystemName("arm64"));
+    const details: Capabilities["details"] = { binary: native ?? null };
+    let accelNote = "tcg";
+    if (native) {
+      if (host.os === "linux") {
+        const p = await probeKvm(native, host.arch);
+        accelNote = p.usable ? "kvm" : `tcg (kvm not usable: ${p.reason})`;
+        details.kvm = p.usable ? "usable" : `not usable: ${p.reason}`;
+      } else if (host.os === "darwin") accelNote = "hvf";
+      try {
+        const out = await new Deno.Command(native, {
+          args: ["--version"],
+          stdout: "piped",
+          stderr: "null",
+        }).output();
+        details.version = new TextDecoder().decode(out.stdout).split("\n")[0].replace(
+          /^QEMU emulator version /,
+          "",
+        );
+      } catch { /* keep going */ }
+    }
+    details.accel = accelNote;
+    details.firmwareX86 = findFirmware("x86_64")?.code ?? null;
+    details.firmwareArm64 = findFirmware("arm64")?.code ?? null;
+    const vfs = findVirtiofsd();
+    details.virtiofsd = vfs ? vfs.path : null;
+    const missing = (arch: "x86_64" | "arm64") =>
+      `${qemuSystemName(arch)} is not installed (${
+        arch === "arm64" ? "qemu-system-arm" : "qemu-system-x86"
+      })`;
+    const yes = { available: true };
+    const vsock = exists("/dev/vhost-vsock");
+    return {
+      engine: "qemu",
+      available: !!(x86 || arm),
+      reason: x86 || arm
+        ? undefined
+        : "QEMU is not installed (apt-get install qemu-system-x86 or brew install qemu)",
+      guests: {
+        "linux/x86_64": x86 ? yes : { available: false, reason: missing("x86_64") },
+        "linux/arm64": arm ? yes : { available: false, reason: missing("arm64") },
+        "macos/arm64": { available: false, reason: "macOS guests need the vz engine" },
+        "macos/x86_64": { available: false, reason: "macOS guests need the vz engine" },
+      },
+      features: {
+        "user-net": yes,
+        nat: yes,
+        "port-forward": yes,
+        bridged: exists("/usr/lib/qemu/qemu-bridge-helper")
+          ? yes
+          : { available: false, reason: "qemu-bridge-helper is not installed" },
+        shares: { available: true, reason: vfs ? "virtiofs" : "9p" },
+        vsock: vsock
+          ? yes
+          : { available: false, reason: "/dev/vhost-vsock does not exist (modprobe vhost_vsock)" },
+        entropy: yes,
+        balloon: yes,
+        display: yes,
+        "usb-storage": yes,
+        nvme: yes,
+        suspend: { available: false, reason: "the qemu engine does not save machine state yet" },
+        rosetta: { available: false, reason: "Rosetta needs the vz engine" },
+        audio: { available: false, reason: "no audio device in the qemu engine yet" },
+        clipboard: { available: false, reason: "no clipboard sharing in the qemu engine yet" },
+        nested: {
+          available: accelNote === "kvm",
+          reason: accelNote === "kvm" ? undefined : "needs kvm",
+        },
+      },
+      details,
+    };
+  }
+
+  async validate(spec: VmSpec, _host: HostInfo, paths: VmPaths): Promise<void> {
+    await check(spec, paths, { ports: true });
+  }
+
+  async start(req: StartRequest): Promise<RunningVm> {
+    const { spec, paths } = req;
+    const host = localHost();
+    const binary = await check(spec, paths, { ports: true });
+    const accel = await chooseAccel(spec, host, binary);
+    await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
+    const rt = (f: string) => join(paths.runtimeDir, f);
+    const plan: QemuPlan = {
+      name: req.name,
+      accel: accel.accel,
+      diskPaths: spec.disks.map((d) => resolveIn(paths.dir, d.path)),
+      forwards: spec.networks.map((n) =>
+        n.forwards.map((f): ForwardPlan => ({
+          protocol: f.protocol,
+          address: f.address,
+          host: f.host === 0 ? freePort(f.address) : f.host,
+          guest: f.guest,
+        }))
+      ),
+      shares: [],
+      qmpSocket: rt("qmp.sock"),
+      consoleSocket: rt("console.sock"),
+      pidFile: rt("qemu.pid"),
+      uuid: await readUuid(paths),
+      graphics: req.graphics && hostCanShowWindows(),
+      memoryBytes: parseSize(spec.memory, "memory"),
+    };
+    if (spec.boot.loader === "kernel") {
+      plan.kernel = resolveIn(paths.dir, spec.boot.kernel ?? "");
+      if (spec.boot.initrd) plan.initrd = resolveIn(paths.dir, spec.boot.initrd);
+    } else {
+      const vars = spec.boot.variableStore
+        ? resolveIn(paths.dir, spec.boot.variableStore)
+        : undefined;
+      plan.firmware = await prepareFirmware(requireFirmware(spec.arch, vars), vars);
+    }
+    if (spec.vsock && exists("/dev/vhost-vsock")) plan.vsockCid = vsockCid(plan.uuid);
+    for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile]) {
+      await Deno.remove(f).catch(() => {});
+    }
+
+    const helpers: VirtiofsdProcess[] = [];
+    const killHelpers = () => helpers.forEach((h) => h.kill());
+    let shareWhy = "";
+    try {
+      if (spec.shares.length > 0) {
+        const backend = shareBackend();
+        shareWhy = backend.why;
+        for (const [i, s] of spec.shares.entries()) {
+          const share: SharePlan = {
+            tag: shareTag(s.path, s.tag, i),
+            path: s.path,
+            readOnly: s.readOnly,
+            kind: backend.kind,
+          };
+          if (backend.kind === "virtiofs" && backend.virtiofsd) {
+            share.socket = rt(`fs${i}.sock`);
+            helpers.push(await startVirtiofsd(backend.virtiofsd, share.socket, s.path, s.readOnly));
+          }
+          plan.shares.push(share);
+        }
+      }
+      const args = buildQemuArgs(spec, plan);
+      return await QemuVm.launch(binary, args, plan, {
+        accel: accel.accel,
+        accelWhy: accel.why,
+        shareWhy,
+      }, helpers);
+    } catch (e) {
+      killHelpers();
+      throw e;
+    }
+  }
+}
+
+/** A running QEMU. */
+class QemuVm implements RunningVm {
+  readonly events: ReadableStream<EngineEvent>;
+  readonly consoleOutput: ReadableStream<Uint8Array>;
+  #events!: ReadableStreamDefaultController<EngineEvent>;
+  #state: VmState = "starting";
+  #child: Deno.ChildProcess;
+  #console: Deno.UnixConn;
+  #qmp: Qmp;
+  #exit: Promise<ExitInfo>;
+  #stopRequested: "graceful" | "hard" | null = null;
+  #guestShutdown = false;
+  #stderr: string[];
+  #info: Record<string, unknown>;
+
+  private constructor(
+    child: Deno.ChildProcess,
+    consoleConn: Deno.UnixConn,
+    qmp: Qmp,
+    stderr: string[],
+    exited: Promise<Deno.CommandStatus>,
+    plan: QemuPlan,
+    info: Record<string, unknown>,
+    helpers: VirtiofsdProcess[],
+  ) {
+    this.#child = child;
+    this.#console = consoleConn;
+    this.#qmp = qmp;
+    this.#stderr = stderr;
+    this.#info = info;
+    this.events = new ReadableStream<EngineEvent>({
+      start: (c) => {
+        this.#events = c;
+      },
+    });
+    this.consoleOutput = consoleConn.readable;
+    qmp.onEvent((e) => {
+      if (e.event === "STOP" && this.#state === "running") this.#setState("paused");
+      else if (e.event === "RESUME" && this.#state !== "stopping") this.#setState("running");
+      else if (e.event === "SHUTDOWN") {
+        this.#guestShutdown = e.data?.guest === true;
+        this.#setState("stopping");
+      }
+    });
+    this.#setState("running");
+    this.#exit = exited.then(async (status) => {
+      for (const h of helpers) h.kill();
+      for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile]) {
+        await Deno.remove(f).catch(() => {});
+      }
+      for (const s of plan.shares) if (s.socket) await Deno.remove(s.socket).catch(() => {});
+      let exit: ExitInfo;
+      if (this.#stopRequested === "hard") exit = { reason: "host" };
+      else if (status.success && this.#stopRequested === "graceful") exit = { reason: "host" };
+      else if (status.success) exit = { reason: this.#guestShutdown ? "guest" : "host" };
+      else {
+        const last = this.#stderr.filter((l) => !isNoise(l)).pop();
+        const how = status.signal
+          ? `was killed by ${status.signal}`
+          : `exited with status ${status.code}`;
+        exit = {
+          reason: "crash",
+          message: last
+            ? `qemu ${how}: ${last.replace(/^qemu-system-[a-z0-9_]+: /, "")}`
+            : `qemu ${how}`,
+        };
+      }
+      this.#setState(exit.reason === "crash" ? "error" : "stopped");
+      this.#emit({ type: "exit", exit });
+      try {
+        this.#events.close();
+      } catch { /* already closed */ }
+      qmp.close();
+      return exit;
+    });
+  }
+
+  /** Spawns QEMU, attaches to its console and QMP, and returns the handle. */
+  static async launch(
+    binary: string,
+    args: string[],
+    plan: QemuPlan,
+    facts: { accel: Accel; accelWhy: string; shareWhy: string },
+    helpers: VirtiofsdProcess[],
+  ): Promise<QemuVm> {
+    const r = reaped(binary, args);
+    const child = new Deno.Command(r.command, {
+      args: r.args,
+      stdin: r.holdStdin ? "piped" : "null",
+      stdout: "null",
+      stderr: "piped",
+      // Its own session: a Ctrl-C at the terminal reaches the supervisor only,
+      // which then shuts the guest down gracefully.
+      detached: true,
+    }).spawn();
+    const stderr: string[] = [];
+    const logQueue: string[] = [];
+    const sink: { onLine?: (l: string) => void } = {};
+    const stderrDone = (async () => {
+      const dec = new TextDecoder();
+      let buf = "";
+      for await (const chunk of child.stderr) {
+        buf += dec.decode(chunk, { stream: true });
+        let nl: number;
+        while ((nl = buf.indexOf("\n")) >= 0) {
+          const line = buf.slice(0, nl).trimEnd();
+          buf = buf.slice(nl + 1);
+          if (!line) continue;
+          stderr.push(line);
+          if (stderr.length > 200) stderr.shift();
+          if (sink.onLine) sink.onLine(line);
+          else logQueue.push(line);
+        }
+      }
+      if (buf.trim()) {
+        stderr.push(buf.trim());
+        if (sink.onLine) sink.onLine(buf.trim());
+      }
+    })().catch(() => {});
+    let exited = false;
+    const status = child.status.then(async (s) => {
+      exited = true;
+      // The watchdog's stdin: closing it ends its reader.
+      if (r.holdStdin) await child.stdin.close().catch(() => {});
+      await Promise.race([stderrDone, new Promise((res) => setTimeout(res, 1000))]);
+      return s;
+    });
+    const hardKill = () => {
+      try {
+        child.kill("SIGKILL");
+      } catch { /* gone */ }
+      const pid = readPid(plan.pidFile);
+      if (pid && !r.directPid) {
+        try {
+          Deno.kill(pid, "SIGKILL");
+        } catch { /* gone */ }
+      }
+    };
+    const fail = async (what: string): Promise<never> => {
+      hardKill();
+      const s = await status;
+      const last = stderr.filter((l) => !isNoise(l)).pop();
+      const msg = last ? last.replace(/^qemu-system-[a-z0-9_]+: /, "") : `exit status ${s.code}`;
+      throw new CoveError("qemu.failed", `qemu ${what}: ${msg}`, {
+        hint: "run with --debug, or see supervisor.log in the VM's directory",
+        exit: ExitCode.Failure,
+      });
+    };
+
+    // The console socket: QEMU waits (wait=on) until we connect.
+    let consoleConn: Deno.UnixConn | undefined;
+    const deadline = Date.now() + 30_000;
+    while (!consoleConn) {
+      if (exited) return await fail("failed to start");
+      if (Date.now() > deadline) return await fail("did not open its console within 30 s");
+      try {
+        consoleConn = await Deno.connect({ transport: "unix", path: plan.consoleSocket });
+      } catch {
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    }
+    let qmp: Qmp | undefined;
+    while (!qmp) {
+      if (exited) {
+        consoleConn.close();
+        return await fail("failed to start");
+      }
+      if (Date.now() > deadline) {
+        consoleConn.close();
+        return await fail("did not answer on QMP within 30 s");
+      }
+      try {
+        qmp = await Qmp.connect(plan.qmpSocket);
+      } catch {
+        await new Promise((res) => setTimeout(res, 10));
+      }
+    }
+    const info: Record<string, unknown> = {
+      pid: readPid(plan.pidFile) ?? child.pid,
+      binary,
+      accel: facts.accel,
+      accelReason: facts.accelWhy,
+      reaper: r.kind,
+      forwards: plan.forwards.flat(),
+      shares: plan.shares.map((s) => ({ tag: s.tag, path: s.path, kind: s.kind })),
+      shareBackend: facts.shareWhy || undefined,
+      vsockCid: plan.vsockCid,
+      argv: [binary, ...args],
+    };
+    const vm = new QemuVm(child, consoleConn, qmp, stderr, status, plan, info, helpers);
+    vm.#hardKill = hardKill;
+    for (const l of logQueue) if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
+    sink.onLine = (l) => {
+      if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
+    };
+    return vm;
+  }
+
+  #hardKill: () => void = () => {};
+
+  #emit(e: EngineEvent): void {
+    try {
+      this.#events.enqueue(e);
+    } catch { /* stream closed */ }
+  }
+
+  #setState(s: VmState): void {
+    if (this.#state === s) return;
+    this.#state = s;
+    this.#emit({ type: "state", state: s });
+  }
+
+  async writeConsole(data: Uint8Array): Promise<void> {
+    let off = 0;
+    while (off < data.length) off += await this.#console.write(data.subarray(off));
+  }
+
+  state(): VmState {
+    return this.#state;
+  }
+
+  async requestStop(): Promise<void> {
+    if (this.#state === "stopped" || this.#state === "error") return;
+    this.#stopRequested ??= "graceful";
+    if (this.#state === "paused") await this.#qmp.execute("cont").catch(() => {});
+    await this.#qmp.execute("system_powerdown");
+  }
+
+  async stop(): Promise<void> {
+    if (this.#state === "stopped" || this.#state === "error") return;
+    this.#stopRequested = "hard";
+    this.#setState("stopping");
+    await this.#qmp.execute("quit").catch(() => {});
+    const timer = setTimeout(() => this.#hardKill(), 3000);
+    await this.#exit;
+    clearTimeout(timer);
+  }
+
+  async pause(): Promise<void> {
+    if (this.#state !== "running") {
+      throw new CoveError("vm.state", `cannot pause: the VM is ${this.#state}`, {
+        exit: ExitCode.State,
+      });
+    }
+    await this.#qmp.execute("stop");
+    this.#setState("paused");
+  }
+
+  async resume(): Promise<void> {
+    if (this.#state !== "paused") {
+      throw new CoveError("vm.state", `cannot resume: the VM is ${this.#state}`, {
+        exit: ExitCode.State,
+      });
+    }
+    await this.#qmp.execute("cont");
+    this.#setState("running");
+  }
+
+  suspend(): Promise<void> {
+    return Promise.reject(
+      new CoveError("qemu.no_suspend", "the qemu engine cannot suspend a VM yet", {
+        hint: "use pause, or stop the VM",
+        exit: ExitCode.Host,
+      }),
+    );
+  }
+
+  wait(): Promise<ExitInfo> {
+    return this.#exit;
+  }
+
+  info(): Record<string, unknown> {
+    return { ...this.#info, state: this.#state };
+  }
+
+  /** The child process (for tests). */
+  get process(): Deno.ChildProcess {
+    return this.#child;
+  }
+}
+
+function readPid(pidFile: string): number | undefined {
+  try {
+    const n = Number(Deno.readTextFileSync(pidFile).trim());
+    return Number.isInteger(n) && n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The QEMU engine. */
+export const engine: Engine = new QemuEngine();
+
+/** A QEMU window needs a GUI session: always on macOS, DISPLAY or WAYLAND_DISPLAY on Linux. */
+function hostCanShowWindows(): boolean {
+  if (Deno.build.os === "darwin") return true;
+  return !!(Deno.env.get("DISPLAY") || Deno.env.get("WAYLAND_DISPLAY"));
+}

@@ -1,0 +1,308 @@
+/**
+ * Golden tests of the QEMU command line: the same spec and plan always give
+ * exactly this argument array (x86_64 q35 direct kernel boot, x86_64 EFI
+ * with every device, arm64 virt).
+ */
+import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { applyDefaults } from "../../core/spec/defaults.ts";
+import { type SpecInput, SpecSchema } from "../../core/spec/schema.ts";
+import type { HostInfo } from "../../engines/engine.ts";
+import {
+  buildQemuArgs,
+  driveCacheOptions,
+  qemuEscape,
+  type QemuPlan,
+} from "../../engines/qemu/argv.ts";
+
+const HOST: HostInfo = { os: "linux", arch: "x86_64", cpus: 8, memory: 16 * 2 ** 30 };
+
+function spec(input: SpecInput, host = HOST) {
+  return applyDefaults(SpecSchema.parse(input), host, "t");
+}
+
+function plan(over: Partial<QemuPlan> = {}): QemuPlan {
+  return {
+    name: "t",
+    accel: "tcg",
+    diskPaths: ["/vm/t/disk.img"],
+    forwards: [[]],
+    shares: [],
+    qmpSocket: "/run/t/qmp.sock",
+    consoleSocket: "/run/t/console.sock",
+    pidFile: "/run/t/qemu.pid",
+    graphics: false,
+    memoryBytes: 512 * 2 ** 20,
+    ...over,
+  };
+}
+
+Deno.test("x86_64 direct kernel boot gives the q35 golden argv", () => {
+  const s = spec({
+    engine: "qemu",
+    cpus: 1,
+    memory: "512MiB",
+    boot: { loader: "kernel", kernel: "vmlinuz", initrd: "initrd", cmdline: "console=ttyS0" },
+    networks: [{ mode: "user", mac: "52:54:00:12:34:56", forwards: [{ host: 2222, guest: 22 }] }],
+    vsock: false,
+  });
+  const args = buildQemuArgs(
+    s,
+    plan({
+      kernel: "/vm/t/vmlinuz",
+      initrd: "/vm/t/initrd",
+      uuid: "a314f631-caf0-496b-b2b6-af67a7897815",
+      forwards: [[{ protocol: "tcp", address: "127.0.0.1", host: 2222, guest: 22 }]],
+    }),
+  );
+  assertEquals(args, [
+    "-name",
+    "t,process=cove-t",
+    "-uuid",
+    "a314f631-caf0-496b-b2b6-af67a7897815",
+    "-nodefaults",
+    "-no-user-config",
+    "-machine",
+    "q35",
+    "-accel",
+    "tcg",
+    "-cpu",
+    "max",
+    "-smp",
+    "1",
+    "-m",
+    "512M",
+    "-kernel",
+    "/vm/t/vmlinuz",
+    "-initrd",
+    "/vm/t/initrd",
+    "-append",
+    "console=ttyS0",
+    "-pidfile",
+    "/run/t/qemu.pid",
+    "-qmp",
+    "unix:/run/t/qmp.sock,server=on,wait=off",
+    "-chardev",
+    "socket,id=cove-console,path=/run/t/console.sock,server=on,wait=on",
+    "-serial",
+    "chardev:cove-console",
+    "-monitor",
+    "none",
+    "-display",
+    "none",
+    "-drive",
+    "if=none,id=cove-disk0,format=raw,cache.direct=off,cache.no-flush=off,discard=unmap,file=/vm/t/disk.img",
+    "-device",
+    "virtio-blk-pci,drive=cove-disk0",
+    "-netdev",
+    "user,id=cove-net0,hostfwd=tcp:127.0.0.1:2222-:22",
+    "-device",
+    "virtio-net-pci,netdev=cove-net0,mac=52:54:00:12:34:56",
+    "-object",
+    "rng-random,id=cove-rng,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=cove-rng",
+    "-device",
+    "virtio-balloon-pci",
+  ]);
+});
+
+Deno.test("x86_64 EFI boot with disks, an ISO, shares, vsock and kvm gives the golden argv", () => {
+  const s = spec({
+    engine: "qemu",
+    cpus: 4,
+    memory: "2GiB",
+    disks: [
+      { path: "disk.img", size: "16GiB", cache: "uncached" },
+      { path: "data.qcow2", format: "qcow2", sync: "none", bus: "nvme" },
+      { path: "/isos/debian.iso", media: "cdrom" },
+    ],
+    networks: [{ mode: "nat", mac: "52:54:00:00:00:01" }, { mode: "none" }],
+    shares: [{ path: "/home/me/src", tag: "src" }, { path: "/data,x", readOnly: true }],
+    entropy: false,
+    qemu: { args: ["-rtc", "base=utc"] },
+  });
+  const args = buildQemuArgs(
+    s,
+    plan({
+      accel: "kvm",
+      diskPaths: ["/vm/t/disk.img", "/vm/t/data.qcow2", "/isos/debian.iso"],
+      forwards: [[], []],
+      firmware: {
+        code: "/usr/share/OVMF/OVMF_CODE_4M.fd",
+        vars: "/vm/t/efi-vars.fd",
+        mode: "pflash",
+      },
+      shares: [
+        {
+          tag: "src",
+          path: "/home/me/src",
+          readOnly: false,
+          kind: "virtiofs",
+          socket: "/run/t/fs0.sock",
+        },
+        { tag: "data_x", path: "/data,x", readOnly: true, kind: "9p" },
+      ],
+      vsockCid: 1234,
+      memoryBytes: 2 * 2 ** 30,
+    }),
+  );
+  assertEquals(args, [
+    "-name",
+    "t,process=cove-t",
+    "-nodefaults",
+    "-no-user-config",
+    "-machine",
+    "q35,memory-backend=cove-mem",
+    "-accel",
+    "kvm",
+    "-cpu",
+    "host",
+    "-smp",
+    "4",
+    "-m",
+    "2048M",
+    "-object",
+    "memory-backend-memfd,id=cove-mem,size=2048M,share=on",
+    "-drive",
+    "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
+    "-drive",
+    "if=pflash,format=raw,unit=1,file=/vm/t/efi-vars.fd",
+    "-pidfile",
+    "/run/t/qemu.pid",
+    "-qmp",
+    "unix:/run/t/qmp.sock,server=on,wait=off",
+    "-chardev",
+    "socket,id=cove-console,path=/run/t/console.sock,server=on,wait=on",
+    "-serial",
+    "chardev:cove-console",
+    "-monitor",
+    "none",
+    "-display",
+    "none",
+    "-drive",
+    "if=none,id=cove-disk0,format=raw,cache.direct=on,cache.no-flush=off,discard=unmap,file=/vm/t/disk.img",
+    "-device",
+    "virtio-blk-pci,drive=cove-disk0,bootindex=0",
+    "-drive",
+    "if=none,id=cove-disk1,format=qcow2,cache.direct=off,cache.no-flush=on,discard=unmap,file=/vm/t/data.qcow2",
+    "-device",
+    "nvme,drive=cove-disk1,serial=cove1,bootindex=1",
+    "-drive",
+    "if=none,id=cove-cd2,media=cdrom,readonly=on,file=/isos/debian.iso",
+    "-device",
+    "ide-cd,drive=cove-cd2,bootindex=2",
+    "-netdev",
+    "user,id=cove-net0",
+    "-device",
+    "virtio-net-pci,netdev=cove-net0,mac=52:54:00:00:00:01",
+    "-chardev",
+    "socket,id=cove-fs0,path=/run/t/fs0.sock",
+    "-device",
+    "vhost-user-fs-pci,chardev=cove-fs0,tag=src",
+    "-fsdev",
+    "local,id=cove-fs1,path=/data,,x,security_model=none,readonly=on",
+    "-device",
+    "virtio-9p-pci,fsdev=cove-fs1,mount_tag=data_x",
+    "-device",
+    "virtio-balloon-pci",
+    "-device",
+    "vhost-vsock-pci,guest-cid=1234",
+    "-rtc",
+    "base=utc",
+  ]);
+});
+
+Deno.test("arm64 guests get the virt machine, AAVMF pflash and USB for ISOs", () => {
+  const s = spec({
+    engine: "qemu",
+    arch: "arm64",
+    cpus: 2,
+    memory: "1GiB",
+    disks: [{ path: "disk.img", size: "8GiB" }, { path: "/isos/d.iso", media: "cdrom" }],
+    networks: [{ mode: "user", mac: "52:54:00:00:00:02" }],
+    balloon: false,
+    entropy: false,
+  });
+  const args = buildQemuArgs(
+    s,
+    plan({
+      diskPaths: ["/vm/t/disk.img", "/isos/d.iso"],
+      firmware: {
+        code: "/usr/share/AAVMF/AAVMF_CODE.fd",
+        vars: "/vm/t/efi-vars.fd",
+        mode: "pflash",
+      },
+      memoryBytes: 2 ** 30,
+    }),
+  );
+  const joined = args.join(" ");
+  assertMatch(joined, /-machine virt,gic-version=max -accel tcg -cpu max -smp 2 -m 1024M/);
+  assertMatch(
+    joined,
+    /-drive if=pflash,format=raw,unit=0,readonly=on,file=\/usr\/share\/AAVMF\/AAVMF_CODE\.fd/,
+  );
+  assertMatch(
+    joined,
+    /-device qemu-xhci,id=cove-usb -device usb-storage,drive=cove-cd1,removable=on,bootindex=1/,
+  );
+  assertEquals(args.includes("virtio-balloon-pci"), false);
+});
+
+Deno.test("a bios-style firmware image is passed with -bios and no variable store", () => {
+  const s = spec({
+    engine: "qemu",
+    arch: "arm64",
+    memory: "1GiB",
+    disks: [{ path: "d.img", size: "1GiB" }],
+  });
+  const args = buildQemuArgs(
+    s,
+    plan({ firmware: { code: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd", mode: "bios" } }),
+  );
+  assertEquals(args[args.indexOf("-bios") + 1], "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd");
+  assertEquals(args.filter((a) => a.startsWith("if=pflash")).length, 0);
+});
+
+Deno.test("a display adds a GPU and USB keyboard and tablet only when graphics are on", () => {
+  const s = spec({
+    engine: "qemu",
+    memory: "1GiB",
+    display: { width: 1280, height: 800 },
+    disks: [{ path: "d.img", size: "1GiB" }],
+  });
+  const headless = buildQemuArgs(s, plan()).join(" ");
+  assertMatch(headless, /-display none/);
+  const shown = buildQemuArgs(s, plan({ graphics: true })).join(" ");
+  assertMatch(
+    shown,
+    /-display default -device virtio-vga -device qemu-xhci,id=cove-usb -device usb-kbd -device usb-tablet/,
+  );
+});
+
+Deno.test("disk cache and sync modes map to QEMU cache options", () => {
+  assertEquals(
+    driveCacheOptions({ cache: "auto", sync: "full" }),
+    "cache.direct=off,cache.no-flush=off",
+  );
+  assertEquals(
+    driveCacheOptions({ cache: "cached", sync: "fsync" }),
+    "cache.direct=off,cache.no-flush=off",
+  );
+  assertEquals(
+    driveCacheOptions({ cache: "uncached", sync: "full" }),
+    "cache.direct=on,cache.no-flush=off",
+  );
+  assertEquals(
+    driveCacheOptions({ cache: "uncached", sync: "none" }),
+    "cache.direct=on,cache.no-flush=on",
+  );
+});
+
+Deno.test("commas in paths are doubled for QEMU's option syntax", () => {
+  assertEquals(qemuEscape("/a,b/c,,d"), "/a,,b/c,,,,d");
+});
+
+Deno.test("the same spec and plan always give the same argv", () => {
+  const s = spec({ engine: "qemu", memory: "1GiB", disks: [{ path: "d.img", size: "1GiB" }] });
+  assertEquals(buildQemuArgs(s, plan()), buildQemuArgs(s, plan()));
+});
