@@ -1,0 +1,209 @@
+/**
+ * Registry commands: pull, push, login, logout. Parsing and printing only;
+ * the work is in core/oci. (`cove create --from oci://REF` and `cove clone
+ * REF NEW` live in vm.ts and call core/oci/create.ts.)
+ * @module
+ */
+import type { Command } from "@commander-js/extra-typings";
+import { CoveError, ExitCode } from "../../core/errors.ts";
+import { Store } from "../../core/store/store.ts";
+import { formatSize, parseSize } from "../../core/units.ts";
+import { log, out, outJson, parseFormat } from "../output.ts";
+
+function parseConcurrency(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 64) {
+    throw new CoveError("usage.concurrency", `--concurrency: '${v}' is not a number from 1 to 64`, {
+      exit: ExitCode.Usage,
+    });
+  }
+  return n;
+}
+
+/** A one-line progress display on stderr, only on a terminal. */
+function progressLine(): { update(text: string): void; done(): void } {
+  const tty = Deno.stderr.isTerminal();
+  let last = 0;
+  let shown = false;
+  const enc = new TextEncoder();
+  return {
+    update(text: string) {
+      if (!tty) return;
+      const now = Date.now();
+      if (now - last < 150) return;
+      last = now;
+      shown = true;
+      Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${text}`));
+    },
+    done() {
+      if (tty && shown) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
+    },
+  };
+}
+
+function pct(done: number, total: number): string {
+  return total > 0 ? `${Math.floor((done / total) * 100)}%` : "100%";
+}
+
+/** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
+async function readSecret(promptText: string): Promise<string> {
+  if (!Deno.stdin.isTerminal()) {
+    const text = new TextDecoder().decode(await new Response(Deno.stdin.readable).arrayBuffer());
+    return text.replace(/\r?\n$/, "");
+  }
+  Deno.stderr.writeSync(new TextEncoder().encode(promptText));
+  Deno.stdin.setRaw(true);
+  const chars: number[] = [];
+  const buf = new Uint8Array(1);
+  try {
+    for (;;) {
+      const n = await Deno.stdin.read(buf);
+      if (n === null || buf[0] === 13 || buf[0] === 10) break;
+      if (buf[0] === 3) {
+        throw new CoveError("oci.login", "cancelled", { exit: ExitCode.Interrupted });
+      }
+      if (buf[0] === 127 || buf[0] === 8) chars.pop();
+      else chars.push(buf[0]);
+    }
+  } finally {
+    Deno.stdin.setRaw(false);
+    Deno.stderr.writeSync(new TextEncoder().encode("\n"));
+  }
+  return new TextDecoder().decode(new Uint8Array(chars));
+}
+
+/** Registers the registry commands. */
+export function register(program: Command): void {
+  program.command("pull")
+    .description("download a VM image (Tart's OCI format) into the cache")
+    .argument("<ref>", "image reference, e.g. ghcr.io/cirruslabs/macos-sequoia-base:latest")
+    .option("--insecure", "allow plain http to the registry")
+    .option("--concurrency <n>", "layers downloaded at once", parseConcurrency, 4)
+    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .action(async (ref, opts) => {
+      const { pullImage } = await import("../../core/oci/mod.ts");
+      const store = new Store();
+      await store.ensure();
+      const bar = progressLine();
+      let img;
+      try {
+        img = await pullImage(ref, {
+          home: store.home,
+          insecure: opts.insecure,
+          concurrency: opts.concurrency,
+          log: (l) => {
+            bar.done();
+            log(`cove: ${l}`);
+          },
+          onProgress: (p) =>
+            bar.update(
+              `pulling ${ref}  ${pct(p.done, p.total)}  ${formatSize(p.done)}/${
+                formatSize(p.total)
+              }  ${p.layersDone}/${p.layers} layers`,
+            ),
+        });
+      } finally {
+        bar.done();
+      }
+      const name = `${img.ref.registry}/${img.ref.repository}@${img.digest}`;
+      if (opts.format === "json") {
+        outJson({
+          reference: ref,
+          digest: img.digest,
+          os: img.tart.os,
+          arch: img.tart.arch,
+          diskSize: img.image.diskSize,
+          cached: img.cached,
+          fetched: img.fetched,
+          resumedLayers: img.resumedLayers,
+          reusedLayers: img.reusedLayers,
+          path: img.dir,
+        });
+      } else {
+        out(img.cached ? `${name} is up to date` : `pulled ${name}`);
+      }
+    });
+
+  program.command("push")
+    .description("upload a stopped VM to registry references (Tart's OCI format)")
+    .argument("<name>", "the VM to push")
+    .argument("<refs...>", "one or more references, e.g. ghcr.io/me/dev:1")
+    .option("--chunk-size <size>", "disk bytes per layer", "512MiB")
+    .option(
+      "--upload-chunk-size <size>",
+      "upload each layer in PATCH requests of this size (default: one streamed request)",
+    )
+    .option("--insecure", "allow plain http to the registry")
+    .option("--concurrency <n>", "layers compressed and uploaded at once", parseConcurrency, 4)
+    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .action(async (name, refs, opts) => {
+      const { pushVm } = await import("../../core/oci/mod.ts");
+      const store = new Store();
+      const bar = progressLine();
+      let res;
+      try {
+        res = await pushVm(store, name, refs, {
+          home: store.home,
+          chunkSize: parseSize(opts.chunkSize, "--chunk-size"),
+          uploadChunkSize: opts.uploadChunkSize
+            ? parseSize(opts.uploadChunkSize, "--upload-chunk-size")
+            : 0,
+          insecure: opts.insecure,
+          concurrency: opts.concurrency,
+          log: (l) => {
+            bar.done();
+            log(`cove: ${l}`);
+          },
+          onProgress: (p) =>
+            bar.update(
+              `pushing ${name}  ${pct(p.done, p.total)}  ${
+                formatSize(p.uploaded)
+              } uploaded  ${p.skipped} layers already there`,
+            ),
+        });
+      } finally {
+        bar.done();
+      }
+      if (opts.format === "json") outJson(res);
+      else for (const p of res.pushed) out(`pushed ${p}`);
+    });
+
+  program.command("login")
+    .description("store credentials for a registry (in $COVE_HOME/auth.json, mode 0600)")
+    .argument("<host>", "registry host, e.g. ghcr.io")
+    .option("-u, --username <user>", "user name")
+    .option("--password-stdin", "read the password or token from stdin")
+    .option("--insecure", "allow plain http to the registry")
+    .action(async (host, opts) => {
+      const { loginRegistry } = await import("../../core/oci/mod.ts");
+      const store = new Store();
+      let username = opts.username;
+      if (!username) {
+        if (!Deno.stdin.isTerminal() || opts.passwordStdin) {
+          throw new CoveError("oci.login", "--username is required", { exit: ExitCode.Usage });
+        }
+        username = prompt("Username:") ?? "";
+      }
+      if (!opts.passwordStdin && !Deno.stdin.isTerminal()) {
+        throw new CoveError("oci.login", "no terminal to ask for the password", {
+          hint: "pipe it with --password-stdin",
+          exit: ExitCode.Usage,
+        });
+      }
+      const password = await readSecret("Password: ");
+      const registry = await loginRegistry(host, username, password, {
+        home: store.home,
+        insecure: opts.insecure,
+      });
+      out(`logged in to ${registry}`);
+    });
+
+  program.command("logout")
+    .description("forget cove's stored credentials for a registry")
+    .argument("<host>", "registry host")
+    .action(async (host) => {
+      const { logoutRegistry } = await import("../../core/oci/mod.ts");
+      const removed = await logoutRegistry(host, new Store().home);
+      out(removed ? `logged out of ${host}` : `not logged in to ${host}`);
+    });
+}
