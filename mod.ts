@@ -17,9 +17,9 @@ export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
 export {
   jsonSchema,
-  SpecSchema,
   type SpecInput,
   type SpecParsed,
+  SpecSchema,
   type VmSpec,
 } from "./core/spec/schema.ts";
 export { parseSpec, SpecError, validateSpec } from "./core/spec/load.ts";
@@ -42,3 +42,18 @@ export type {
   VmState,
 } from "./engines/engine.ts";
 export { loadEngine, resolveEngineId } from "./engines/select.ts";
+export { type RunOptions, type RunResult, runSupervisor } from "./core/supervisor/supervisor.ts";
+export { startDetached, type StartOptions } from "./core/supervisor/start.ts";
+export {
+  attachConsole,
+  type ConsoleStream,
+  pauseVm,
+  resumeVm,
+  type StopOptions,
+  type StopResult,
+  stopVm,
+  suspendVm,
+  vmStatus,
+} from "./core/supervisor/client.ts";
+export { type LiveStatus, liveStatus } from "./core/supervisor/live.ts";
+export type { SupervisorStatus } from "./core/supervisor/protocol.ts";

@@ -35,7 +35,8 @@ export function log(text: string): void {
 /** Prints rows as aligned columns with a header. */
 export function table(headers: string[], rows: string[][]): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
-  const fmt = (r: string[]) => r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
+  const fmt = (r: string[]) =>
+    r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ");
   return [fmt(headers), ...rows.map(fmt)].join("\n");
 }
 

@@ -19,7 +19,8 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({
       writeErr: (s) => log(s.replace(/\n$/, "")),
-      outputError: (s, write) => write(`cove: ${s.replace(/^error: /, "").trim()} (see 'cove --help')`),
+      outputError: (s, write) =>
+        write(`cove: ${s.replace(/^error: /, "").trim()} (see 'cove --help')`),
     });
   for (const m of commandModules) m.register(program);
   return program;

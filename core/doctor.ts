@@ -51,7 +51,9 @@ async function engineCapabilities(id: EngineId, host: HostInfo): Promise<Capabil
 export function doctorText(r: DoctorReport): string {
   const lines = [
     `cove ${r.cove}`,
-    `host: ${r.host.os} ${r.host.arch}${r.host.macosVersion ? ` (macOS ${r.host.macosVersion})` : ""}, ${r.host.cpus} CPUs, ${formatSize(r.host.memory)}`,
+    `host: ${r.host.os} ${r.host.arch}${
+      r.host.macosVersion ? ` (macOS ${r.host.macosVersion})` : ""
+    }, ${r.host.cpus} CPUs, ${formatSize(r.host.memory)}`,
     `home: ${r.home}`,
   ];
   for (const e of r.engines) {
@@ -61,7 +63,11 @@ export function doctorText(r: DoctorReport): string {
       lines.push(`  ${g.padEnd(14)} ${a.available ? "yes" : `no (${a.reason ?? "unsupported"})`}`);
     }
     for (const [f, a] of Object.entries(e.features)) {
-      if (a) lines.push(`  ${f.padEnd(14)} ${a.available ? "yes" : `no (${a.reason ?? "unsupported"})`}`);
+      if (a) {
+        lines.push(
+          `  ${f.padEnd(14)} ${a.available ? "yes" : `no (${a.reason ?? "unsupported"})`}`,
+        );
+      }
     }
     for (const [k, v] of Object.entries(e.details)) lines.push(`  ${k.padEnd(14)} ${v}`);
   }

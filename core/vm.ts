@@ -26,7 +26,9 @@ export interface CreateVmOptions extends SpecFlags {
 /** Creates a VM from a config file and flags. */
 export async function createVm(store: Store, name: string, opts: CreateVmOptions): Promise<Bundle> {
   store.bundle(name); // validates the name before any work
-  const base: SpecParsed = opts.config ? await readConfigFile(opts.config) : applyFlags({} as SpecParsed, {});
+  const base: SpecParsed = opts.config
+    ? await readConfigFile(opts.config)
+    : applyFlags({} as SpecParsed, {});
   const spec = applyFlags(base, opts);
   return await store.create(name, {
     spec,

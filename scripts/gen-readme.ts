@@ -14,7 +14,8 @@ export function render(readme: string): string {
   const a = readme.indexOf(BEGIN);
   const b = readme.indexOf(END);
   if (a < 0 || b < a) throw new Error("README.md lacks the config-reference markers");
-  return readme.slice(0, a + BEGIN.length) + "\n\n" + referenceMarkdown() + "\n\n" + readme.slice(b);
+  return readme.slice(0, a + BEGIN.length) + "\n\n" + referenceMarkdown() + "\n\n" +
+    readme.slice(b);
 }
 
 if (import.meta.main) {

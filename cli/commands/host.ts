@@ -63,6 +63,10 @@ export function register(program: Command): void {
       out(`cove ${VERSION}`);
       out(`deno ${v.deno}`);
       out(`vz library ABI ${v.vzAbi ?? "not loaded"}${v.vzAbiNote ? ` (${v.vzAbiNote})` : ""}`);
-      out(`engines: ${v.engines.map((e) => `${e.id}${e.available ? "" : " (unavailable)"}`).join(", ")}`);
+      out(
+        `engines: ${
+          v.engines.map((e) => `${e.id}${e.available ? "" : " (unavailable)"}`).join(", ")
+        }`,
+      );
     });
 }

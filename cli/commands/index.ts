@@ -5,7 +5,11 @@
  */
 import type { Command } from "@commander-js/extra-typings";
 import * as vm from "./vm.ts";
+import * as lifecycle from "./lifecycle.ts";
+import * as access from "./access.ts";
+import * as image from "./image.ts";
 import * as host from "./host.ts";
+import * as oci from "./oci.ts";
 
 /** A module that adds commands to the program. */
 export interface CommandModule {
@@ -13,4 +17,4 @@ export interface CommandModule {
 }
 
 /** Every command module. */
-export const commandModules: CommandModule[] = [vm, host];
+export const commandModules: CommandModule[] = [vm, lifecycle, access, image, oci, host];

@@ -45,8 +45,23 @@ export function register(program: Command): void {
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const store = new Store();
+      if (opts.from?.startsWith("oci://")) {
+        store.bundle(name); // validates the name first
+        const { createFromOci } = await import("../../core/oci/create.ts");
+        await createFromOci(store, name, opts.from, { insecure: false, concurrency: 4 });
+        if (opts.format === "json") outJson(await getVm(store, name));
+        else out(`created ${name}`);
+        return;
+      }
+      const { isIpswSource, assertCanInstallMacOS } = await import("../../core/images/ipsw.ts");
+      const ipsw = opts.from !== undefined && isIpswSource(opts.from);
+      if (ipsw) assertCanInstallMacOS();
       const fromSource = opts.from ? await sourceHandler(opts.from, opts.format) : undefined;
-      const b = await createVm(store, name, { ...opts, fromSource });
+      const b = await createVm(store, name, {
+        ...opts,
+        os: opts.os ?? (ipsw ? "macos" : undefined),
+        fromSource,
+      });
       if (opts.format === "json") outJson(await getVm(store, b.name));
       else out(`created ${b.name}`);
     });
@@ -56,7 +71,11 @@ export function register(program: Command): void {
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .option("-q, --quiet", "print names only")
     .action(async (opts) => {
-      const vms = await new Store().list();
+      const store = new Store();
+      const { withLive } = await import("../../core/supervisor/live.ts");
+      const vms = await Promise.all(
+        (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
+      );
       if (opts.quiet) {
         for (const v of vms) out(v.name);
       } else if (opts.format === "json") {
@@ -64,7 +83,12 @@ export function register(program: Command): void {
       } else if (vms.length === 0) {
         log("no VMs yet: create one with 'cove create NAME'");
       } else {
-        out(table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], vms.map(summaryRow)));
+        out(
+          table(
+            ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
+            vms.map(summaryRow),
+          ),
+        );
       }
     });
 
@@ -73,10 +97,15 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const d = await getVm(new Store(), name);
+      const store = new Store();
+      const { withLive } = await import("../../core/supervisor/live.ts");
+      const d = await withLive(store.bundle(name), await getVm(store, name));
       if (opts.format === "json") return outJson(d);
-      out(table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [summaryRow(d)]));
+      out(
+        table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [summaryRow(d)]),
+      );
       out(`path: ${d.path}`);
+      if (d.error) out(`error: ${d.error}`);
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
 
@@ -164,7 +193,8 @@ function looksLikeReference(s: string): boolean {
 /** Resolves `--from` into a populate step for the staging bundle. */
 async function sourceHandler(src: string, format: "text" | "json") {
   const { prepareSource } = await import("../../core/images/source.ts");
-  return await prepareSource(src, { format });
+  const { progressReporter } = await import("../progress.ts");
+  return await prepareSource(src, { format, onProgress: progressReporter(format) });
 }
 
 /** Opens $EDITOR on a copy; saves only when the result validates. */
@@ -175,13 +205,20 @@ async function editSpec(path: string, save: (text: string) => Promise<void>): Pr
     await Deno.writeTextFile(tmp, await Deno.readTextFile(path));
     while (true) {
       const [bin, ...args] = editor.split(/\s+/);
-      const st = await new Deno.Command(bin, { args: [...args, tmp], stdin: "inherit", stdout: "inherit", stderr: "inherit" })
+      const st = await new Deno.Command(bin, {
+        args: [...args, tmp],
+        stdin: "inherit",
+        stdout: "inherit",
+        stderr: "inherit",
+      })
         .spawn().status.catch((e) => {
           throw new CoveError("edit.editor", `could not run editor '${editor}': ${e.message}`, {
             hint: "set EDITOR to an installed editor",
           });
         });
-      if (!st.success) throw new CoveError("edit.aborted", `editor exited with ${st.code}; nothing saved`);
+      if (!st.success) {
+        throw new CoveError("edit.aborted", `editor exited with ${st.code}; nothing saved`);
+      }
       const text = await Deno.readTextFile(tmp);
       try {
         await save(text);
@@ -200,4 +237,3 @@ async function editSpec(path: string, save: (text: string) => Promise<void>): Pr
     await Deno.remove(tmp).catch(() => {});
   }
 }
-

@@ -26,7 +26,11 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
   const arch = parsed.arch ?? (os === "macos" ? "arm64" : host.arch);
   const macos = os === "macos";
   if (macos && arch !== "arm64") {
-    throw usageError("spec.invalid", "arch: macOS guests are arm64 only", "remove arch or set it to arm64");
+    throw usageError(
+      "spec.invalid",
+      "arch: macOS guests are arm64 only",
+      "remove arch or set it to arm64",
+    );
   }
   const cpus = parsed.cpus ?? Math.max(1, Math.min(macos ? 4 : 2, host.cpus));
   const memory = parsed.memory ??
@@ -44,13 +48,25 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
   const boot = parsed.boot ?? (macos ? { loader: "macos" as const } : { loader: "efi" as const });
   if (boot.loader === "efi" && !boot.variableStore) boot.variableStore = EFI_VARS;
   if (boot.loader === "kernel" && !boot.kernel) {
-    throw usageError("spec.invalid", "boot.kernel: the kernel loader needs a kernel file", "set boot.kernel or use --kernel");
+    throw usageError(
+      "spec.invalid",
+      "boot.kernel: the kernel loader needs a kernel file",
+      "set boot.kernel or use --kernel",
+    );
   }
   if (boot.loader === "macos" && !macos) {
-    throw usageError("spec.invalid", "boot.loader: 'macos' needs os: macos", "use efi or kernel for Linux");
+    throw usageError(
+      "spec.invalid",
+      "boot.loader: 'macos' needs os: macos",
+      "use efi or kernel for Linux",
+    );
   }
   if (macos && boot.loader !== "macos") {
-    throw usageError("spec.invalid", `boot.loader: macOS guests boot with 'macos', not '${boot.loader}'`, "remove boot or set loader: macos");
+    throw usageError(
+      "spec.invalid",
+      `boot.loader: macOS guests boot with 'macos', not '${boot.loader}'`,
+      "remove boot or set loader: macos",
+    );
   }
   return {
     ...parsed,

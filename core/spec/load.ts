@@ -132,7 +132,8 @@ const EXPECTED_NAMES: Record<string, string> = {
 /** True when the schema at `path` is an integer. */
 function isIntAt(path: ReadonlyArray<PropertyKey>): boolean {
   const node = unwrap(schemaAt(path));
-  return node?.def?.type === "number" && /int/.test(String(node?.def?.format ?? node?.format ?? ""));
+  return node?.def?.type === "number" &&
+    /int/.test(String(node?.def?.format ?? node?.format ?? ""));
 }
 
 // deno-lint-ignore no-explicit-any
@@ -180,9 +181,15 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): LocatedProblem[] 
       }));
     }
     case "invalid_type": {
-      const expected = isIntAt(path) ? "an integer" : EXPECTED_NAMES[issue.expected] ?? issue.expected;
-      const got = value !== null && typeof value === "object" ? kindOf(value) : `${kindOf(value)} ${show(value)}`;
-      const message = value === undefined ? `is required (${expected})` : `got ${got}, expected ${expected}`;
+      const expected = isIntAt(path)
+        ? "an integer"
+        : EXPECTED_NAMES[issue.expected] ?? issue.expected;
+      const got = value !== null && typeof value === "object"
+        ? kindOf(value)
+        : `${kindOf(value)} ${show(value)}`;
+      const message = value === undefined
+        ? `is required (${expected})`
+        : `got ${got}, expected ${expected}`;
       return [{ path: at, pathArray: path, message }];
     }
     case "invalid_value": {
@@ -196,7 +203,9 @@ function describeIssue(issue: z.core.$ZodIssue, raw: unknown): LocatedProblem[] 
       return [{ path: at, pathArray: path, message: `got ${show(value)}, expected ${what}` }];
     }
     case "too_big": {
-      const what = issue.origin === "array" ? `at most ${issue.maximum} items` : `at most ${issue.maximum}`;
+      const what = issue.origin === "array"
+        ? `at most ${issue.maximum} items`
+        : `at most ${issue.maximum}`;
       return [{ path: at, pathArray: path, message: `got ${show(value)}, expected ${what}` }];
     }
     case "invalid_union": {

@@ -60,7 +60,11 @@ export function referenceRows(): ReferenceRow[] {
         default: v.default === undefined ? "" : `\`${JSON.stringify(v.default)}\``,
         description: (v.description ?? "").replaceAll("|", "\\|"),
       });
-      const obj = v.properties ? v : v.items?.properties ? v.items : v.anyOf?.find((o) => o.properties);
+      const obj = v.properties
+        ? v
+        : v.items?.properties
+        ? v.items
+        : v.anyOf?.find((o) => o.properties);
       if (obj) walk(obj, v.items?.properties ? `${key}[]` : key);
     }
   };
@@ -71,6 +75,8 @@ export function referenceRows(): ReferenceRow[] {
 /** The reference as a Markdown table. */
 export function referenceMarkdown(): string {
   const lines = ["| key | type | default | description |", "| --- | --- | --- | --- |"];
-  for (const r of referenceRows()) lines.push(`| \`${r.key}\` | ${r.type} | ${r.default} | ${r.description} |`);
+  for (const r of referenceRows()) {
+    lines.push(`| \`${r.key}\` | ${r.type} | ${r.default} | ${r.description} |`);
+  }
   return lines.join("\n");
 }

@@ -24,7 +24,9 @@ export const MacAddress = z.string().regex(/^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$
   error: "expected a MAC address like 52:54:00:12:34:56",
 });
 
-export const Os = z.enum(["macos", "linux"]).meta({ description: "Guest OS. Default: linux (macos when boot.loader is macos)." });
+export const Os = z.enum(["macos", "linux"]).meta({
+  description: "Guest OS. Default: linux (macos when boot.loader is macos).",
+});
 export const Arch = z.enum(["arm64", "x86_64"]).meta({
   description: "Guest CPU architecture. Default: the host's (macOS guests: arm64).",
 });
@@ -92,7 +94,8 @@ export const Share = z.strictObject({
     description: "Where cloud-init mounts it in a Linux guest.",
   }),
   automount: z.boolean().default(false).meta({
-    description: "macOS guests: use the automount tag so it appears under /Volumes/My Shared Files.",
+    description:
+      "macOS guests: use the automount tag so it appears under /Volumes/My Shared Files.",
   }),
 });
 
@@ -168,7 +171,9 @@ export const SpecSchema = z.strictObject({
   networks: z.array(Network).optional().meta({
     description: "Network interfaces. Default: one nat interface.",
   }),
-  shares: z.array(Share).default([]).meta({ description: "Host directories shared with the guest." }),
+  shares: z.array(Share).default([]).meta({
+    description: "Host directories shared with the guest.",
+  }),
   rosetta: z.boolean().default(false).meta({
     description: "Linux arm64 guests on vz: share Rosetta to run x86_64 binaries.",
   }),
@@ -188,7 +193,9 @@ export const SpecSchema = z.strictObject({
   vsock: z.boolean().default(true).meta({ description: "A virtio socket device (host<->guest)." }),
   entropy: z.boolean().default(true).meta({ description: "A virtio entropy (RNG) device." }),
   balloon: z.boolean().default(true).meta({ description: "A virtio memory balloon." }),
-  provision: Provision.optional().meta({ description: "First-boot provisioning (cloud-init for Linux)." }),
+  provision: Provision.optional().meta({
+    description: "First-boot provisioning (cloud-init for Linux).",
+  }),
   qemu: QemuOptions.optional().meta({ description: "QEMU engine options." }),
 }).meta({ title: "cove VM spec", description: "A cove virtual machine (cove.yaml)." });
 
@@ -209,7 +216,17 @@ export type ArchName = z.output<typeof Arch>;
 export interface VmSpec extends
   Omit<
     SpecParsed,
-    "os" | "arch" | "cpus" | "memory" | "disks" | "boot" | "networks" | "display" | "serial" | "provision" | "qemu"
+    | "os"
+    | "arch"
+    | "cpus"
+    | "memory"
+    | "disks"
+    | "boot"
+    | "networks"
+    | "display"
+    | "serial"
+    | "provision"
+    | "qemu"
   > {
   os: OsName;
   arch: ArchName;

@@ -117,7 +117,12 @@ export class Bundle {
 
   /** Tries to take the exclusive lock; null when another process holds it. */
   async tryLock(): Promise<BundleLock | null> {
-    const f = await Deno.open(this.lockPath, { read: true, write: true, create: true, mode: 0o600 });
+    const f = await Deno.open(this.lockPath, {
+      read: true,
+      write: true,
+      create: true,
+      mode: 0o600,
+    });
     let ok = false;
     try {
       ok = await f.tryLock(true);

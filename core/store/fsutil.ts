@@ -49,7 +49,9 @@ export async function ensureSparseFile(path: string, size: number, what = path):
   if (size < current) {
     throw new CoveError(
       "disk.shrink",
-      `${what}: ${formatSize(size)} is smaller than the image (${formatSize(current)}); disks only grow`,
+      `${what}: ${formatSize(size)} is smaller than the image (${
+        formatSize(current)
+      }); disks only grow`,
       { hint: `use a size of at least ${formatSize(current)}`, exit: 2 },
     );
   }

@@ -44,7 +44,16 @@ export function coveHome(): string {
 /** A line of `cove list`. */
 export interface VmSummary {
   name: string;
-  state: "running" | "stopped" | "broken";
+  /** Stored state; `cove list`/`get` refine it with the supervisor's live state. */
+  state:
+    | "running"
+    | "stopped"
+    | "broken"
+    | "starting"
+    | "paused"
+    | "stopping"
+    | "suspending"
+    | "error";
   os?: string;
   arch?: string;
   engine?: string;
@@ -69,8 +78,12 @@ export interface CreateOptions {
   host?: HostInfo;
 }
 
+/** Marks a bundle made by `cove run --ephemeral`: deleted when its run ends. */
+export const EPHEMERAL_MARK = "ephemeral";
+
 /** Files that belong to one running instance, never copied by clone. */
 const INSTANCE_FILES = new Set([
+  EPHEMERAL_MARK,
   "lock",
   "control.sock",
   "console.log",
@@ -156,7 +169,9 @@ export class Store {
     for (const ent of entries) {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (!(await this.exists(ent.name))) continue;
-      out.push(await this.summary(new Bundle(ent.name, join(this.vmsDir, ent.name))));
+      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      if (await this.reapEphemeral(b)) continue;
+      out.push(await this.summary(b));
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
   }
@@ -195,21 +210,25 @@ export class Store {
     await this.sweepStale();
     const host = opts.host ?? detectHost();
     let spec = withMacs(applyDefaults(opts.spec, host, name));
-    return await this.stage(`create-${name}`, async (staging, lockHeld) => {
-      void lockHeld;
+    const { value } = await this.stage(`create-${name}`, async (staging) => {
       await staging.writeMachine({ uuid: crypto.randomUUID(), created: new Date().toISOString() });
       if (opts.populate) spec = (await opts.populate(staging, spec)) ?? spec;
       await sizeDisks(staging, spec);
       await staging.writeSpec(spec);
       return await this.publish(staging, name);
     });
+    return value;
   }
 
   /**
    * Clones a stopped VM: disks copy-on-write (or hole-preserving), a new
    * MAC address per network, a new machine identity.
    */
-  async clone(src: string, dst: string): Promise<{ bundle: Bundle; methods: CopyMethod[] }> {
+  async clone(
+    src: string,
+    dst: string,
+    opts: { ephemeral?: boolean } = {},
+  ): Promise<{ bundle: Bundle; methods: CopyMethod[]; lock?: BundleLock }> {
     const from = await this.get(src);
     validateName(dst);
     await this.ensure();
@@ -219,7 +238,7 @@ export class Store {
     try {
       const parsed = await from.readParsedSpec();
       const methods: CopyMethod[] = [];
-      const bundle = await this.stage(`clone-${dst}`, async (staging) => {
+      const { value: bundle, lock: held } = await this.stage(`clone-${dst}`, async (staging) => {
         for await (const ent of Deno.readDir(from.dir)) {
           if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
           if (ent.name === "cove.yaml" || ent.name === "machine.json") continue;
@@ -238,9 +257,10 @@ export class Store {
         spec.networks = spec.networks?.map((n) => ({ ...n, mac: randomMac() }));
         if (spec.provision?.hostname === src) spec.provision.hostname = dst;
         await staging.writeSpec(withMacs(applyDefaults(spec, detectHost(), dst)));
+        if (opts.ephemeral) await Deno.writeTextFile(join(staging.dir, EPHEMERAL_MARK), `${src}\n`);
         return await this.publish(staging, dst);
-      });
-      return { bundle, methods };
+      }, opts.ephemeral);
+      return { bundle, methods, lock: held ?? undefined };
     } finally {
       lock.release();
     }
@@ -317,22 +337,31 @@ export class Store {
     return lock;
   }
 
-  /** Runs `work` in a fresh locked staging bundle; removes it on failure. */
+  /**
+   * Runs `work` in a fresh locked staging bundle; removes it on failure.
+   * With `keepLock`, the lock stays held after success and is returned: it
+   * moves with the directory when `work` publishes it, so the new bundle is
+   * never unlocked between its creation and its first user.
+   */
   private async stage<T>(
     label: string,
-    work: (staging: Bundle, lock: BundleLock) => Promise<T>,
-  ): Promise<T> {
+    work: (staging: Bundle) => Promise<T>,
+    keepLock = false,
+  ): Promise<{ value: T; lock: BundleLock | null }> {
     const dir = join(this.tmpDir, `${label}-${crypto.randomUUID()}`);
     await Deno.mkdir(dir, { mode: 0o700 });
     const staging = new Bundle(basename(dir), dir);
     const lock = (await staging.tryLock())!;
+    let ok = false;
     try {
-      return await work(staging, lock);
+      const value = await work(staging);
+      ok = true;
+      return { value, lock: keepLock ? lock : null };
     } catch (e) {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
       throw e;
     } finally {
-      lock.release();
+      if (!(ok && keepLock)) lock.release();
     }
   }
 
@@ -342,6 +371,17 @@ export class Store {
     const final = this.bundle(name);
     await Deno.rename(staging.dir, final.dir);
     return final;
+  }
+
+  /**
+   * Deletes an `--ephemeral` clone whose supervisor is gone (killed with -9,
+   * so it could not delete it itself). Returns true when it was deleted.
+   */
+  private async reapEphemeral(b: Bundle): Promise<boolean> {
+    const marked = await Deno.stat(join(b.dir, EPHEMERAL_MARK)).then(() => true, () => false);
+    if (!marked || (await b.isRunning())) return false;
+    await this.delete(b.name).catch(() => {});
+    return true;
   }
 
   /** Removes staging directories left by killed processes (their lock is free). */

@@ -59,7 +59,7 @@ export function buildDouble(): Promise<DoubleLibs> {
   built ??= (async () => {
     const src = `${here}cove_vz_double.c`;
     const header = `${root}/swift-shim/include/cove_vz.h`;
-    const tag = await hashOf([src, header]);
+    const tag = await hashOf([src, header, `${here}build.ts`]);
     await Deno.mkdir(cacheDir, { recursive: true });
     const path = `${cacheDir}/libcove_vz_double-${tag}.so`;
     const wrongAbiPath = `${cacheDir}/libcove_vz_double-wrongabi-${tag}.so`;
@@ -72,6 +72,9 @@ export function buildDouble(): Promise<DoubleLibs> {
       "-shared",
       "-fPIC",
       "-pthread",
+      // The double's detached threads (install, vsock echo) may outlive a
+      // test's dlclose; nodelete keeps the code mapped so they finish safely.
+      "-Wl,-z,nodelete",
     ];
     for (
       const [out, extra] of [[path, []], [wrongAbiPath, [

@@ -754,23 +754,23 @@ char *cove_vz_next_event(uint64_t h, int32_t timeout_ms) {
 
 static void *install_main(void *arg) {
   Vm *vm = arg;
-  for (int i = 1; i <= 10; i++) {
+  int cancelled = 0;
+  for (int i = 1; i <= 10 && !cancelled; i++) {
     sleep_ms(5);
     pthread_mutex_lock(&vm->mu);
-    int cancel = vm->install_cancel;
+    cancelled = vm->install_cancel;
     pthread_mutex_unlock(&vm->mu);
-    if (cancel) {
-      push_event(vm, "{\"type\":\"install-failed\",\"error\":{\"domain\":\"VZErrorDomain\",\"code\":9,"
-                     "\"message\":\"The operation was cancelled.\"}}");
-      goto done;
-    }
-    push_event(vm, "{\"type\":\"install-progress\",\"fraction\":%.1f}", i / 10.0);
+    if (!cancelled) push_event(vm, "{\"type\":\"install-progress\",\"fraction\":%.1f}", i / 10.0);
   }
-  push_event(vm, "{\"type\":\"install-finished\"}");
-done:
+  /* The VM is free for another install before anyone can see the final event. */
   pthread_mutex_lock(&vm->mu);
   vm->installing = 0;
   pthread_mutex_unlock(&vm->mu);
+  if (cancelled)
+    push_event(vm, "{\"type\":\"install-failed\",\"error\":{\"domain\":\"VZErrorDomain\",\"code\":9,"
+                   "\"message\":\"The operation was cancelled.\"}}");
+  else
+    push_event(vm, "{\"type\":\"install-finished\"}");
   return NULL;
 }
 

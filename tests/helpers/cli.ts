@@ -48,7 +48,10 @@ export async function cove(
 }
 
 /** A temporary directory removed after `fn`. */
-export async function withTempDir<T>(fn: (dir: string) => Promise<T>, prefix = "cove-test-"): Promise<T> {
+export async function withTempDir<T>(
+  fn: (dir: string) => Promise<T>,
+  prefix = "cove-test-",
+): Promise<T> {
   const dir = await Deno.makeTempDir({ prefix });
   try {
     return await fn(dir);

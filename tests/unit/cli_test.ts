@@ -15,11 +15,19 @@ async function golden(name: string, actual: string): Promise<void> {
     await Deno.writeTextFile(path, actual);
     return;
   }
-  assertEquals(actual, await Deno.readTextFile(path), `golden ${name} (UPDATE_GOLDEN=1 rewrites it)`);
+  assertEquals(
+    actual,
+    await Deno.readTextFile(path),
+    `golden ${name} (UPDATE_GOLDEN=1 rewrites it)`,
+  );
 }
 
 /** One line on stderr, nothing on stdout, and the given exit code. */
-function assertOneLineError(r: { code: number; stdout: string; stderr: string }, code: number, re: RegExp) {
+function assertOneLineError(
+  r: { code: number; stdout: string; stderr: string },
+  code: number,
+  re: RegExp,
+) {
   assertEquals(r.code, code, r.stderr);
   assertEquals(r.stdout, "");
   const lines = r.stderr.trimEnd().split("\n");
@@ -39,9 +47,23 @@ for (const args of [["--help"], ["create", "--help"], ["list", "--help"]]) {
 
 Deno.test("cli: help and completions run without FFI permission, so they never load a native library", () =>
   withTempDir(async (home) => {
-    for (const args of [["--help"], ["completions", "bash"], ["completions", "zsh"], ["completions", "fish"]]) {
+    for (
+      const args of [["--help"], ["completions", "bash"], ["completions", "zsh"], [
+        "completions",
+        "fish",
+      ]]
+    ) {
       const p = await new Deno.Command(Deno.execPath(), {
-        args: ["run", "--quiet", "--allow-read", "--allow-env", "--allow-write", "--deny-ffi", CLI, ...args],
+        args: [
+          "run",
+          "--quiet",
+          "--allow-read",
+          "--allow-env",
+          "--allow-write",
+          "--deny-ffi",
+          CLI,
+          ...args,
+        ],
         env: { COVE_HOME: home, COVE_VZ_LIBRARY: "/nonexistent/libcove_vz.dylib" },
         stdout: "piped",
         stderr: "piped",
@@ -69,7 +91,18 @@ Deno.test("cli: completion scripts name cove and complete commands and VM names"
 Deno.test("cli: list, create and get speak stable JSON", () =>
   withTempDir(async (home) => {
     assertEquals(JSON.parse((await cove(home, ["list", "--format", "json"])).stdout), []);
-    const c = await cove(home, ["create", "web", "--cpus", "2", "--memory", "1GiB", "--disk-size", "2GiB", "--format", "json"]);
+    const c = await cove(home, [
+      "create",
+      "web",
+      "--cpus",
+      "2",
+      "--memory",
+      "1GiB",
+      "--disk-size",
+      "2GiB",
+      "--format",
+      "json",
+    ]);
     assertEquals(c.code, 0, c.stderr);
     const created = JSON.parse(c.stdout);
     assertEquals([created.name, created.state, created.cpus, created.memory, created.disk], [
@@ -80,10 +113,28 @@ Deno.test("cli: list, create and get speak stable JSON", () =>
       2 * 2 ** 30,
     ]);
     const list = JSON.parse((await cove(home, ["list", "--format", "json"])).stdout);
-    assertEquals(Object.keys(list[0]).sort(), ["arch", "cpus", "disk", "engine", "memory", "name", "os", "state"]);
+    assertEquals(Object.keys(list[0]).sort(), [
+      "arch",
+      "cpus",
+      "disk",
+      "engine",
+      "memory",
+      "name",
+      "os",
+      "state",
+    ]);
     const q = await cove(home, ["list", "-q"]);
     assertEquals(q.stdout, "web\n");
-    const set = await cove(home, ["set", "web", "--cpus", "3", "--disk-size", "3GiB", "--format", "json"]);
+    const set = await cove(home, [
+      "set",
+      "web",
+      "--cpus",
+      "3",
+      "--disk-size",
+      "3GiB",
+      "--format",
+      "json",
+    ]);
     assertEquals(set.code, 0, set.stderr);
     assertEquals([JSON.parse(set.stdout).cpus, JSON.parse(set.stdout).disk], [3, 3 * 2 ** 30]);
   }));
@@ -97,32 +148,62 @@ Deno.test("cli: bad input gets one line, exit code 2 and changes nothing", () =>
       [["create", ".."], 2, /^cove: '\.\.' is not a valid VM name/],
       [["create", "x", "--cpus", "0"], 2, /^cove: --cpus: got 0, expected at least 1$/],
       [["create", "x", "--memory", "lots"], 2, /^cove: --memory: got 'lots', expected a size/],
-      [["create", "x", "--config", join(home, "missing.yaml")], 2, /^cove: --config: '.*missing\.yaml' does not exist/],
+      [
+        ["create", "x", "--config", join(home, "missing.yaml")],
+        2,
+        /^cove: --config: '.*missing\.yaml' does not exist/,
+      ],
       [["create", "x", "--config", cfg], 2, /^cove: .*bad\.yaml:3:1: YAML syntax error/],
       [["create", "x", "--bogus"], 2, /^cove: unknown option '--bogus'/],
-      [["list", "--format", "xml"], 2, /^cove: --format: 'xml' is not a format \(use text or json\)$/],
+      [
+        ["list", "--format", "xml"],
+        2,
+        /^cove: --format: 'xml' is not a format \(use text or json\)$/,
+      ],
       [["completions", "tcsh"], 2, /^cove: 'tcsh' is not a supported shell/],
       [["get", "nope"], 3, /^cove: no VM named 'nope' \(run 'cove list' to see your VMs\)$/],
     ];
     for (const [args, code, re] of cases) assertOneLineError(await cove(home, args), code, re);
     assertEquals(JSON.parse((await cove(home, ["list", "--format", "json"])).stdout), []);
     await cove(home, ["create", "dup", "--disk-size", "1GiB"]);
-    assertOneLineError(await cove(home, ["create", "dup"]), 2, /^cove: a VM named 'dup' already exists/);
+    assertOneLineError(
+      await cove(home, ["create", "dup"]),
+      2,
+      /^cove: a VM named 'dup' already exists/,
+    );
   }));
 
 Deno.test("cli: deleting or renaming a running VM is refused with exit code 4", () =>
   withTempDir(async (home) => {
     await cove(home, ["create", "run1", "--disk-size", "1GiB"]);
     const holder = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", join(ROOT, "tests/unit/fixtures/hold_lock.ts"), join(home, "vms/run1/lock")],
+      args: [
+        "run",
+        "-A",
+        "--quiet",
+        join(ROOT, "tests/unit/fixtures/hold_lock.ts"),
+        join(home, "vms/run1/lock"),
+      ],
       stdout: "piped",
     }).spawn();
     const reader = holder.stdout.getReader();
     await reader.read();
     try {
-      assertOneLineError(await cove(home, ["delete", "run1"]), 4, /^cove: cannot delete 'run1': it is running/);
-      assertOneLineError(await cove(home, ["rename", "run1", "run2"]), 4, /^cove: cannot rename 'run1': it is running/);
-      assertOneLineError(await cove(home, ["set", "run1", "--disk-size", "2GiB"]), 4, /it is running/);
+      assertOneLineError(
+        await cove(home, ["delete", "run1"]),
+        4,
+        /^cove: cannot delete 'run1': it is running/,
+      );
+      assertOneLineError(
+        await cove(home, ["rename", "run1", "run2"]),
+        4,
+        /^cove: cannot rename 'run1': it is running/,
+      );
+      assertOneLineError(
+        await cove(home, ["set", "run1", "--disk-size", "2GiB"]),
+        4,
+        /it is running/,
+      );
     } finally {
       holder.kill("SIGKILL");
       await holder.status;

@@ -12,7 +12,9 @@ Deno.test("readme: the config reference matches the schema (deno run -A scripts/
 Deno.test("readme: every cove command is in the command reference", () => {
   for (const cmd of buildProgram().commands) {
     if (cmd.name() === "complete" || cmd.name() === "help") continue;
-    const parent = cmd.commands.length ? cmd.commands.map((c) => `cove ${cmd.name()} ${c.name()}`) : [`cove ${cmd.name()}`];
+    const parent = cmd.commands.length
+      ? cmd.commands.map((c) => `cove ${cmd.name()} ${c.name()}`)
+      : [`cove ${cmd.name()}`];
     for (const usage of parent) assert(readme.includes("`" + usage), `README documents '${usage}'`);
   }
 });

@@ -8,23 +8,31 @@ import { VERSION } from "../../core/version.ts";
 const TARGETS = ["aarch64-apple-darwin", "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"];
 
 async function run(cmd: string, args: string[], env: Record<string, string> = {}) {
-  const r = await new Deno.Command(cmd, { args, cwd: ROOT, env, stdout: "piped", stderr: "piped" }).output();
+  const r = await new Deno.Command(cmd, { args, cwd: ROOT, env, stdout: "piped", stderr: "piped" })
+    .output();
   const d = new TextDecoder();
   return { code: r.code, stdout: d.decode(r.stdout), stderr: d.decode(r.stderr) };
 }
 
 Deno.test("release: the rendered Homebrew formula is valid Ruby with per-arch urls, sha256s and the entitlement check", () =>
   withTempDir(async (dir) => {
-    for (const t of TARGETS) await Deno.writeTextFile(join(dir, `cove-${VERSION}-${t}`), `binary for ${t}\n`);
+    for (const t of TARGETS) {
+      await Deno.writeTextFile(join(dir, `cove-${VERSION}-${t}`), `binary for ${t}\n`);
+    }
     const out = join(dir, "cove.rb");
-    const r = await run("scripts/release.sh", ["https://example.invalid/releases/v1", out], { DIST_DIR: dir });
+    const r = await run("scripts/release.sh", ["https://example.invalid/releases/v1", out], {
+      DIST_DIR: dir,
+    });
     assertEquals(r.code, 0, r.stderr);
     const rb = await Deno.readTextFile(out);
     const ruby = await run("ruby", ["-c", out]);
     assertEquals(ruby.stdout.trim(), "Syntax OK", ruby.stderr);
     assertMatch(rb, new RegExp(`version "${VERSION.replaceAll(".", "\\.")}"`));
     for (const t of TARGETS) {
-      assertMatch(rb, new RegExp(`url "https://example\\.invalid/releases/v1/cove-${VERSION}-${t}"`));
+      assertMatch(
+        rb,
+        new RegExp(`url "https://example\\.invalid/releases/v1/cove-${VERSION}-${t}"`),
+      );
     }
     assertEquals(rb.match(/sha256 "[0-9a-f]{64}"/g)?.length, 3);
     assertMatch(rb, /depends_on macos: :ventura/);
@@ -37,9 +45,14 @@ Deno.test("release: the rendered Homebrew formula is valid Ruby with per-arch ur
 
 Deno.test("release: the formula is refused when an asset is missing", () =>
   withTempDir(async (dir) => {
-    const r = await run("scripts/release.sh", ["https://x.invalid", join(dir, "f.rb")], { DIST_DIR: dir });
+    const r = await run("scripts/release.sh", ["https://x.invalid", join(dir, "f.rb")], {
+      DIST_DIR: dir,
+    });
     assertEquals(r.code, 1);
-    assertMatch(r.stderr, /^release: .*cove-.*-aarch64-apple-darwin is missing; run 'make build' first/);
+    assertMatch(
+      r.stderr,
+      /^release: .*cove-.*-aarch64-apple-darwin is missing; run 'make build' first/,
+    );
   }));
 
 Deno.test("release: the workflow parses and runs every release step on macOS arm64", async () => {
@@ -53,13 +66,25 @@ Deno.test("release: the workflow parses and runs every release step on macOS arm
     assert(names.some((n) => n.includes(step)), `a step named '${step}'`);
   }
   const script = job.steps.map((s) => s.run ?? "").join("\n");
-  for (const cmd of ["make shim", "make build", "scripts/sign.sh", "make verify", "notarytool submit", "scripts/release.sh"]) {
+  for (
+    const cmd of [
+      "make shim",
+      "make build",
+      "scripts/sign.sh",
+      "make verify",
+      "notarytool submit",
+      "scripts/release.sh",
+    ]
+  ) {
     assert(script.includes(cmd), cmd);
   }
 });
 
 Deno.test("release: make build type-checks, then fails with one clear line when the runtime cannot be downloaded", async () => {
-  const r = await run("scripts/build.sh", [], { TARGETS: "x86_64-unknown-linux-gnu", PATH: Deno.env.get("PATH") ?? "" });
+  const r = await run("scripts/build.sh", [], {
+    TARGETS: "x86_64-unknown-linux-gnu",
+    PATH: Deno.env.get("PATH") ?? "",
+  });
   if (r.code === 0) {
     // A machine with internet access: the binary exists and runs.
     const bin = join(ROOT, "dist", `cove-${VERSION}-x86_64-unknown-linux-gnu`);
@@ -67,6 +92,9 @@ Deno.test("release: make build type-checks, then fails with one clear line when 
     return;
   }
   const last = r.stderr.trimEnd().split("\n").pop()!;
-  assertMatch(last, /^build: deno compile could not download the Deno runtime for x86_64-unknown-linux-gnu .*type-check and include list passed/);
+  assertMatch(
+    last,
+    /^build: deno compile could not download the Deno runtime for x86_64-unknown-linux-gnu .*type-check and include list passed/,
+  );
   assertMatch(r.stderr, /build: type-checking/);
 });

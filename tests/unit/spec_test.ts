@@ -7,7 +7,13 @@ import { jsonSchema } from "../../core/spec/schema.ts";
 import type { HostInfo } from "../../engines/engine.ts";
 
 const linuxHost: HostInfo = { os: "linux", arch: "x86_64", cpus: 8, memory: 16 * 2 ** 30 };
-const macHost: HostInfo = { os: "darwin", arch: "arm64", cpus: 10, memory: 32 * 2 ** 30, macosVersion: "15.1" };
+const macHost: HostInfo = {
+  os: "darwin",
+  arch: "arm64",
+  cpus: 10,
+  memory: 32 * 2 ** 30,
+  macosVersion: "15.1",
+};
 
 function errorOf(text: string): string {
   try {
@@ -55,7 +61,10 @@ provision: { user: dev, sshKeys: ["ssh-ed25519 AAAA me"], hostname: box, command
 qemu: { accel: tcg, args: ["-no-reboot"] }
 `,
   ],
-  ["a macOS spec", "os: macos\ndisplay: { width: 1920, height: 1080 }\nshares: [{ path: /tmp, automount: true }]\n"],
+  [
+    "a macOS spec",
+    "os: macos\ndisplay: { width: 1920, height: 1080 }\nshares: [{ path: /tmp, automount: true }]\n",
+  ],
   ["display none", "display: none\n"],
 ];
 
@@ -74,7 +83,11 @@ const INVALID: [string, string, string][] = [
   ],
   ["cpus 0", "cpus: 0\n", "cove.yaml:1:7: cpus: got 0, expected at least 1"],
   ["cpus as text", "cpus: many\n", "cove.yaml:1:7: cpus: got a string 'many', expected an integer"],
-  ["memory lots", "memory: lots\n", "cove.yaml:1:9: memory: got 'lots', expected a size such as 512MiB, 4GiB or 64G"],
+  [
+    "memory lots",
+    "memory: lots\n",
+    "cove.yaml:1:9: memory: got 'lots', expected a size such as 512MiB, 4GiB or 64G",
+  ],
   ["an unknown os", "os: windows\n", "cove.yaml:1:5: os: got 'windows', allowed: macos, linux"],
   [
     "a bad disk bus",
@@ -86,7 +99,11 @@ const INVALID: [string, string, string][] = [
     "disks:\n  - path: disk.img\n    sise: 4GiB\n",
     "cove.yaml:3:11: disks[0].sise: unknown key 'sise'; allowed: path, size, format, media, readOnly, cache, sync, bus",
   ],
-  ["a disk without a path", "disks:\n  - size: 4GiB\n", "cove.yaml:2:5: disks[0].path: is required (a string)"],
+  [
+    "a disk without a path",
+    "disks:\n  - size: 4GiB\n",
+    "cove.yaml:2:5: disks[0].path: is required (a string)",
+  ],
   [
     "a bad MAC address",
     "networks:\n  - mode: nat\n    mac: 52:54\n",
@@ -102,15 +119,20 @@ const INVALID: [string, string, string][] = [
     "display: huge\n",
     "cove.yaml:1:10: display: got 'huge', expected 'none' or a mapping with width, height and ppi",
   ],
-  ["rosetta as a string", "rosetta: yes please\n", "cove.yaml:1:10: rosetta: got a string 'yes please', expected true or false"],
+  [
+    "rosetta as a string",
+    "rosetta: yes please\n",
+    "cove.yaml:1:10: rosetta: got a string 'yes please', expected true or false",
+  ],
   ["a list at the top", "- a\n- b\n", "cove.yaml:1:1: got a list, expected a mapping"],
 ];
 
 for (const [name, text, expected] of INVALID) {
   Deno.test(`spec: ${name} is rejected with a positioned message`, () => {
     const msg = errorOf(text);
-    if (expected.endsWith(": ")) assertMatch(msg, new RegExp("^" + expected.replace(/[[\]().]/g, "\\$&")));
-    else assertEquals(msg, expected);
+    if (expected.endsWith(": ")) {
+      assertMatch(msg, new RegExp("^" + expected.replace(/[[\]().]/g, "\\$&")));
+    } else assertEquals(msg, expected);
   });
 }
 
@@ -157,13 +179,21 @@ Deno.test("spec: command-line flags are validated and named in errors", () => {
     msg = (e as Error).message;
   }
   assertEquals(msg, "--cpus: got 0, expected at least 1");
-  const s = applyFlags(parseSpec("cpus: 1\n"), { cpus: "3", memory: "3GiB", diskSize: "20G", display: "1024x768@96" });
+  const s = applyFlags(parseSpec("cpus: 1\n"), {
+    cpus: "3",
+    memory: "3GiB",
+    diskSize: "20G",
+    display: "1024x768@96",
+  });
   assertEquals([s.cpus, s.memory, s.disks?.[0].size], [3, "3GiB", "20G"]);
   assertEquals(s.display, { width: 1024, height: 768, ppi: 96 });
 });
 
 Deno.test("spec: the JSON Schema describes every top-level key and forbids others", () => {
-  const schema = jsonSchema() as { properties: Record<string, unknown>; additionalProperties: boolean };
+  const schema = jsonSchema() as {
+    properties: Record<string, unknown>;
+    additionalProperties: boolean;
+  };
   assertEquals(Object.keys(schema.properties).length, 22);
   assertEquals(schema.additionalProperties, false);
 });

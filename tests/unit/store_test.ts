@@ -10,7 +10,12 @@ import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
 
-async function spawnReady(script: string, args: string[], env: Record<string, string>, ready: string) {
+async function spawnReady(
+  script: string,
+  args: string[],
+  env: Record<string, string>,
+  ready: string,
+) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", "--quiet", new URL(script, import.meta.url).pathname, ...args],
     env,
@@ -40,7 +45,12 @@ async function rejects(fn: () => Promise<unknown>): Promise<CoveError> {
 
 Deno.test("store: a process killed with SIGKILL mid-create leaves nothing listed, and the name stays free", () =>
   withTempDir(async (home) => {
-    const child = await spawnReady("./fixtures/slow_create.ts", ["half"], { COVE_HOME: home }, "populating");
+    const child = await spawnReady(
+      "./fixtures/slow_create.ts",
+      ["half"],
+      { COVE_HOME: home },
+      "populating",
+    );
     child.kill("SIGKILL");
     await child.status;
     await child.stdout.cancel().catch(() => {});
@@ -50,13 +60,19 @@ Deno.test("store: a process killed with SIGKILL mid-create leaves nothing listed
     assertEquals(leftovers.length, 1, "the killed create's staging dir is under tmp/");
     await store.create("half", { spec: parseSpec("") });
     assertEquals((await store.list()).map((v) => v.name), ["half"]);
-    assertEquals(await Array.fromAsync(Deno.readDir(store.tmpDir)), [], "the stale staging dir was swept");
+    assertEquals(
+      await Array.fromAsync(Deno.readDir(store.tmpDir)),
+      [],
+      "the stale staging dir was swept",
+    );
   }));
 
 Deno.test("store: bundles and their files are private (0700/0600) and disks are sparse", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
-    const b = await store.create("p", { spec: parseSpec("disks: [{ path: disk.img, size: 64GiB }]\n") });
+    const b = await store.create("p", {
+      spec: parseSpec("disks: [{ path: disk.img, size: 64GiB }]\n"),
+    });
     assertEquals((await Deno.stat(b.dir)).mode! & 0o777, 0o700);
     for (const f of ["cove.yaml", "disk.img", "machine.json"]) {
       assertEquals((await Deno.stat(join(b.dir, f))).mode! & 0o777, 0o600, f);
@@ -73,7 +89,10 @@ Deno.test("store: a lock held by another process blocks delete, rename and disk 
     try {
       assert(await b.isRunning());
       const del = await rejects(() => store.delete("busy"));
-      assertEquals(del.line(), "cannot delete 'busy': it is running (stop it first with 'cove stop busy')");
+      assertEquals(
+        del.line(),
+        "cannot delete 'busy': it is running (stop it first with 'cove stop busy')",
+      );
       assertEquals(del.exit, 4);
       const ren = await rejects(() => store.rename("busy", "other"));
       assertEquals(ren.code, "vm.running");
@@ -120,7 +139,9 @@ Deno.test("store: cloning a 64GiB disk holding 100MiB writes about 100MiB and ke
 Deno.test("store: a clone gets a new MAC address and a new machine identity", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
-    const a = await store.create("a", { spec: parseSpec("disks: [{ path: disk.img, size: 1GiB }]\n") });
+    const a = await store.create("a", {
+      spec: parseSpec("disks: [{ path: disk.img, size: 1GiB }]\n"),
+    });
     await Deno.writeTextFile(a.consoleLog, "old console\n");
     const { bundle: b } = await store.clone("a", "b");
     const [sa, sb] = [await a.readSpec(), await b.readSpec()];
@@ -128,7 +149,11 @@ Deno.test("store: a clone gets a new MAC address and a new machine identity", ()
     assert(sa.networks[0].mac !== sb.networks[0].mac);
     assert((await a.readMachine()).uuid !== (await b.readMachine()).uuid);
     assertEquals(sb.provision.hostname, "b");
-    assertEquals(await Deno.stat(b.consoleLog).catch(() => null), null, "instance files are not cloned");
+    assertEquals(
+      await Deno.stat(b.consoleLog).catch(() => null),
+      null,
+      "instance files are not cloned",
+    );
     assertEquals((await Deno.stat(join(b.dir, "disk.img"))).size, GiB);
   }));
 
@@ -146,7 +171,10 @@ Deno.test("store: names with a slash or '..', and duplicate names, are refused",
     const store = new Store(home);
     await store.create("dup", { spec: parseSpec("") });
     const e = await rejects(() => store.create("dup", { spec: parseSpec("") }));
-    assertEquals(e.line(), "a VM named 'dup' already exists (choose another name, or delete the existing VM first)");
+    assertEquals(
+      e.line(),
+      "a VM named 'dup' already exists (choose another name, or delete the existing VM first)",
+    );
   }));
 
 Deno.test("store: disks only grow", () =>
@@ -166,3 +194,18 @@ Deno.test("store: an unwritable COVE_HOME gets one clear line", async () => {
   assertEquals(e.code, "home.unwritable");
   assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
 });
+
+Deno.test("store: an ephemeral clone comes back locked, and once its supervisor is gone the next list deletes it", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    await store.create("base", { spec: parseSpec("disks: [{ path: disk.img, size: 1GiB }]\n") });
+    const { bundle, lock } = await store.clone("base", "base-eph-1", { ephemeral: true });
+    assert(lock, "the clone is returned with its lock held");
+    assertEquals((await store.list()).map((v) => [v.name, v.state]), [["base", "stopped"], [
+      "base-eph-1",
+      "running",
+    ]]);
+    lock.release(); // the supervisor died (kill -9 releases the lock the same way)
+    assertEquals((await store.list()).map((v) => v.name), ["base"]);
+    assertEquals(await Deno.stat(bundle.dir).catch(() => null), null);
+  }));
