@@ -57,3 +57,21 @@ export {
 } from "./core/supervisor/client.ts";
 export { type LiveStatus, liveStatus } from "./core/supervisor/live.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
+export { type ImageProbe, probeImage } from "./core/images/qcow2.ts";
+export { convertQcow2ToRaw } from "./core/images/qcow2.ts";
+export { download, type DownloadOptions, parseChecksum } from "./core/images/download.ts";
+export { prepareSource, resolveSource, type SourceOptions } from "./core/images/source.ts";
+export { listImageCache, pruneImageCache } from "./core/images/caches.ts";
+export { installFromIpsw, isIpswSource } from "./core/images/ipsw.ts";
+export {
+  loginRegistry,
+  logoutRegistry,
+  OciCache,
+  pullImage,
+  pushVm,
+  specFromTart,
+  tartFromSpec,
+} from "./core/oci/mod.ts";
+export { createFromOci } from "./core/oci/create.ts";
+export { guestAddress } from "./core/access/address.ts";
+export { runSsh } from "./core/access/ssh.ts";

@@ -16,7 +16,7 @@ import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle, BundleLock } from "../store/bundle.ts";
-import type { Store } from "../store/store.ts";
+import { Store } from "../store/store.ts";
 import {
   type HttpRequest,
   type HttpResult,
@@ -429,6 +429,9 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     // cloud-init seed (refreshed when the spec changed) and, for qemu user networking, the SSH forward.
     spec = await prepareGuest(bundle.dir, spec, engineId);
     const engine: Engine = await loadEngine(engineId);
+    if (isVzEngine(engine)) {
+      engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
+    }
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
     await engine.validate(spec, host, paths);
@@ -529,4 +532,21 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       logFile?.close();
     } catch { /* closed */ }
   }
+}
+
+/** The vz engine's extra hook, found without importing (and so loading) the vz module. */
+function isVzEngine(
+  e: Engine,
+): e is Engine & { setRunningMacOSCounter(c: (selfDir: string) => Promise<number>): void } {
+  return e.id === "vz" && "setRunningMacOSCounter" in e;
+}
+
+/** How many other macOS VMs of this store are running (VZ allows two at once). */
+async function runningMacOSCount(bundle: Bundle, selfDir: string): Promise<number> {
+  const store = new Store(dirname(dirname(bundle.dir)));
+  let n = 0;
+  for (const v of await store.list()) {
+    if (v.os === "macos" && v.state === "running" && store.bundle(v.name).dir !== selfDir) n++;
+  }
+  return n;
 }
