@@ -6,6 +6,7 @@
  * @module
  */
 import type { SourceEvent } from "../core/images/source.ts";
+import { displayUrl } from "../core/images/url.ts";
 import { formatSize } from "../core/units.ts";
 import type { Format } from "./output.ts";
 
@@ -14,7 +15,10 @@ const enc = new TextEncoder();
 /** Returns the onProgress callback for a format, or undefined to stay quiet. */
 export function progressReporter(format: Format): ((e: SourceEvent) => void) | undefined {
   if (format === "json") {
-    return (e) => Deno.stderr.writeSync(enc.encode(JSON.stringify({ progress: e }) + "\n"));
+    return (e) => {
+      const shown = "url" in e ? { ...e, url: displayUrl(e.url) } : e;
+      Deno.stderr.writeSync(enc.encode(JSON.stringify({ progress: shown }) + "\n"));
+    };
   }
   if (!Deno.stderr.isTerminal()) return undefined;
   let started = 0;

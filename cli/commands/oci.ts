@@ -72,6 +72,19 @@ async function readSecret(promptText: string): Promise<string> {
   return new TextDecoder().decode(new Uint8Array(chars));
 }
 
+/** Reads one line from the terminal, with the prompt on stderr (stdout is for results). */
+function readLine(promptText: string): string {
+  Deno.stderr.writeSync(new TextEncoder().encode(promptText));
+  const buf = new Uint8Array(1);
+  const bytes: number[] = [];
+  for (;;) {
+    const n = Deno.stdin.readSync(buf);
+    if (n === null || n === 0 || buf[0] === 10) break;
+    if (buf[0] !== 13) bytes.push(buf[0]);
+  }
+  return new TextDecoder().decode(new Uint8Array(bytes)).trim();
+}
+
 /** Registers the registry commands. */
 export function register(program: Command): void {
   program.command("pull")
@@ -182,7 +195,7 @@ export function register(program: Command): void {
         if (!Deno.stdin.isTerminal() || opts.passwordStdin) {
           throw new CoveError("oci.login", "--username is required", { exit: ExitCode.Usage });
         }
-        username = prompt("Username:") ?? "";
+        username = readLine("Username: ");
       }
       if (!opts.passwordStdin && !Deno.stdin.isTerminal()) {
         throw new CoveError("oci.login", "no terminal to ask for the password", {
@@ -202,8 +215,9 @@ export function register(program: Command): void {
     .description("forget cove's stored credentials for a registry")
     .argument("<host>", "registry host")
     .action(async (host) => {
-      const { logoutRegistry } = await import("../../core/oci/mod.ts");
+      const { logoutRegistry, normalizeRegistry } = await import("../../core/oci/mod.ts");
       const removed = await logoutRegistry(host, new Store().home);
-      out(removed ? `logged out of ${host}` : `not logged in to ${host}`);
+      const registry = normalizeRegistry(host);
+      out(removed ? `logged out of ${registry}` : `not logged in to ${registry}`);
     });
 }

@@ -20,21 +20,52 @@ export function coveKeyPaths(home = coveHome()): CoveKey {
   return { privateKey: join(dir, "id_ed25519"), publicKey: join(dir, "id_ed25519.pub") };
 }
 
-/** Returns cove's key pair, generating it with ssh-keygen on first use. */
-export async function ensureCoveKey(home = coveHome()): Promise<CoveKey> {
-  const k = coveKeyPaths(home);
+/** Whether both halves of the pair exist. */
+async function havePair(k: CoveKey): Promise<boolean> {
   const have = await Promise.all(
     [k.privateKey, k.publicKey].map((p) => Deno.stat(p).then(() => true, () => false)),
   );
-  if (have[0] && have[1]) return k;
-  await Deno.mkdir(join(home, "ssh"), { recursive: true, mode: 0o700 });
-  // A half-made pair (one file) is replaced.
-  await Deno.remove(k.privateKey).catch(() => {});
-  await Deno.remove(k.publicKey).catch(() => {});
+  return have[0] && have[1];
+}
+
+/**
+ * Returns cove's key pair, generating it with ssh-keygen on first use.
+ * Processes that start at once take `ssh/.lock` in turn; the pair is made
+ * under a temporary name and renamed into place (public half last), so
+ * nobody sees or clobbers a half-made pair.
+ */
+export async function ensureCoveKey(home = coveHome()): Promise<CoveKey> {
+  const k = coveKeyPaths(home);
+  if (await havePair(k)) return k;
+  const dir = join(home, "ssh");
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const lock = await Deno.open(join(dir, ".lock"), { read: true, write: true, create: true });
+  try {
+    await lock.lock(true);
+    if (await havePair(k)) return k; // made by another process meanwhile
+    const tmp = join(dir, `.id_ed25519.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}`);
+    try {
+      await generate(tmp);
+      await Deno.chmod(tmp, 0o600);
+      // A half-made pair (one file) is replaced.
+      await Deno.rename(tmp, k.privateKey);
+      await Deno.rename(`${tmp}.pub`, k.publicKey);
+    } finally {
+      await Deno.remove(tmp).catch(() => {});
+      await Deno.remove(`${tmp}.pub`).catch(() => {});
+    }
+    return k;
+  } finally {
+    lock.close(); // releases the lock
+  }
+}
+
+/** Runs ssh-keygen to make a new pair at `path` and `path.pub`. */
+async function generate(path: string): Promise<void> {
   let out: Deno.CommandOutput;
   try {
     out = await new Deno.Command("ssh-keygen", {
-      args: ["-q", "-t", "ed25519", "-N", "", "-C", "cove", "-f", k.privateKey],
+      args: ["-q", "-t", "ed25519", "-N", "", "-C", "cove", "-f", path],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
@@ -55,8 +86,6 @@ export async function ensureCoveKey(home = coveHome()): Promise<CoveKey> {
     const msg = new TextDecoder().decode(out.stderr).trim().split("\n")[0];
     throw new CoveError("ssh.keygen", `ssh-keygen failed: ${msg}`, { exit: ExitCode.Host });
   }
-  await Deno.chmod(k.privateKey, 0o600);
-  return k;
 }
 
 /** The public key line of cove's key pair, generating the pair if needed. */

@@ -128,12 +128,25 @@ export async function runSsh(bundle: Bundle, spec: VmSpec, opts: SshOptions = {}
   if (wait > 0) {
     // Probe until the guest's sshd lets us in and cloud-init is done (exit 0).
     const command = hasSeedDisk(spec) ? await cloudInitDone(bundle) : ["true"];
+    let ready = false;
     while (Date.now() < deadline) {
       const probe = await sshArgs(bundle, spec, addr, { ...opts, command, tty: "never" });
-      if ((await spawnSsh(bin, probe, true)) === 0) break;
+      if ((await spawnSsh(bin, probe, true)) === 0) {
+        ready = true;
+        break;
+      }
       await new Promise((r) => setTimeout(r, 2000));
       const left = Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
       addr = await guestAddress(bundle, spec, { ...opts, waitSeconds: left });
+    }
+    if (!ready) {
+      throw new CoveError(
+        "vm.ssh_timeout",
+        `VM '${bundle.name}' did not accept ssh${
+          hasSeedDisk(spec) ? " (or finish cloud-init)" : ""
+        } within ${wait}s`,
+        { hint: "wait longer with --wait, or check the guest boots", exit: ExitCode.State },
+      );
     }
   }
   return await spawnSsh(bin, await sshArgs(bundle, spec, addr, opts), false);

@@ -22,6 +22,7 @@ import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { coveHome } from "../store/store.ts";
+import { displayUrl, urlKey } from "./url.ts";
 
 /** One item in a cache, as `cove image ls` shows it. */
 export interface CacheEntry {
@@ -166,7 +167,7 @@ export class BlobCache implements CacheProvider {
         if (q.digest.startsWith("sha256:")) key = idx.blobs[q.digest] ? q.digest : undefined;
         else key = Object.keys(idx.blobs).find((k) => idx.blobs[k].aliases.includes(q.digest!));
       } else if (q.url) {
-        key = idx.urls[q.url];
+        key = idx.urls[urlKey(q.url)];
       }
       if (!key || !idx.blobs[key]) return undefined;
       const path = this.blobPath(key);
@@ -178,9 +179,10 @@ export class BlobCache implements CacheProvider {
         return undefined;
       }
       idx.blobs[key].lastUsed = Date.now();
-      if (q.url && !idx.blobs[key].sources.includes(q.url)) {
-        idx.blobs[key].sources.unshift(q.url);
-        idx.urls[q.url] = key;
+      const shown = q.url && displayUrl(q.url);
+      if (q.url && shown && !idx.blobs[key].sources.includes(shown)) {
+        idx.blobs[key].sources.unshift(shown);
+        idx.urls[urlKey(q.url)] = key;
       }
       return { digest: key, path, size: idx.blobs[key].size, record: { ...idx.blobs[key] } };
     });
@@ -209,8 +211,10 @@ export class BlobCache implements CacheProvider {
       rec.lastUsed = now;
       for (const a of opts.aliases ?? []) if (!rec.aliases.includes(a)) rec.aliases.push(a);
       if (opts.url) {
-        rec.sources = [opts.url, ...rec.sources.filter((s) => s !== opts.url)];
-        idx.urls[opts.url] = digest;
+        // index.json keeps no secrets: sources are display forms, keys hashed when needed.
+        const shown = displayUrl(opts.url);
+        rec.sources = [shown, ...rec.sources.filter((s) => s !== shown)];
+        idx.urls[urlKey(opts.url)] = digest;
       }
       idx.blobs[digest] = rec;
       return { digest, path, size, record: { ...rec } };
@@ -236,7 +240,7 @@ export class BlobCache implements CacheProvider {
         id: `partial:${p.key}`,
         size: p.size,
         lastUsed: p.lastUsed,
-        source: p.meta?.url ?? "",
+        source: p.meta?.url ? displayUrl(p.meta.url) : "",
         partial: true,
       });
     }
@@ -290,11 +294,24 @@ export class BlobCache implements CacheProvider {
       const key = id.slice("partial:".length);
       if (!/^[0-9a-f]+$/.test(key)) continue;
       const data = join(this.partialDir, `${key}.part`);
+      // The download's own lock (download.ts): a held one means it is still running.
+      const lock = await Deno.open(join(this.partialDir, `${key}.json.lock`), {
+        read: true,
+        write: true,
+        create: true,
+        mode: 0o600,
+      }).catch(() => undefined);
+      if (!lock) continue;
       try {
-        freed += (await Deno.stat(data)).size;
-        await Deno.remove(data);
-      } catch { /* already gone */ }
-      await Deno.remove(join(this.partialDir, `${key}.json`)).catch(() => {});
+        if (!(await lock.tryLock(true))) continue;
+        try {
+          freed += (await Deno.stat(data)).size;
+          await Deno.remove(data);
+        } catch { /* already gone */ }
+        await Deno.remove(join(this.partialDir, `${key}.json`)).catch(() => {});
+      } finally {
+        lock.close();
+      }
     }
     return freed;
   }

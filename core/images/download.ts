@@ -18,6 +18,7 @@ import { createHash, type Hash } from "node:crypto";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { formatSize } from "../units.ts";
 import { BlobCache, type CachedBlob, type PartialMeta } from "./cache.ts";
+import { displayUrl } from "./url.ts";
 
 /** A checksum to verify. */
 export interface Checksum {
@@ -100,7 +101,11 @@ class Retriable extends Error {
  */
 export async function download(url: string, opts: DownloadOptions = {}): Promise<Downloaded> {
   const cache = opts.cache ?? new BlobCache();
-  const emit = opts.onProgress ?? (() => {});
+  // Listeners (JSON progress, the bar) see the URL without its secrets.
+  const listener = opts.onProgress;
+  const emit = listener
+    ? (e: DownloadEvent) => listener({ ...e, url: displayUrl(e.url) })
+    : () => {};
   checkUrl(url);
   const hit = await findCached(cache, url, opts);
   if (hit) {
@@ -148,7 +153,7 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
         await removePartial(paths);
         throw new CoveError(
           "download.checksum",
-          `checksum mismatch for ${url}: expected ${opts.checksum.algo}:${
+          `checksum mismatch for ${displayUrl(url)}: expected ${opts.checksum.algo}:${
             short(opts.checksum.hex)
           }, got ${opts.checksum.algo}:${short(got)}`,
           {
@@ -164,10 +169,11 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
     emit({ type: "done", url, digest: blob.digest, size: blob.size, cached: false });
     return { ...blob, cached: false };
   } catch (e) {
-    throw toCoveError(e, `download ${url}`);
+    throw toCoveError(e, `download ${displayUrl(url)}`);
   } finally {
+    // The lock file stays: unlinking it would let a waiter on the old inode and a
+    // newcomer on a new file both hold "the" lock.
     lockFile.close();
-    await Deno.remove(paths.meta + ".lock").catch(() => {});
   }
 }
 
@@ -180,10 +186,12 @@ function checkUrl(url: string): void {
   try {
     u = new URL(url);
   } catch {
-    throw new CoveError("download.url", `'${url}' is not a URL`, { exit: ExitCode.Usage });
+    throw new CoveError("download.url", `'${displayUrl(url)}' is not a URL`, {
+      exit: ExitCode.Usage,
+    });
   }
   if (u.protocol !== "http:" && u.protocol !== "https:") {
-    throw new CoveError("download.url", `cannot download ${u.protocol} URLs: ${url}`, {
+    throw new CoveError("download.url", `cannot download ${u.protocol} URLs: ${displayUrl(url)}`, {
       hint: "use an http:// or https:// URL",
       exit: ExitCode.Usage,
     });
@@ -282,8 +290,10 @@ async function fetchToPartial(
       new CoveError(
         timedOut ? "download.timeout" : "download.interrupted",
         timedOut
-          ? `download of ${url} stalled: no data from ${host} for ${Math.round(idleMs / 1000)}s`
-          : `download of ${url} was interrupted at ${formatSize(received)}${
+          ? `download of ${displayUrl(url)} stalled: no data from ${host} for ${
+            Math.round(idleMs / 1000)
+          }s`
+          : `download of ${displayUrl(url)} was interrupted at ${formatSize(received)}${
             total ? ` of ${formatSize(total)}` : ""
           } (${why})`,
         { hint: "run the same command again to resume", exit: ExitCode.Network },
@@ -315,7 +325,7 @@ async function fetchToPartial(
       if (total === offset) return await hashFile(paths.data, want512);
       await removePartial(paths);
       throw new Retriable(
-        new CoveError("download.changed", `${url} changed while downloading`, {
+        new CoveError("download.changed", `${displayUrl(url)} changed while downloading`, {
           hint: "run the same command again",
           exit: ExitCode.Network,
         }),
@@ -421,7 +431,7 @@ function firstLine(e: unknown): string {
 }
 
 function interruptedBySignal(url: string): CoveError {
-  return new CoveError("interrupted", `download of ${url} was interrupted`, {
+  return new CoveError("interrupted", `download of ${displayUrl(url)} was interrupted`, {
     hint: "run the same command again to resume",
     exit: ExitCode.Interrupted,
   });
@@ -430,17 +440,17 @@ function interruptedBySignal(url: string): CoveError {
 function httpError(url: string, res: Response): CoveError {
   const what = `${res.status}${res.statusText ? " " + res.statusText : ""}`;
   if (res.status === 404 || res.status === 410) {
-    return new CoveError("download.not_found", `${url} was not found (${what})`, {
+    return new CoveError("download.not_found", `${displayUrl(url)} was not found (${what})`, {
       hint: "check the URL; for a catalog alias, the catalog may need updating",
       exit: ExitCode.NotFound,
     });
   }
   if (res.status === 401 || res.status === 403) {
-    return new CoveError("download.denied", `${url}: access denied (${what})`, {
+    return new CoveError("download.denied", `${displayUrl(url)}: access denied (${what})`, {
       exit: ExitCode.Network,
     });
   }
-  return new CoveError("download.http", `${url}: the server answered ${what}`, {
+  return new CoveError("download.http", `${displayUrl(url)}: the server answered ${what}`, {
     hint: res.status >= 500 ? "the server has a problem; try again later" : undefined,
     exit: ExitCode.Network,
   });
@@ -519,9 +529,13 @@ export async function fetchText(
   const max = opts.maxBytes ?? 4 << 20;
   const buf = new Uint8Array(await res.arrayBuffer());
   if (buf.length > max) {
-    throw new CoveError("download.too_large", `${url} is larger than ${formatSize(max)}`, {
-      exit: ExitCode.Network,
-    });
+    throw new CoveError(
+      "download.too_large",
+      `${displayUrl(url)} is larger than ${formatSize(max)}`,
+      {
+        exit: ExitCode.Network,
+      },
+    );
   }
   return new TextDecoder().decode(buf);
 }

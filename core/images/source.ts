@@ -32,6 +32,7 @@ import type { Bundle } from "../store/bundle.ts";
 import { cloneFile } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
 import { BlobCache } from "./cache.ts";
+import { displayUrl } from "./url.ts";
 import {
   catalogChecksum,
   type CatalogImage,
@@ -237,7 +238,7 @@ async function fromCatalog(
     check: refuseWebPages,
   });
   const probe = await probeImage(blob.path);
-  if (probe.format === "other") throw notAnImage(img.url, probe);
+  if (probe.format === "other") throw notAnImage(displayUrl(img.url), probe);
   if (probe.format === "iso") return withInstaller(spec, await linkIntoBundle(blob.path, staging));
   const out = await placeDisk(blob.path, probe, staging, spec, opts, emit);
   return { ...out, os: "linux" };
@@ -262,7 +263,7 @@ async function fromUrl(
   if (probe.format === "other") {
     // Not an image: forget it, so the cache holds no useless entry.
     await (opts.cache ?? new BlobCache()).remove([blob.digest]);
-    throw notAnImage(url, probe);
+    throw notAnImage(displayUrl(url), probe);
   }
   if (probe.format === "iso") return withInstaller(spec, await linkIntoBundle(blob.path, staging));
   return await placeDisk(blob.path, probe, staging, spec, opts, emit);
@@ -274,7 +275,7 @@ function refuseWebPages(res: Response, url: string): void {
   if (/^text\/html|^application\/xhtml/i.test(type)) {
     throw new CoveError(
       "source.not_image",
-      `${url} is a web page (${type.split(";")[0]}), not a disk image`,
+      `${displayUrl(url)} is a web page (${type.split(";")[0]}), not a disk image`,
       {
         hint: "use the direct link to a raw, qcow2 or ISO image",
         exit: ExitCode.Usage,

@@ -178,7 +178,7 @@ export class OciCache implements CacheProvider {
     } else {
       await Deno.rename(staging, final);
     }
-    await Deno.remove(`${staging}.lock`).catch(() => {});
+    // The lock file stays (see download.ts): a waiter may hold its inode.
     return final;
   }
 
@@ -278,7 +278,6 @@ export class OciCache implements CacheProvider {
           const dir = this.staging(digest);
           freed += await diskUsage(dir);
           await Deno.remove(dir, { recursive: true }).catch(() => {});
-          await Deno.remove(lockPath).catch(() => {});
         } finally {
           f.close();
         }

@@ -23,9 +23,7 @@ export type Request =
   | { id: number; op: "sink-digest" }
   | { id: number; op: "sink-complete" }
   | { id: number; op: "sink-close" }
-  | { id: number; op: "zip-open"; diskPath: string; offset: number; length: number }
-  | { id: number; op: "zip-next" }
-  | { id: number; op: "zip-close" }
+  | { id: number; op: "zip-abort" }
   | {
     id: number;
     op: "zip-patch";
@@ -57,11 +55,9 @@ function wire(e: unknown): WireError {
 const IDLE_MS = 120_000;
 
 const sinks = new Map<number, InlineSink>();
-const zips = new Map<
-  number,
-  { reader: ReadableStreamDefaultReader<Uint8Array>; read: number; done: Promise<unknown> }
->();
 const chains = new Map<number, Promise<void>>();
+/** Uploads in progress, to abort when the main thread gives up on them. */
+const uploads = new Map<number, AbortController>();
 
 async function handle(m: Request): Promise<void> {
   switch (m.op) {
@@ -80,44 +76,18 @@ async function handle(m: Request): Promise<void> {
       await sinks.get(m.id)!.complete();
       port.postMessage({ id: m.id, type: "ok" });
       return;
+    case "zip-abort":
+      return; // handled as it arrives, see onmessage
     case "sink-close":
       await sinks.get(m.id)?.close();
       sinks.delete(m.id);
       chains.delete(m.id);
       return;
-    case "zip-open": {
-      const z = {
-        reader: undefined as unknown as ReadableStreamDefaultReader<Uint8Array>,
-        read: 0,
-        done: Promise.resolve() as Promise<unknown>,
-      };
-      const s = compressStream(m.diskPath, m.offset, m.length, (n) => {
-        z.read += n;
-      });
-      z.reader = s.body.getReader();
-      z.done = s.done;
-      s.done.catch(() => {});
-      zips.set(m.id, z);
-      return;
-    }
-    case "zip-next": {
-      const z = zips.get(m.id)!;
-      const r = await z.reader.read();
-      const read = z.read;
-      z.read = 0;
-      if (r.done) {
-        port.postMessage({ id: m.id, type: "zip-done", desc: await z.done, read });
-        return;
-      }
-      port.postMessage({ id: m.id, type: "zip-data", chunk: r.value, read }, [
-        r.value.buffer as ArrayBuffer,
-      ]);
-      return;
-    }
     case "zip-patch": {
       // Read, hash, compress and upload in this thread: the bytes never cross to the main one.
       // An idle timer: restarted whenever the upload takes more of the disk.
       const ctl = new AbortController();
+      uploads.set(m.id, ctl);
       let timer: ReturnType<typeof setTimeout> | undefined;
       const arm = () => {
         clearTimeout(timer);
@@ -146,6 +116,7 @@ async function handle(m: Request): Promise<void> {
         throw producerError ?? networkError(m.host, e, m.insecure);
       } finally {
         clearTimeout(timer);
+        uploads.delete(m.id);
       }
       await res.body?.cancel().catch(() => {});
       if (res.status === 401) {
@@ -174,18 +145,15 @@ async function handle(m: Request): Promise<void> {
       chains.delete(m.id);
       return;
     }
-    case "zip-close": {
-      const z = zips.get(m.id);
-      zips.delete(m.id);
-      chains.delete(m.id);
-      await z?.reader.cancel().catch(() => {});
-      return;
-    }
   }
 }
 
 port.onmessage = (e: MessageEvent<Request>) => {
   const m = e.data;
+  if (m.op === "zip-abort") {
+    uploads.get(m.id)?.abort(new CoveError("oci.cancelled", "the upload was cancelled"));
+    return;
+  }
   const prev = chains.get(m.id) ?? Promise.resolve();
   const next = prev.then(() => handle(m)).catch((err) => {
     port.postMessage({ id: m.id, type: "error", error: wire(err) });

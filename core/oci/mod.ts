@@ -24,6 +24,7 @@ export { type PushOptions, type PushProgress, type PushResult, pushVm } from "./
 export {
   formatReference,
   looksLikeReference,
+  normalizeRegistry,
   parseReference,
   type Reference,
 } from "./reference.ts";

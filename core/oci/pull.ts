@@ -24,7 +24,7 @@ import { writeFileAtomic } from "../store/fsutil.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
 import { InlineSink, type LayerSink, LayerWriter, readFull, writeAll } from "./layer.ts";
-import { WorkerPool } from "./workers.ts";
+import { workerLost, WorkerPool } from "./workers.ts";
 import { formatReference, manifestReference, parseReference, type Reference } from "./reference.ts";
 import { digestMismatch, networkError, RegistryClient, type RegistryOptions } from "./registry.ts";
 import {
@@ -76,12 +76,27 @@ export interface PulledImage {
   reusedLayers: number;
 }
 
-/** A failure that leaves a resumable staging directory behind. */
-function keepsStaging(e: unknown): boolean {
+/** A network failure worth retrying in place (the bytes so far stay). */
+function transient(e: unknown): boolean {
   return e instanceof CoveError &&
-    ["oci.dropped", "oci.timeout", "oci.unreachable", "oci.server", "oci.interrupted"].includes(
-      e.code,
-    );
+    ["oci.dropped", "oci.timeout", "oci.unreachable", "oci.server"].includes(e.code);
+}
+
+/**
+ * A failure that proves the staged bytes wrong (or the image unusable), so
+ * they are deleted. Anything else (DNS, TLS, a full disk, a dead worker,
+ * Ctrl-C) keeps the staging directory for the next pull to resume.
+ */
+export function spoilsStaging(e: unknown): boolean {
+  return e instanceof CoveError &&
+    [
+      "oci.digest_mismatch",
+      "oci.bad_blob",
+      "oci.lz4_corrupt",
+      "oci.truncated",
+      "oci.not_vm",
+      "oci.unsupported",
+    ].includes(e.code);
 }
 
 /** Reads the next chunk, failing if the server goes quiet for `ms`. */
@@ -133,10 +148,11 @@ async function blobToFile(
   let got = 0;
   try {
     for (let attempt = 1;; attempt++) {
+      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
       try {
         const res = await client.getBlob(digest, got, true);
         let skip = got > 0 && res.status === 200 ? got : 0;
-        const reader = res.body!.getReader();
+        reader = res.body!.getReader();
         for (;;) {
           const r = await readWithTimeout(reader, client.timeoutMs);
           if (r.done) break;
@@ -147,7 +163,6 @@ async function blobToFile(
             skip -= n;
           }
           if (got + c.length > size) {
-            await reader.cancel().catch(() => {});
             throw new CoveError(
               "oci.bad_blob",
               `blob ${digest.slice(0, 19)}… is larger than its manifest says`,
@@ -162,7 +177,9 @@ async function blobToFile(
         }
         break;
       } catch (e) {
-        if (e instanceof CoveError && !keepsStaging(e)) throw e;
+        // Release the old connection before a retry opens another.
+        await reader?.cancel().catch(() => {});
+        if (e instanceof CoveError && !transient(e)) throw e;
         const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
         if (attempt > client.retries) throw err;
         await new Promise((r) => setTimeout(r, client.backoff(attempt)));
@@ -301,7 +318,7 @@ async function pullDiskLayer(
       } catch (e) {
         await reader?.cancel().catch(() => {});
         if (signal.aborted) throw signal.reason;
-        if (e instanceof CoveError && !keepsStaging(e)) throw e;
+        if (e instanceof CoveError && !transient(e)) throw e;
         const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
         if (attempt > client.retries) throw err;
         const wait = client.backoff(attempt);
@@ -451,7 +468,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         try {
           await copyLocalLayer(src, l, diskPath, !resumed);
         } catch (e) {
-          if (e instanceof CoveError && !keepsStaging(e)) throw e;
+          if (e instanceof CoveError && !transient(e)) throw e;
           continue; // download it instead
         }
         await writeFileAtomic(join(layersDir, `${l.index}.done`), l.digest + "\n");
@@ -474,10 +491,17 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       try {
         await pool(
           todo.map((l) => async (signal: AbortSignal) => {
-            await pullDiskLayer(client, l, diskPath, !resumed, signal, (n) => {
+            const onBytes = (n: number) => {
               progress.done += n;
               opts.onProgress?.({ ...progress });
-            }, workers);
+            };
+            try {
+              await pullDiskLayer(client, l, diskPath, !resumed, signal, onBytes, workers);
+            } catch (e) {
+              if (!workerLost(e)) throw e;
+              // The worker died: do this layer again in this thread, over what it may have written.
+              await pullDiskLayer(client, l, diskPath, false, signal, onBytes, undefined);
+            }
             await writeFileAtomic(join(layersDir, `${l.index}.done`), l.digest + "\n");
             progress.layersDone++;
             opts.onProgress?.({ ...progress });
@@ -501,7 +525,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       return await finish(false, progress.done, resumedLayers, reusedLayers);
     } catch (e) {
       const err = toCoveError(e, "pulling the image");
-      if (!keepsStaging(err)) await Deno.remove(staging, { recursive: true }).catch(() => {});
+      if (spoilsStaging(err)) await Deno.remove(staging, { recursive: true }).catch(() => {});
       throw err;
     }
   } finally {

@@ -29,7 +29,7 @@ import type { MachineIdentity } from "../store/bundle.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { OciCache } from "./cache.ts";
 import { compressStream } from "./layer.ts";
-import { WorkerPool } from "./workers.ts";
+import { workerLost, WorkerPool } from "./workers.ts";
 import { formatReference, parseReference, type Reference } from "./reference.ts";
 import { RegistryClient, type RegistryOptions, sha256Digest } from "./registry.ts";
 import {
@@ -115,18 +115,25 @@ async function rememberPush(path: string, entry: IndexEntry): Promise<void> {
   );
 }
 
-/** Runs tasks with at most `limit` at once; the first failure stops new ones. */
-async function pool<T>(tasks: (() => Promise<T>)[], limit: number): Promise<T[]> {
+/** Runs tasks with at most `limit` at once; the first failure aborts the others. */
+async function pool<T>(
+  tasks: ((signal: AbortSignal) => Promise<T>)[],
+  limit: number,
+): Promise<T[]> {
   const results: T[] = new Array(tasks.length);
+  const ctl = new AbortController();
   let next = 0;
   let failure: unknown;
   const worker = async () => {
     while (next < tasks.length && failure === undefined) {
       const i = next++;
       try {
-        results[i] = await tasks[i]();
+        results[i] = await tasks[i](ctl.signal);
       } catch (e) {
-        if (failure === undefined) failure = e;
+        if (failure === undefined) {
+          failure = e;
+          ctl.abort(e);
+        }
       }
     }
   };
@@ -205,7 +212,24 @@ export async function pushVm(
     }
     const diskPath = bundle.resolve(root.path);
     const diskSize = (await Deno.stat(diskPath)).size;
-    const identity: Partial<MachineIdentity> = await bundle.readMachine().catch(() => ({}));
+    const macos = spec.os === "macos";
+    // A macOS image cannot boot without its identity and auxiliary storage: never push it empty.
+    const unreadable = (what: string, path: string) => (e: unknown): never => {
+      throw new CoveError(
+        "oci.push_source",
+        `cannot read the ${what} of VM '${name}' (${path}): ${
+          e instanceof Error ? e.message : String(e)
+        }`,
+        {
+          hint: "a macOS image needs it to boot; recreate or repair the VM",
+          exit: ExitCode.Failure,
+        },
+      );
+    };
+    const identity: Partial<MachineIdentity> = await bundle.readMachine().catch((e) => {
+      if (!macos && e instanceof Deno.errors.NotFound) return {};
+      return unreadable("machine identity", bundle.machinePath)(e);
+    });
     const tart: TartConfig = tartFromSpec(spec, identity);
     const configBytes = new TextEncoder().encode(sortedJson(tart));
     const nvramPath = spec.os === "macos"
@@ -214,7 +238,10 @@ export async function pushVm(
       ? bundle.resolve(spec.boot.variableStore)
       : undefined;
     const nvramBytes = nvramPath
-      ? await Deno.readFile(nvramPath).catch(() => new Uint8Array(0))
+      ? await Deno.readFile(nvramPath).catch((e) => {
+        if (!macos && e instanceof Deno.errors.NotFound) return new Uint8Array(0);
+        return unreadable(macos ? "auxiliary storage" : "EFI variable store", nvramPath)(e);
+      })
       : new Uint8Array(0);
     const ociBytes = ociConfigJson(tart);
     const small = async (
@@ -278,7 +305,7 @@ export async function pushVm(
       for (const { client, tags, ref } of repos.values()) {
         const mountFrom = first && first.registry === ref.registry ? first.repository : undefined;
         await pool(
-          chunks.map((c) => async () => {
+          chunks.map((c) => async (signal: AbortSignal) => {
             const desc = diskDescs[c.index];
             if (desc && (await client.blobSize(desc.digest)) !== undefined) {
               progress.skipped++;
@@ -304,19 +331,32 @@ export async function pushVm(
                 }
               };
             };
-            if (workers && uploadChunk === 0) {
-              await client.uploadVia(async (loc, headers) => {
-                const r = await workers.patchCompressed(
-                  { diskPath, offset: c.offset, length: c.length },
-                  loc,
-                  headers,
-                  { host: client.registry, insecure: client.insecure },
-                  counter(),
+            let inThread = !workers || uploadChunk !== 0;
+            if (workers && !inThread) {
+              try {
+                await client.uploadVia(
+                  async (loc, headers) => {
+                    const r = await workers.patchCompressed(
+                      { diskPath, offset: c.offset, length: c.length },
+                      loc,
+                      headers,
+                      { host: client.registry, insecure: client.insecure },
+                      counter(),
+                      signal,
+                    );
+                    diskDescs[c.index] = r.desc;
+                    return { location: r.location, digest: r.desc.digest };
+                  },
+                  `disk layer ${c.index + 1}`,
+                  signal,
                 );
-                diskDescs[c.index] = r.desc;
-                return { location: r.location, digest: r.desc.digest };
-              }, `disk layer ${c.index + 1}`);
-            } else {
+              } catch (e) {
+                // Its worker died: upload this chunk from this thread instead.
+                if (!workerLost(e)) throw e;
+                inThread = true;
+              }
+            }
+            if (inThread) {
               await client.uploadStream(
                 () => {
                   const s = compressStream(diskPath, c.offset, c.length, counter());
@@ -327,6 +367,7 @@ export async function pushVm(
                 },
                 uploadChunk,
                 `disk layer ${c.index + 1}`,
+                signal,
               );
             }
             progress.uploaded += diskDescs[c.index].size;

@@ -141,6 +141,8 @@ interface RequestInit {
   what: string;
   /** Do not retry (the caller retries at a higher level). */
   once?: boolean;
+  /** Aborts the request (its reason is thrown). */
+  signal?: AbortSignal;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -410,6 +412,9 @@ export class RegistryClient {
       }
       if (this.#auth) headers.authorization = this.#auth.header;
       const ctl = new AbortController();
+      init.signal?.throwIfAborted();
+      const stop = () => ctl.abort(init.signal?.reason);
+      init.signal?.addEventListener("abort", stop, { once: true });
       // An idle timer: while a streamed body is being sent it restarts on every chunk.
       let timer: ReturnType<typeof setTimeout> | undefined;
       const arm = () => {
@@ -440,6 +445,8 @@ export class RegistryClient {
         res = await fetch(url, { method, headers, body, signal: ctl.signal, redirect: "follow" });
       } catch (e) {
         clearTimeout(timer);
+        init.signal?.removeEventListener("abort", stop);
+        if (init.signal?.aborted) throw init.signal.reason;
         const err = networkError(new URL(url).host, e, this.insecure);
         if (
           err.code === "oci.unknown_host" || err.code === "oci.tls" || !retryable(e) ||
@@ -457,6 +464,7 @@ export class RegistryClient {
         continue;
       }
       clearTimeout(timer);
+      init.signal?.removeEventListener("abort", stop);
       if (res.status === 401) {
         // Answering a challenge is not a retry. Requests sent in parallel share one answer.
         if (this.#authing) {
@@ -553,7 +561,10 @@ export class RegistryClient {
             exit: ExitCode.Network,
           },
         ),
-    );
+      this.#opts.timeoutMs,
+    ).catch((e) => {
+      throw e instanceof CoveError ? e : networkError(this.registry, e, this.insecure);
+    });
     const digest = await sha256Digest(bytes);
     if (reference.startsWith("sha256:") && digest !== reference) {
       throw new CoveError(
@@ -644,6 +655,7 @@ export class RegistryClient {
             new CoveError("oci.bad_manifest", `blob ${digest} is larger than expected`, {
               exit: ExitCode.Network,
             }),
+          this.#opts.timeoutMs,
         );
         const got = await sha256Digest(bytes);
         if (got !== digest) throw digestMismatch(this.registry, digest, got);
@@ -726,6 +738,7 @@ export class RegistryClient {
     produce: () => { body: ReadableStream<Uint8Array>; done: Promise<{ digest: string }> },
     chunkSize = 0,
     what = "a layer",
+    signal?: AbortSignal,
   ): Promise<string> {
     return await this.#withRetries(`uploading ${what}`, async () => {
       let loc = await this.startUpload();
@@ -734,19 +747,26 @@ export class RegistryClient {
       done.catch((err) => {
         producerError = err;
       });
+      // fetch locks the body, so a failure cancels it through this pipe (or the reader below).
+      const pipe = new AbortController();
+      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
       try {
         if (chunkSize <= 0) {
+          const piped = body.pipeThrough(new TransformStream<Uint8Array, Uint8Array>(), {
+            signal: pipe.signal,
+          });
           const res = await this.request("PATCH", loc, {
             headers: { "content-type": "application/octet-stream" },
-            body: () => body,
+            body: () => piped,
             accept: [202, 204],
             what: "uploading a blob",
             once: true,
+            signal,
           });
           await res.body?.cancel();
           loc = this.#location(res);
         } else {
-          const reader = body.getReader();
+          reader = body.getReader();
           let pending: Uint8Array = new Uint8Array(0);
           let sent = 0;
           let ended = false;
@@ -777,6 +797,7 @@ export class RegistryClient {
               accept: [202, 204],
               what: "uploading a blob chunk",
               once: true,
+              signal,
             });
             await res.body?.cancel();
             loc = this.#location(res);
@@ -784,7 +805,8 @@ export class RegistryClient {
           }
         }
       } catch (e) {
-        await body.cancel().catch(() => {});
+        if (reader) await reader.cancel().catch(() => {});
+        else pipe.abort();
         await sleep(0);
         // A failure of the producer (reading the disk) explains more than the upload's.
         throw producerError ?? e;
@@ -798,7 +820,7 @@ export class RegistryClient {
       });
       await res.body?.cancel();
       return digest;
-    });
+    }, signal);
   }
 
   /**
@@ -815,6 +837,7 @@ export class RegistryClient {
       headers: Record<string, string>,
     ) => Promise<{ location: string; digest: string }>,
     what = "a layer",
+    signal?: AbortSignal,
   ): Promise<string> {
     return await this.#withRetries(`uploading ${what}`, async () => {
       const loc = await this.startUpload();
@@ -848,14 +871,15 @@ export class RegistryClient {
       );
       await res.body?.cancel();
       return r.digest;
-    });
+    }, signal);
   }
 
-  async #withRetries<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  async #withRetries<T>(what: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     for (let attempt = 1;; attempt++) {
       try {
         return await fn();
       } catch (e) {
+        if (signal?.aborted) throw signal.reason;
         const err = e instanceof CoveError ? e : networkError(this.registry, e, this.insecure);
         if (!retryable(err) || attempt > this.#opts.retries) throw err;
         const wait = this.backoff(attempt);
@@ -892,17 +916,30 @@ export async function readLimited(
   res: Response,
   max: number,
   tooBig: () => CoveError,
+  idleMs = 60_000,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const parts: Uint8Array[] = [];
   let n = 0;
   if (res.body) {
-    for await (const c of res.body) {
-      n += c.length;
-      if (n > max) {
-        await res.body.cancel().catch(() => {});
-        throw tooBig();
+    const reader = res.body.getReader();
+    try {
+      for (;;) {
+        // A server that sends headers and then goes quiet must not hang us.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const r = await Promise.race([
+          reader.read(),
+          new Promise<never>((_, rej) => {
+            timer = setTimeout(() => rej(new DOMException("idle", "TimeoutError")), idleMs);
+          }),
+        ]).finally(() => clearTimeout(timer));
+        if (r.done) break;
+        n += r.value.length;
+        if (n > max) throw tooBig();
+        parts.push(r.value);
       }
-      parts.push(c);
+    } catch (e) {
+      await reader.cancel().catch(() => {});
+      throw e;
     }
   }
   const out = new Uint8Array(n);

@@ -1,17 +1,28 @@
 /**
  * A small pool of layer workers (core/oci/layer_worker.ts) for one pull or
  * push, and main-thread handles that look like the in-thread versions:
- * {@link WorkerPool.openSink} is a LayerSink, {@link WorkerPool.compressStream}
- * has the same shape as layer.ts's. Chunks cross threads by transfer (no
- * copy) and each job keeps at most a few MiB in flight, so memory stays
- * bounded. With `COVE_OCI_WORKERS=0`, or when workers cannot start, callers
- * use the in-thread versions instead.
+ * {@link WorkerPool.openSink} is a LayerSink and
+ * {@link WorkerPool.patchCompressed} uploads a compressed chunk. Chunks cross
+ * threads by transfer (no copy) and each job keeps at most a few MiB in
+ * flight, so memory stays bounded. With `COVE_OCI_WORKERS=0`, or when
+ * workers cannot start, callers use the in-thread versions instead; a worker
+ * that dies takes no new jobs, and its jobs (and new ones once none is left)
+ * fail with {@link WORKER_LOST}, which callers answer by doing the work in
+ * this thread.
  * @module
  */
 import { CoveError, type ExitCode } from "../errors.ts";
 import type { LayerPlace, LayerSink } from "./layer.ts";
 import type { Request, WireError } from "./layer_worker.ts";
 import type { Descriptor } from "./tart.ts";
+
+/** Error code of a job whose worker died, or of a new job when every worker has died. */
+export const WORKER_LOST = "oci.worker_lost";
+
+/** True when `e` says the work should be redone in this thread. */
+export function workerLost(e: unknown): boolean {
+  return e instanceof CoveError && e.code === WORKER_LOST;
+}
 
 /** Compressed bytes a pull job may have queued in its worker. */
 const IN_FLIGHT = 8 * 1024 * 1024;
@@ -20,8 +31,6 @@ type Reply =
   | { id: number; type: "ok" }
   | { id: number; type: "ack"; bytes: number }
   | { id: number; type: "digest"; digest: string }
-  | { id: number; type: "zip-data"; chunk: Uint8Array; read: number }
-  | { id: number; type: "zip-done"; desc: Descriptor; read: number }
   | { id: number; type: "progress"; read: number }
   | { id: number; type: "patched"; location: string; desc: Descriptor }
   | { id: number; type: "error"; error: WireError };
@@ -42,6 +51,7 @@ interface Job {
 /** Layer workers for one operation; `close()` them when done. */
 export class WorkerPool {
   #workers: Worker[] = [];
+  #dead = new Set<Worker>();
   #jobs = new Map<number, { worker: Worker; job: Job }>();
   #nextId = 1;
   #nextWorker = 0;
@@ -52,11 +62,16 @@ export class WorkerPool {
       w.onmessage = (e: MessageEvent<Reply>) => this.#reply(e.data);
       w.onerror = (e: ErrorEvent) => {
         e.preventDefault();
-        for (const { worker, job } of this.#jobs.values()) {
+        // A dead worker takes no new jobs, and its jobs will never be answered.
+        this.#dead.add(w);
+        this.#workers = this.#workers.filter((x) => x !== w);
+        w.terminate();
+        for (const [id, { worker, job }] of this.#jobs) {
           if (worker !== w) continue;
-          job.error = new CoveError("internal", `a layer worker failed: ${e.message}`);
+          job.error = new CoveError(WORKER_LOST, `a layer worker failed: ${e.message}`);
           for (const r of job.waiting.splice(0)) r.reject(job.error);
           job.onError?.();
+          this.#jobs.delete(id);
         }
       };
     }
@@ -128,7 +143,9 @@ export class WorkerPool {
 
   #open(): { id: number; worker: Worker; job: Job } {
     if (this.#workers.length === 0) {
-      throw new CoveError("oci.cancelled", "the layer workers were stopped");
+      throw this.#dead.size
+        ? new CoveError(WORKER_LOST, "every layer worker failed")
+        : new CoveError("oci.cancelled", "the layer workers were stopped");
     }
     const id = this.#nextId++;
     const worker = this.#workers[this.#nextWorker++ % this.#workers.length];
@@ -139,6 +156,9 @@ export class WorkerPool {
 
   #ask(worker: Worker, job: Job, msg: Request, transfer: Transferable[] = []): Promise<Reply> {
     if (job.error) return Promise.reject(job.error);
+    if (this.#dead.has(worker)) {
+      return Promise.reject(new CoveError(WORKER_LOST, "a layer worker failed"));
+    }
     return new Promise<Reply>((resolve, reject) => {
       job.waiting.push({ resolve, reject });
       worker.postMessage(msg, transfer);
@@ -148,13 +168,23 @@ export class WorkerPool {
   /** A LayerSink whose work happens in a worker. */
   async openSink(diskPath: string, layer: LayerPlace, fresh: boolean): Promise<LayerSink> {
     const { id, worker, job } = this.#open();
-    await this.#ask(worker, job, {
-      id,
-      op: "sink-open",
-      diskPath,
-      layer: { index: layer.index, offset: layer.offset, uncompressedSize: layer.uncompressedSize },
-      fresh,
-    });
+    try {
+      await this.#ask(worker, job, {
+        id,
+        op: "sink-open",
+        diskPath,
+        layer: {
+          index: layer.index,
+          offset: layer.offset,
+          uncompressedSize: layer.uncompressedSize,
+        },
+        fresh,
+      });
+    } catch (e) {
+      this.#jobs.delete(id);
+      if (!this.#dead.has(worker)) worker.postMessage({ id, op: "sink-close" } satisfies Request);
+      throw e;
+    }
     let inFlight = 0;
     let wake: (() => void) | undefined;
     const wakeUp = () => {
@@ -208,9 +238,19 @@ export class WorkerPool {
     headers: Record<string, string>,
     registry: { host: string; insecure: boolean },
     onBytes?: (n: number) => void,
+    signal?: AbortSignal,
   ): Promise<{ location: string; desc: Descriptor }> {
+    signal?.throwIfAborted();
     const { id, worker, job } = this.#open();
     job.onProgress = onBytes;
+    const abort = () => {
+      worker.postMessage({ id, op: "zip-abort" } satisfies Request);
+      job.error ??= signal?.reason instanceof CoveError
+        ? signal.reason
+        : new CoveError("oci.cancelled", "the upload was cancelled");
+      for (const r of job.waiting.splice(0)) r.reject(job.error);
+    };
+    signal?.addEventListener("abort", abort, { once: true });
     try {
       const r = await this.#ask(worker, job, {
         id,
@@ -226,55 +266,8 @@ export class WorkerPool {
       const p = r as { location: string; desc: Descriptor };
       return { location: p.location, desc: p.desc };
     } finally {
+      signal?.removeEventListener("abort", abort);
       this.#jobs.delete(id);
     }
-  }
-
-  /** Like layer.ts's compressStream, with the reading, hashing and compressing in a worker. */
-  compressStream(
-    diskPath: string,
-    offset: number,
-    length: number,
-    onBytes?: (n: number) => void,
-  ): { body: ReadableStream<Uint8Array>; done: Promise<Descriptor> } {
-    const { id, worker, job } = this.#open();
-    let resolve!: (d: Descriptor) => void;
-    let reject!: (e: unknown) => void;
-    const done = new Promise<Descriptor>((res, rej) => {
-      resolve = res;
-      reject = rej;
-    });
-    const jobs = this.#jobs;
-    let opened = false;
-    const body = new ReadableStream<Uint8Array>({
-      pull: async (ctl) => {
-        try {
-          if (!opened) {
-            opened = true;
-            worker.postMessage({ id, op: "zip-open", diskPath, offset, length } satisfies Request);
-          }
-          const r = await this.#ask(worker, job, { id, op: "zip-next" });
-          if (r.type === "zip-data") {
-            if (r.read) onBytes?.(r.read);
-            ctl.enqueue(r.chunk);
-          } else if (r.type === "zip-done") {
-            if (r.read) onBytes?.(r.read);
-            jobs.delete(id);
-            ctl.close();
-            resolve(r.desc);
-          }
-        } catch (e) {
-          jobs.delete(id);
-          reject(e);
-          ctl.error(e);
-        }
-      },
-      cancel: () => {
-        worker.postMessage({ id, op: "zip-close" } satisfies Request);
-        jobs.delete(id);
-        reject(new CoveError("oci.cancelled", "the upload was cancelled"));
-      },
-    }, { highWaterMark: 2 });
-    return { body, done };
   }
 }

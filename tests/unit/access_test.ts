@@ -205,3 +205,33 @@ Deno.test("ssh arguments pin host keys per VM, use the spec's user, and quote th
     assertEquals(shellQuote("/etc/hostname"), "/etc/hostname");
   });
 });
+
+Deno.test("processes creating cove's SSH key at once end with one matching pair", async () => {
+  const { ensureCoveKey } = await import("../../core/access/keys.ts");
+  const home = await Deno.makeTempDir({ prefix: "cove-keys-" });
+  try {
+    const script = `import { ensureCoveKey } from ${
+      JSON.stringify(new URL("../../core/access/keys.ts", import.meta.url).href)
+    }; await ensureCoveKey(${JSON.stringify(home)});`;
+    const runs = Array.from({ length: 3 }, () =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["eval", "--config", new URL("../../deno.json", import.meta.url).pathname, script],
+        stdout: "null",
+        stderr: "piped",
+      }).output());
+    const [outs, k] = await Promise.all([Promise.all(runs), ensureCoveKey(home)]);
+    for (const o of outs) assert(o.success, new TextDecoder().decode(o.stderr));
+    const derived = await new Deno.Command("ssh-keygen", { args: ["-y", "-f", k.privateKey] })
+      .output();
+    assert(derived.success, "the private key is unreadable");
+    const pub = (await Deno.readTextFile(k.publicKey)).trim().split(" ").slice(0, 2).join(" ");
+    assertEquals(
+      new TextDecoder().decode(derived.stdout).trim().split(" ").slice(0, 2).join(" "),
+      pub,
+    );
+    const left = [...Deno.readDirSync(`${home}/ssh`)].map((e) => e.name).sort();
+    assertEquals(left, [".lock", "id_ed25519", "id_ed25519.pub"]);
+  } finally {
+    await Deno.remove(home, { recursive: true });
+  }
+});

@@ -309,3 +309,46 @@ Deno.test("a full disk gives one line and leaves no cache entry", async () => {
     await Deno.remove(mnt, { recursive: true });
   }
 });
+
+Deno.test("a URL's token never reaches errors, progress, listings or index.json, yet the exact URL still hits the cache", async () => {
+  await withEnv(async ({ cache, srv, body }) => {
+    srv.files.set("/signed.img", { body, dropAfter: 1_000_000, dropTimes: 1 });
+    const url = `${srv.base}/signed.img?token=s3cr3t`;
+    const err = await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    assert(!err.message.includes("s3cr3t"), err.message);
+    const partial = (await cache.list()).find((e) => e.partial);
+    assert(partial && !partial.source.includes("s3cr3t"), partial?.source);
+    const events: DownloadEvent[] = [];
+    await download(url, { cache, onProgress: (e) => events.push(e) });
+    assert(events.length > 0 && !JSON.stringify(events).includes("s3cr3t"));
+    const listed = await cache.list();
+    assertEquals(listed.length, 1);
+    assertEquals(listed[0].source, `${srv.base}/signed.img?…`);
+    const index = await Deno.readTextFile(`${cache.dir}/index.json`);
+    assert(!index.includes("s3cr3t"), "index.json holds the token");
+    assertEquals((await download(url, { cache })).cached, true);
+    // Another token is another URL: not served from this entry by URL alone.
+    const other = await download(`${srv.base}/signed.img?token=other`, { cache });
+    assertEquals(other.digest, listed[0].id);
+  });
+});
+
+Deno.test("prune skips a partial download whose downloader still holds its lock", async () => {
+  await withEnv(async ({ cache, srv, body }) => {
+    srv.files.set("/busy.img", { body, dropAfter: 1_000_000, dropTimes: 1 });
+    const url = `${srv.base}/busy.img`;
+    await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    const paths = await cache.partialPaths(url);
+    const id = (await cache.list()).find((e) => e.partial)!.id;
+    const held = await Deno.open(`${paths.meta}.lock`, { read: true, write: true });
+    try {
+      await held.lock(true);
+      assertEquals(await cache.remove([id]), 0);
+      assert((await Deno.stat(paths.data)).size > 0, "a running download's data was deleted");
+    } finally {
+      held.close();
+    }
+    assert((await cache.remove([id])) > 0);
+    assertEquals(await files(cache.partialDir), []);
+  });
+});

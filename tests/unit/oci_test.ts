@@ -409,3 +409,47 @@ Deno.test("the memoized digest of a 512 MiB zero chunk is right", async () => {
   for (let i = 0; i < 128; i++) h.update(zeros);
   assertEquals(zeroDigest(512 * 2 ** 20), `sha256:${h.digest("hex")}`);
 });
+
+Deno.test("a failed pull deletes its staging only on integrity errors and keeps it for network, disk and worker failures", async () => {
+  const { spoilsStaging } = await import("../../core/oci/pull.ts");
+  for (
+    const code of [
+      "oci.digest_mismatch",
+      "oci.bad_blob",
+      "oci.lz4_corrupt",
+      "oci.truncated",
+      "oci.not_vm",
+      "oci.unsupported",
+    ]
+  ) {
+    assert(spoilsStaging(new CoveError(code, "x")), code);
+  }
+  for (
+    const code of [
+      "oci.unknown_host",
+      "oci.tls",
+      "oci.dropped",
+      "oci.server",
+      "io.no_space",
+      "oci.worker_lost",
+      "interrupted",
+    ]
+  ) {
+    assert(!spoilsStaging(new CoveError(code, "x")), code);
+  }
+  assert(!spoilsStaging(new Deno.errors.NotFound("x")));
+});
+
+Deno.test("display URLs drop userinfo and query strings; only secret-bearing URLs are keyed by hash", async () => {
+  const { displayUrl, urlKey } = await import("../../core/images/url.ts");
+  assertEquals(
+    displayUrl("https://bob:pw@example.com/a/disk.img?X-Amz-Signature=abc#f"),
+    "https://example.com/a/disk.img?…",
+  );
+  assertEquals(displayUrl("https://example.com/a.img"), "https://example.com/a.img");
+  assertEquals(displayUrl("ghcr.io/org/img:tag"), "ghcr.io/org/img:tag");
+  assertEquals(urlKey("https://example.com/a.img"), "https://example.com/a.img");
+  const k = urlKey("https://example.com/a.img?token=1");
+  assert(k.startsWith("url-sha256:") && !k.includes("token"));
+  assert(k !== urlKey("https://example.com/a.img?token=2"));
+});
