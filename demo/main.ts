@@ -13,7 +13,12 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BOOT_MARKER, ensureTinyGuest, READY_MARKER } from "../tests/fixtures/tinyguest.ts";
+import {
+  BOOT_MARKER,
+  ensureTinyGuest,
+  READY_MARKER,
+  tinyGuestCreateArgs,
+} from "../tests/fixtures/tinyguest.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(ROOT, "cli", "main.ts");
@@ -74,24 +79,7 @@ async function main(): Promise<number> {
   const name = "demo";
   let started = false;
   try {
-    await cove(home, [
-      "create",
-      name,
-      "--engine",
-      "qemu",
-      "--cpus",
-      "1",
-      "--memory",
-      "512MiB",
-      "--disk-size",
-      "64MiB",
-      "--kernel",
-      g.kernel,
-      "--initrd",
-      g.initrd,
-      "--cmdline",
-      g.cmdline,
-    ]);
+    await cove(home, tinyGuestCreateArgs(name, g));
     await cove(home, ["start", name]);
     started = true;
     say(`# waiting for the guest to boot   [${elapsed()}]`);

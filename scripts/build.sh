@@ -17,10 +17,18 @@ ENTITLEMENTS=swift-shim/cove.entitlements
 echo "build: type-checking" >&2
 "$DENO" check cli/main.ts mod.ts
 
+# Files loaded at run time that deno compile does not find by itself:
+# module workers started with new Worker(new URL(...)).
+WORKERS=(core/oci/layer_worker.ts)
+for f in "${WORKERS[@]}"; do
+  [ -f "$f" ] || { echo "build: include list: $f is missing" >&2; exit 1; }
+done
+
 mkdir -p dist
 for target in $TARGETS; do
   out="dist/cove-${VERSION}-${target}"
   include=()
+  for f in "${WORKERS[@]}"; do include+=(--include "$f"); done
   if [[ $target == *apple-darwin ]]; then
     if [ -f "$DYLIB" ]; then
       include=(--include "$DYLIB")

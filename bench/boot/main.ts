@@ -15,7 +15,11 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { BOOT_MARKER, ensureTinyGuest } from "../../tests/fixtures/tinyguest.ts";
+import {
+  BOOT_MARKER,
+  ensureTinyGuest,
+  tinyGuestCreateArgs,
+} from "../../tests/fixtures/tinyguest.ts";
 import { Store } from "../../core/store/store.ts";
 import { attachConsole, stopVm, vmStatus } from "../../core/supervisor/client.ts";
 
@@ -181,22 +185,7 @@ async function main(): Promise<void> {
         "-A",
         "--quiet",
         CLI,
-        "create",
-        name,
-        "--engine",
-        "qemu",
-        "--cpus",
-        "1",
-        "--memory",
-        "512MiB",
-        "--disk-size",
-        "64MiB",
-        "--kernel",
-        g.kernel,
-        "--initrd",
-        g.initrd,
-        "--cmdline",
-        g.cmdline,
+        ...tinyGuestCreateArgs(name, g),
       ],
       env: { COVE_HOME: home },
       cwd: ROOT,
