@@ -5,6 +5,7 @@
  * @module
  */
 import { copyFile } from "node:fs/promises";
+import { resolve } from "node:path";
 import { CoveError, ExitCode } from "./errors.ts";
 import { applyFlags, readConfigFile, type SpecFlags } from "./spec/compose.ts";
 import type { SpecParsed, VmSpec } from "./spec/schema.ts";
@@ -40,13 +41,29 @@ export async function createVm(store: Store, name: string, opts: CreateVmOptions
   });
 }
 
+async function exists(path: string): Promise<boolean> {
+  return await Deno.stat(path).then((st) => st.isFile, () => false);
+}
+
 /** Copies a kernel/initrd given by path into the bundle so the VM is self-contained. */
 async function importBootFiles(staging: Bundle, spec: VmSpec): Promise<VmSpec> {
   if (spec.boot.loader !== "kernel") return spec;
   const boot = { ...spec.boot };
   for (const key of ["kernel", "initrd"] as const) {
-    const p = boot[key];
-    if (!p || !p.includes("/")) continue;
+    let p = boot[key];
+    if (!p) continue;
+    if (!p.includes("/")) {
+      // A bare name: a file the source already put in the bundle, else one in the current directory.
+      if (await exists(staging.resolve(p))) continue;
+      const here = resolve(p);
+      if (!(await exists(here))) {
+        throw new CoveError("boot.not_found", `--${key}: '${p}' does not exist`, {
+          hint: `give the path of a ${key} file`,
+          exit: ExitCode.Usage,
+        });
+      }
+      p = here;
+    }
     const name = key === "kernel" ? "vmlinuz" : "initrd";
     try {
       await copyFile(p, staging.resolve(name));

@@ -39,13 +39,22 @@ type DarwinLib = Deno.DynamicLibrary<typeof darwinSymbols>;
 let linuxLib: LinuxLib | undefined;
 let darwinLib: DarwinLib | undefined;
 
+/** Deno.dlopen, with a failure (no FFI permission, no such library) as a LibcError. */
+function open<S extends Deno.ForeignLibraryInterface>(path: string, symbols: S) {
+  try {
+    return Deno.dlopen(path, symbols);
+  } catch (e) {
+    throw new LibcError(`dlopen ${path} (${e instanceof Error ? e.message : String(e)})`, 0);
+  }
+}
+
 function linux(): LinuxLib {
-  linuxLib ??= Deno.dlopen("libc.so.6", linuxSymbols);
+  linuxLib ??= open("libc.so.6", linuxSymbols);
   return linuxLib;
 }
 
 function darwin(): DarwinLib {
-  darwinLib ??= Deno.dlopen("/usr/lib/libSystem.B.dylib", darwinSymbols);
+  darwinLib ??= open("/usr/lib/libSystem.B.dylib", darwinSymbols);
   return darwinLib;
 }
 

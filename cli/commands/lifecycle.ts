@@ -11,10 +11,19 @@ import { log, out, outJson, parseFormat } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
-function parseSeconds(v: string): number {
+/** The largest timeout setTimeout can wait for (2^31-1 ms), in whole seconds. */
+export const MAX_SECONDS = 2147483;
+
+/** Parses a non-negative number of seconds, at most {@link MAX_SECONDS}. */
+export function parseSeconds(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
+  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
     throw new CoveError("usage.seconds", `'${v}' is not a number of seconds`, {
+      exit: ExitCode.Usage,
+    });
+  }
+  if (n > MAX_SECONDS) {
+    throw new CoveError("usage.seconds", `'${v}' seconds is too long (at most ${MAX_SECONDS})`, {
       exit: ExitCode.Usage,
     });
   }
@@ -43,6 +52,7 @@ export function register(program: Command): void {
       const say = (line: string) => {
         if (!quiet && !detached) log(`cove: ${line}`);
       };
+      let attached: Promise<void> | undefined; // the `--console` attachment, if any
       const result = await runSupervisor(new Store(), name, {
         ephemeral: opts.ephemeral,
         graphics: opts.graphics,
@@ -65,13 +75,18 @@ export function register(program: Command): void {
             start(c) {
               const seen = sup.hub.tail();
               if (seen.length) c.enqueue(seen);
-              unsubscribe = sup.hub.subscribe((b) => c.enqueue(b.slice()));
+              // The hub closes when the VM stopped: end the stream, so attachTerminal returns.
+              unsubscribe = sup.hub.subscribe((b) => c.enqueue(b.slice()), () => {
+                try {
+                  c.close();
+                } catch { /* already closed or cancelled */ }
+              });
             },
             cancel() {
               unsubscribe();
             },
           });
-          void (async () => {
+          attached = (async () => {
             const end = await attachTerminal({
               output,
               write: (b) => sup.input(b),
@@ -83,9 +98,11 @@ export function register(program: Command): void {
               log(""); // the guest's prompt has no newline
               say("console detached; the VM keeps running (Ctrl-C stops it)");
             }
-          })();
+          })().catch(() => {});
         },
       });
+      // The hub is closed by now, which ends the attachment and restores the terminal.
+      await attached;
       const crashed = result.exit.reason === "crash";
       if (detached) {
         Deno.exit(crashed ? ExitCode.Failure : ExitCode.Ok);

@@ -115,8 +115,13 @@ export class Bundle {
     await writeFileAtomic(this.machinePath, JSON.stringify(m, null, 2) + "\n");
   }
 
-  /** Tries to take the exclusive lock; null when another process holds it. */
-  async tryLock(): Promise<BundleLock | null> {
+  /**
+   * Tries to take the exclusive lock; null when another process holds it.
+   * With `retryMs`, keeps trying for that long: a process that needs the
+   * lock for real (a supervisor starting, delete, clone) must not fail
+   * because a `cove list` is probing the lock at that very moment.
+   */
+  async tryLock(opts: { retryMs?: number } = {}): Promise<BundleLock | null> {
     const f = await Deno.open(this.lockPath, {
       read: true,
       write: true,
@@ -125,7 +130,12 @@ export class Bundle {
     });
     let ok = false;
     try {
+      const until = Date.now() + (opts.retryMs ?? 0);
       ok = await f.tryLock(true);
+      while (!ok && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 20));
+        ok = await f.tryLock(true);
+      }
     } catch (e) {
       f.close();
       throw e;
@@ -148,7 +158,7 @@ export class Bundle {
     };
   }
 
-  /** True when a supervisor holds the bundle lock. */
+  /** True when a supervisor holds the bundle lock (a single try: probes never wait). */
   async isRunning(): Promise<boolean> {
     const lock = await this.tryLock();
     if (!lock) return true;
@@ -166,6 +176,12 @@ export class Bundle {
     }
   }
 }
+
+/**
+ * How long a process that needs a bundle lock for real keeps trying: longer
+ * than any probe (`isRunning`, `cove list`) holds it.
+ */
+export const LOCK_RETRY_MS = 300;
 
 /** The YAML text cove writes for a spec. */
 export function specYaml(spec: SpecParsed | VmSpec): string {

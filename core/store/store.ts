@@ -13,7 +13,7 @@ import { detectHost, type HostInfo } from "../host.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { formatSize, parseSize } from "../units.ts";
-import { Bundle, type BundleLock, type MachineIdentity } from "./bundle.ts";
+import { Bundle, type BundleLock, LOCK_RETRY_MS, type MachineIdentity } from "./bundle.ts";
 import { cloneFile, type CopyMethod, ensureSparseFile } from "./fsutil.ts";
 
 /** The rule for VM names, shown in errors. */
@@ -178,7 +178,14 @@ export class Store {
 
   /** The summary of one bundle. */
   async summary(b: Bundle): Promise<VmSummary> {
-    const state = (await b.isRunning()) ? "running" : "stopped";
+    let state: "running" | "stopped";
+    try {
+      state = (await b.isRunning()) ? "running" : "stopped";
+    } catch (e) {
+      // An unreadable lock file breaks this VM's line, not the whole list.
+      const msg = e instanceof Error ? e.message : String(e);
+      return { name: b.name, state: "broken", error: `cannot check whether it runs: ${msg}` };
+    }
     try {
       const spec = await b.readSpec();
       let disk: number | undefined;
@@ -292,7 +299,10 @@ export class Store {
     } finally {
       lock.release();
     }
-    await Deno.remove(grave, { recursive: true });
+    // A concurrent sweepStale may have removed it already.
+    await Deno.remove(grave, { recursive: true }).catch((e) => {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    });
   }
 
   /** Resizes a stopped VM's root disk (grow only). */
@@ -304,6 +314,13 @@ export class Store {
       const full = applyDefaults(spec, detectHost(), name);
       const i = full.disks.findIndex((d) => d.media === "disk");
       if (i < 0) throw usageError("disk.none", `VM '${name}' has no disk to resize`);
+      if (full.disks[i].format !== "raw") {
+        throw usageError(
+          "disk.format",
+          `cannot resize VM '${name}': its root disk is ${full.disks[i].format}, not raw`,
+          "resize the image with its own tool (e.g. qemu-img resize) and update disks[].size",
+        );
+      }
       full.disks[i] = { ...full.disks[i], size: formatSize(size) };
       await ensureSparseFile(b.resolve(full.disks[i].path), size, `disks[${i}].size`);
       spec.disks = full.disks;
@@ -327,7 +344,7 @@ export class Store {
   }
 
   private async lockStopped(b: Bundle, action: string): Promise<BundleLock> {
-    const lock = await b.tryLock();
+    const lock = await b.tryLock({ retryMs: LOCK_RETRY_MS });
     if (!lock) {
       throw new CoveError("vm.running", `cannot ${action} '${b.name}': it is running`, {
         hint: `stop it first with 'cove stop ${b.name}'`,

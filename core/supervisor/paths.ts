@@ -9,6 +9,7 @@
  * @module
  */
 import { join } from "node:path";
+import { CoveError, ExitCode } from "../errors.ts";
 import type { Bundle } from "../store/bundle.ts";
 
 /** The longest socket path cove binds (macOS allows 103 bytes plus NUL). */
@@ -35,6 +36,36 @@ export function shortRuntimeRoot(): string {
   return join("/tmp", `cove-${uid}`);
 }
 
+/**
+ * Makes the short runtime root if needed, and refuses one that another user
+ * could have planted or can reach: a symlink, not owned by us, or open to
+ * group or others (it is in a shared /tmp).
+ */
+export async function ensurePrivateRoot(root: string): Promise<void> {
+  try {
+    await Deno.mkdir(root, { mode: 0o700 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+  }
+  const st = await Deno.lstat(root);
+  const me = Deno.uid();
+  const why = st.isSymlink
+    ? "is a symlink"
+    : !st.isDirectory
+    ? "is not a directory"
+    : me !== null && st.uid !== me
+    ? `is owned by uid ${st.uid}, not ${me}`
+    : st.mode !== null && (st.mode & 0o077) !== 0
+    ? `is accessible to other users (mode ${(st.mode & 0o777).toString(8)})`
+    : "";
+  if (why) {
+    throw new CoveError("runtime.unsafe_dir", `the runtime directory ${root} ${why}`, {
+      hint: `remove it (or make it yours with mode 700), or set XDG_RUNTIME_DIR`,
+      exit: ExitCode.Host,
+    });
+  }
+}
+
 /** A short, stable id for a bundle directory. */
 export async function bundleId(dir: string): Promise<string> {
   const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(dir));
@@ -59,7 +90,9 @@ export async function runtimeLayout(bundle: Bundle): Promise<RuntimeLayout> {
   const inBundleRuntime = bundle.runtimeDir;
   const runtimeFits = byteLength(inBundleRuntime) + 1 + LONGEST_RUNTIME_NAME <= MAX_SOCKET_PATH;
   const controlFits = socketPathFits(bundle.controlSocket);
-  const short = join(shortRuntimeRoot(), await bundleId(bundle.dir));
+  const root = shortRuntimeRoot();
+  const short = join(root, await bundleId(bundle.dir));
+  if (!runtimeFits || !controlFits) await ensurePrivateRoot(root);
   return {
     controlSocket: controlFits ? bundle.controlSocket : join(short, "control.sock"),
     controlLinked: !controlFits,

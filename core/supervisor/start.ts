@@ -34,6 +34,9 @@ export interface StartOptions {
   graphics?: boolean;
 }
 
+/** How long a timed-out `cove start` waits after SIGTERM before SIGKILL. */
+const START_KILL_GRACE_MS = 5000;
+
 /** Starts the supervisor of `name` detached and waits until the VM runs. */
 export async function startDetached(
   store: Store,
@@ -91,7 +94,19 @@ export async function startDetached(
       try {
         child.kill("SIGTERM");
       } catch { /* gone */ }
+      // A supervisor stuck in its stop is killed (its reaper takes the VM with it).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const killed = new Promise<void>((r) => {
+        timer = setTimeout(() => {
+          try {
+            child.kill("SIGKILL");
+          } catch { /* gone */ }
+          r();
+        }, START_KILL_GRACE_MS);
+      });
+      await Promise.race([exited, killed]);
       await exited;
+      clearTimeout(timer);
       throw new CoveError(
         "vm.start_timeout",
         `VM '${name}' did not start within ${Math.round((opts.timeoutMs ?? 120_000) / 1000)}s`,

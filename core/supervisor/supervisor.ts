@@ -15,7 +15,7 @@ import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
 import type { VmSpec } from "../spec/schema.ts";
-import type { Bundle, BundleLock } from "../store/bundle.ts";
+import { type Bundle, type BundleLock, LOCK_RETRY_MS } from "../store/bundle.ts";
 import { Store } from "../store/store.ts";
 import {
   type HttpRequest,
@@ -49,7 +49,8 @@ export interface RunOptions {
 export class ConsoleHub {
   #ring = new Uint8Array(64 * 1024);
   #len = 0;
-  #subs = new Set<(b: Uint8Array) => void>();
+  #subs = new Map<(b: Uint8Array) => void, (() => void) | undefined>();
+  #closed = false;
   #file: Deno.FsFile | undefined;
 
   constructor(file?: Deno.FsFile) {
@@ -71,7 +72,7 @@ export class ConsoleHub {
       this.#ring.set(b, keep);
       this.#len = keep + b.length;
     }
-    for (const s of this.#subs) s(b);
+    for (const s of this.#subs.keys()) s(b);
   }
 
   /** The last `n` bytes of output. */
@@ -80,14 +81,34 @@ export class ConsoleHub {
     return this.#ring.slice(this.#len - k, this.#len);
   }
 
-  /** Calls `fn` with every new chunk until the returned function is called. */
-  subscribe(fn: (b: Uint8Array) => void): () => void {
-    this.#subs.add(fn);
-    return () => this.#subs.delete(fn);
+  /**
+   * Calls `fn` with every new chunk until the returned function is called;
+   * calls `onClose` (once) when the hub closes, i.e. the VM stopped.
+   */
+  subscribe(fn: (b: Uint8Array) => void, onClose?: () => void): () => void {
+    if (this.#closed) {
+      onClose?.();
+      return () => {};
+    }
+    this.#subs.set(fn, onClose);
+    return () => void this.#subs.delete(fn);
   }
 
+  /** True once {@link close} ran. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Closes console.log and tells every subscriber that no more output will come. */
   close(): void {
+    this.#closed = true;
+    const ends = [...this.#subs.values()];
     this.#subs.clear();
+    for (const end of ends) {
+      try {
+        end?.();
+      } catch { /* a subscriber's problem */ }
+    }
     try {
       this.#file?.close();
     } catch { /* closed */ }
@@ -152,18 +173,23 @@ export class Supervisor {
         return { exit: await vm.wait(), forced: true };
       }
       this.log(`stopping (ACPI power button; power off after ${timeout}s)`);
-      try {
-        await vm.requestStop();
-      } catch (e) {
-        this.log(`graceful stop failed (${toCoveError(e).message}); powering off`);
-        await vm.stop();
-        return { exit: await vm.wait(), forced: true };
-      }
+      // The timeout runs from the request on, so an engine that never answers cannot hang the stop.
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = new Promise<"timeout">((
         r,
       ) => (timer = setTimeout(() => r("timeout"), timeout * 1000)));
-      const first = await Promise.race([vm.wait(), timedOut]);
+      let first: ExitInfo | "timeout";
+      try {
+        first = await Promise.race([
+          vm.requestStop().then(() => Promise.race([vm.wait(), timedOut])),
+          timedOut,
+        ]);
+      } catch (e) {
+        clearTimeout(timer);
+        this.log(`graceful stop failed (${toCoveError(e).message}); powering off`);
+        await vm.stop();
+        return { exit: await vm.wait(), forced: true };
+      }
       clearTimeout(timer);
       if (first === "timeout") {
         this.log(`the guest did not power off within ${timeout}s; powering off`);
@@ -205,7 +231,15 @@ async function serveConsoleClient(
   rest: Uint8Array,
   replay: number,
 ): Promise<void> {
-  await writeUpgrade(conn, CONSOLE_PROTOCOL);
+  try {
+    await writeUpgrade(conn, CONSOLE_PROTOCOL);
+  } catch {
+    // The client hung up during the upgrade.
+    try {
+      conn.close();
+    } catch { /* closed */ }
+    return;
+  }
   let queue = Promise.resolve();
   let pending = 0;
   let dead = false;
@@ -225,7 +259,15 @@ async function serveConsoleClient(
     );
   };
   if (replay > 0) send(sup.hub.tail(replay));
-  const unsubscribe = sup.hub.subscribe(send);
+  const unsubscribe = sup.hub.subscribe(send, () => {
+    // The VM stopped: close the client's stream.
+    dead = true;
+    void queue.finally(() => {
+      try {
+        conn.close();
+      } catch { /* closed */ }
+    });
+  });
   try {
     if (rest.length) await sup.input(rest);
     const buf = new Uint8Array(4096);
@@ -246,7 +288,7 @@ async function serveConsoleClient(
 }
 
 /** The control API handler (documented in docs/control-api.md). */
-export function controlHandler(sup: Supervisor, onVmStop?: () => void) {
+export function controlHandler(sup: Supervisor) {
   return async (req: HttpRequest, conn: Deno.UnixConn, rest: Uint8Array): Promise<HttpResult> => {
     const route = `${req.method} ${req.path}`;
     try {
@@ -260,7 +302,6 @@ export function controlHandler(sup: Supervisor, onVmStop?: () => void) {
             ? b.timeout
             : DEFAULT_STOP_TIMEOUT;
           const r = await sup.stop(force, timeout);
-          onVmStop?.();
           return {
             status: 200,
             body: { name: sup.bundle.name, state: "stopped", exit: r.exit, forced: r.forced },
@@ -291,7 +332,7 @@ export function controlHandler(sup: Supervisor, onVmStop?: () => void) {
             };
           }
           const replay = Math.max(0, Math.min(65536, Number(req.query.get("replay") ?? "0") || 0));
-          void serveConsoleClient(sup, conn, rest, replay);
+          void serveConsoleClient(sup, conn, rest, replay).catch(() => {});
           return "upgraded";
         }
         case "GET /console/tail": {
@@ -382,7 +423,7 @@ export async function runSupervisor(
       });
     }
     const suffix = crypto.randomUUID().slice(0, 8);
-    const cloneName = `${name.slice(0, 64 - 13)}-eph-${suffix}`.replace(/^[-.]/, "e");
+    const cloneName = `${name.slice(0, 64 - 13)}-eph-${suffix}`;
     // The clone comes back locked, so no sweep can take it before we run it.
     const c = await store.clone(name, cloneName, { ephemeral: true });
     bundle = c.bundle;
@@ -391,7 +432,8 @@ export async function runSupervisor(
   }
   let lock: BundleLock | null = null;
   try {
-    lock = heldLock ?? await bundle.tryLock();
+    // Retry briefly: a concurrent `cove list` may be probing the lock right now.
+    lock = heldLock ?? await bundle.tryLock({ retryMs: LOCK_RETRY_MS });
     if (!lock) {
       throw new CoveError("vm.running", `VM '${name}' is already running`, {
         hint: `attach with 'cove console ${name}' or stop it with 'cove stop ${name}'`,

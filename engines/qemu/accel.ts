@@ -19,6 +19,7 @@ import type { HostInfo } from "../engine.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { Accel } from "./argv.ts";
 import { uid } from "./host.ts";
+import { reaped } from "./reaper.ts";
 
 /** The result of probing KVM. */
 export interface KvmProbe {
@@ -105,6 +106,26 @@ function runtimeTmp(): string {
   return join(Deno.env.get("TMPDIR") ?? "/tmp", `cove-${uid()}`);
 }
 
+/**
+ * Makes `dir` if needed; true only when it is a real directory of ours that
+ * no other user can reach (it lives in a shared /tmp, so it may be planted).
+ */
+function privateDir(dir: string): boolean {
+  try {
+    Deno.mkdirSync(dir, { mode: 0o700 });
+  } catch (e) {
+    if (!(e instanceof Deno.errors.AlreadyExists)) return false;
+  }
+  try {
+    const st = Deno.lstatSync(dir);
+    const me = Deno.uid();
+    return st.isDirectory && !st.isSymlink && (me === null || st.uid === me) &&
+      (st.mode === null || (st.mode & 0o077) === 0);
+  } catch {
+    return false;
+  }
+}
+
 function bootId(): string {
   try {
     return Deno.readTextFileSync("/proc/sys/kernel/random/boot_id").trim();
@@ -142,9 +163,25 @@ export async function probeKvm(
 ): Promise<KvmProbe> {
   const dev = kvmDeviceUsable();
   if (!dev.usable) return dev;
-  const dir = runtimeTmp();
+  let dir = runtimeTmp();
   const key = `${bootId()} ${binary}`;
   const cacheFile = join(dir, "kvm-probe.json");
+  // An unsafe shared directory (planted symlink, another owner): no cache, a fresh private dir.
+  const safe = privateDir(dir);
+  if (!safe) {
+    try {
+      dir = Deno.makeTempDirSync({ prefix: "cove-kvm-probe-" });
+    } catch {
+      return { usable: false, reason: `${dir} is not a private directory of this user` };
+    }
+    try {
+      return await runProbe(binary, arch, dir);
+    } finally {
+      try {
+        Deno.removeSync(dir, { recursive: true });
+      } catch { /* best effort */ }
+    }
+  }
   if (!opts.fresh) {
     try {
       const c = JSON.parse(Deno.readTextFileSync(cacheFile)) as KvmProbe & { key: string };
@@ -167,21 +204,30 @@ async function runProbe(binary: string, arch: HostInfo["arch"], dir: string): Pr
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
     fw = join(dir, `kvm-probe-${crypto.randomUUID()}.bin`);
     Deno.writeFileSync(fw, probeFirmware(arch));
-    const child = new Deno.Command(binary, {
-      args: probeArgs(arch, fw),
-      stdin: "null",
+    // Reaped, so that a supervisor killed during the probe leaves no probe QEMU behind.
+    const r = reaped(binary, probeArgs(arch, fw));
+    const child = new Deno.Command(r.command, {
+      args: r.args,
+      stdin: r.holdStdin ? "piped" : "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();
+    const releaseWatchdog = () => {
+      // Closing the watchdog's stdin makes it SIGKILL QEMU.
+      if (r.holdStdin) child.stdin.close().catch(() => {});
+    };
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
-      try {
-        child.kill("SIGKILL");
-      } catch { /* already gone */ }
+      if (r.directPid) {
+        try {
+          child.kill("SIGKILL");
+        } catch { /* already gone */ }
+      } else releaseWatchdog();
     }, probeTimeoutMs());
     const out = await child.output();
     clearTimeout(timer);
+    if (!timedOut) releaseWatchdog();
     const expected = arch === "arm64" ? 0 : 85;
     if (timedOut) {
       return {

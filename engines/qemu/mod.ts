@@ -40,6 +40,11 @@ import { Qmp } from "./qmp.ts";
 import { reaped } from "./reaper.ts";
 import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } from "./virtiofsd.ts";
 
+/** How long QEMU may take to answer a QMP command during a stop. */
+const QMP_STOP_TIMEOUT_MS = 5000;
+/** How long a hard stop waits for QEMU to quit before SIGKILL. */
+const HARD_STOP_GRACE_MS = 3000;
+
 /** Resolves a spec path against the bundle directory. */
 function resolveIn(dir: string, p: string): string {
   return p.startsWith("/") ? p : join(dir, p);
@@ -557,7 +562,7 @@ class QemuVm implements RunningVm {
         return await fail("did not answer on QMP within 30 s");
       }
       try {
-        qmp = await Qmp.connect(plan.qmpSocket);
+        qmp = await Qmp.connect(plan.qmpSocket, Math.max(1000, deadline - Date.now()));
       } catch {
         await new Promise((res) => setTimeout(res, 10));
       }
@@ -609,18 +614,25 @@ class QemuVm implements RunningVm {
   async requestStop(): Promise<void> {
     if (this.#state === "stopped" || this.#state === "error") return;
     this.#stopRequested ??= "graceful";
-    if (this.#state === "paused") await this.#qmp.execute("cont").catch(() => {});
-    await this.#qmp.execute("system_powerdown");
+    // A stuck QEMU must not hang the stop: every QMP call here has a deadline.
+    if (this.#state === "paused") {
+      await this.#qmp.execute("cont", undefined, QMP_STOP_TIMEOUT_MS).catch(() => {});
+    }
+    await this.#qmp.execute("system_powerdown", undefined, QMP_STOP_TIMEOUT_MS);
   }
 
   async stop(): Promise<void> {
     if (this.#state === "stopped" || this.#state === "error") return;
     this.#stopRequested = "hard";
     this.#setState("stopping");
-    await this.#qmp.execute("quit").catch(() => {});
-    const timer = setTimeout(() => this.#hardKill(), 3000);
-    await this.#exit;
-    clearTimeout(timer);
+    // The kill timer runs from the start, so a QEMU that never answers QMP is still killed.
+    const timer = setTimeout(() => this.#hardKill(), HARD_STOP_GRACE_MS);
+    try {
+      await this.#qmp.execute("quit", undefined, HARD_STOP_GRACE_MS).catch(() => {});
+      await this.#exit;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   async pause(): Promise<void> {

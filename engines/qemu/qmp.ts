@@ -21,6 +21,18 @@ export class QmpError extends Error {
   }
 }
 
+/**
+ * Settles like `p`, or rejects with a QmpError("Timeout", `what`) after
+ * `ms` milliseconds, whichever comes first.
+ */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new QmpError("Timeout", what)), Math.max(0, ms));
+  });
+  return Promise.race([p, expired]).finally(() => clearTimeout(timer));
+}
+
 type Pending = { resolve: (v: unknown) => void; reject: (e: Error) => void };
 
 /** A connected QMP session. */
@@ -30,7 +42,6 @@ export class Qmp {
   #next = 1;
   #closed = false;
   #listeners: ((e: QmpEvent) => void)[] = [];
-  #closeListeners: (() => void)[] = [];
   readonly closed: Promise<void>;
 
   readonly #greeted: Promise<void>;
@@ -42,17 +53,28 @@ export class Qmp {
     this.closed = this.#readLoop(onGreeting);
   }
 
-  /** Connects, waits for the greeting and negotiates capabilities. */
-  static async connect(path: string): Promise<Qmp> {
+  /**
+   * Connects, waits for the greeting and negotiates capabilities; gives up
+   * (and closes the connection) after `timeoutMs`.
+   */
+  static async connect(path: string, timeoutMs = 10_000): Promise<Qmp> {
     const conn = await Deno.connect({ transport: "unix", path });
     const q = new Qmp(conn);
-    await Promise.race([
-      q.#greeted,
-      q.closed.then(() => {
-        throw new Error("QMP closed before its greeting");
-      }),
-    ]);
-    await q.execute("qmp_capabilities");
+    try {
+      await withTimeout(
+        Promise.race([
+          q.#greeted,
+          q.closed.then(() => {
+            throw new Error("QMP closed before its greeting");
+          }),
+        ]).then(() => q.execute("qmp_capabilities")),
+        timeoutMs,
+        `QMP did not answer within ${timeoutMs} ms`,
+      );
+    } catch (e) {
+      q.close();
+      throw e;
+    }
     return q;
   }
 
@@ -61,26 +83,30 @@ export class Qmp {
     this.#listeners.push(fn);
   }
 
-  /** Calls `fn` once when the connection closes (QEMU exited). */
-  onClose(fn: () => void): void {
-    if (this.#closed) fn();
-    else this.#closeListeners.push(fn);
-  }
-
-  /** Runs a QMP command and returns its `return` value. */
-  execute<T = unknown>(command: string, args?: Record<string, unknown>): Promise<T> {
+  /**
+   * Runs a QMP command and returns its `return` value; with `timeoutMs`,
+   * rejects with a QmpError("Timeout") if QEMU does not answer in time.
+   */
+  execute<T = unknown>(
+    command: string,
+    args?: Record<string, unknown>,
+    timeoutMs?: number,
+  ): Promise<T> {
     if (this.#closed) return Promise.reject(new QmpError("Closed", "QEMU is not running"));
     const id = `cove-${this.#next++}`;
     const msg =
       JSON.stringify(args ? { execute: command, arguments: args, id } : { execute: command, id }) +
       "\n";
-    return new Promise<T>((resolve, reject) => {
+    const answer = new Promise<T>((resolve, reject) => {
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
       this.#write(msg).catch((e) => {
         this.#pending.delete(id);
         reject(e instanceof Error ? e : new Error(String(e)));
       });
     });
+    if (timeoutMs === undefined) return answer;
+    return withTimeout(answer, timeoutMs, `QEMU did not answer '${command}' within ${timeoutMs} ms`)
+      .finally(() => this.#pending.delete(id));
   }
 
   async #write(s: string): Promise<void> {
@@ -126,8 +152,6 @@ export class Qmp {
     this.#closed = true;
     for (const p of this.#pending.values()) p.reject(new QmpError("Closed", "QEMU exited"));
     this.#pending.clear();
-    for (const l of this.#closeListeners) l();
-    this.#closeListeners = [];
     try {
       this.#conn.close();
     } catch { /* already closed */ }

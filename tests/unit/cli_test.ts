@@ -161,6 +161,7 @@ Deno.test("cli: bad input gets one line, exit code 2 and changes nothing", () =>
         /^cove: --format: 'xml' is not a format \(use text or json\)$/,
       ],
       [["completions", "tcsh"], 2, /^cove: 'tcsh' is not a supported shell/],
+      [["stop", "x", "--timeout", "9999999999"], 2, /^cove: .*too long \(at most 2147483\)/],
       [["get", "nope"], 3, /^cove: no VM named 'nope' \(run 'cove list' to see your VMs\)$/],
     ];
     for (const [args, code, re] of cases) assertOneLineError(await cove(home, args), code, re);

@@ -19,6 +19,7 @@ import { chooseAccel, probeFirmware, requestedAccel } from "../../engines/qemu/a
 import { reaped, WATCHDOG_SCRIPT } from "../../engines/qemu/reaper.ts";
 import { findQemu } from "../../engines/qemu/host.ts";
 import { shareTag } from "../../engines/qemu/mod.ts";
+import { Qmp, QmpError, withTimeout } from "../../engines/qemu/qmp.ts";
 import type { HostInfo } from "../../engines/engine.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 
@@ -225,3 +226,33 @@ function alive(pid: number): boolean {
     return false;
   }
 }
+
+Deno.test("a QEMU that greets on QMP but never answers makes connect and commands time out", async () => {
+  await withTempDir(async (dir) => {
+    const path = join(dir, "qmp.sock");
+    const listener = Deno.listen({ transport: "unix", path });
+    const conns: Deno.Conn[] = [];
+    const accepting = (async () => {
+      for await (const c of listener) {
+        conns.push(c);
+        await c.write(new TextEncoder().encode('{"QMP": {"version": {}}}\n'));
+      }
+    })().catch(() => {});
+    try {
+      let err: unknown;
+      await Qmp.connect(path, 100).catch((e) => (err = e));
+      assert(err instanceof QmpError && err.cls === "Timeout", String(err));
+      err = undefined;
+      await withTimeout(new Promise(() => {}), 10, "never").catch((e) => (err = e));
+      assert(err instanceof QmpError && err.cls === "Timeout", String(err));
+    } finally {
+      listener.close();
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch { /* closed */ }
+      }
+      await accepting;
+    }
+  });
+});

@@ -209,3 +209,43 @@ Deno.test("store: an ephemeral clone comes back locked, and once its supervisor 
     assertEquals((await store.list()).map((v) => v.name), ["base"]);
     assertEquals(await Deno.stat(bundle.dir).catch(() => null), null);
   }));
+
+Deno.test("store: a lock wanted for real waits out a brief probe; a probe never waits", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("probed", { spec: parseSpec("") });
+    const probe = (await b.tryLock())!;
+    assertEquals(await b.tryLock(), null, "a single try fails while the lock is held");
+    setTimeout(() => probe.release(), 50);
+    const lock = await b.tryLock({ retryMs: 5000 });
+    assert(lock, "the retrying lock is taken once the probe releases");
+    lock.release();
+    // delete retries too, so a concurrent probe does not make it fail.
+    const again = (await b.tryLock())!;
+    setTimeout(() => again.release(), 50);
+    await store.delete("probed");
+    assertEquals(await store.list(), []);
+  }));
+
+Deno.test("store: a VM whose lock cannot be opened is listed as broken, the others still list", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    await store.create("good", { spec: parseSpec("") });
+    const bad = await store.create("bad", { spec: parseSpec("") });
+    await Deno.remove(bad.lockPath).catch(() => {});
+    await Deno.mkdir(bad.lockPath); // opening it for writing fails
+    const list = await store.list();
+    assertEquals(list.map((v) => [v.name, v.state]), [["bad", "broken"], ["good", "stopped"]]);
+    assertMatch(list[0].error ?? "", /cannot check whether it runs/);
+  }));
+
+Deno.test("store: resizing a root disk that is not raw is refused with one line", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    await store.create("q", {
+      spec: parseSpec("disks: [{ path: disk.qcow2, format: qcow2, size: 2GiB }]\n"),
+    });
+    const e = await rejects(() => store.resizeRootDisk("q", 3 * GiB));
+    assertEquals(e.code, "disk.format");
+    assertMatch(e.message, /root disk is qcow2, not raw/);
+  }));

@@ -15,10 +15,13 @@ import {
 } from "../../core/supervisor/http.ts";
 import {
   controlSocketTarget,
+  ensurePrivateRoot,
   MAX_SOCKET_PATH,
   runtimeLayout,
 } from "../../core/supervisor/paths.ts";
-import { ConsoleHub } from "../../core/supervisor/supervisor.ts";
+import { ConsoleHub, Supervisor } from "../../core/supervisor/supervisor.ts";
+import { CoveError } from "../../core/errors.ts";
+import type { ExitInfo, RunningVm } from "../../engines/engine.ts";
 import { attachTerminal, ESCAPE_BYTE } from "../../core/supervisor/terminal.ts";
 import {
   cleanConsoleText,
@@ -154,3 +157,78 @@ Deno.test("console text for error lines has escapes and control characters remov
   assertMatch(err!, /^crashed: qemu was killed by SIGKILL \(last console lines: y \| z \| w\)$/);
   assertEquals(lastExitError({ time: "t", reason: "guest", consoleTail: [] }), undefined);
 });
+
+Deno.test("closing the console hub tells subscribers, so attached consoles end", async () => {
+  const hub = new ConsoleHub();
+  let ended = 0;
+  hub.subscribe(() => {}, () => ended++);
+  const output = new ReadableStream<Uint8Array>({
+    start(c) {
+      hub.subscribe((b) => c.enqueue(b.slice()), () => c.close());
+    },
+  });
+  const stdin = {
+    read: (): Promise<number | null> => new Promise(() => {}),
+    isTerminal: () => false,
+  };
+  const shown: number[] = [];
+  const attached = attachTerminal({
+    output,
+    write: () => Promise.resolve(),
+    stdin,
+    stdout: { writeSync: (b) => (shown.push(...b), b.length) },
+  });
+  hub.push(new Uint8Array([79, 75]));
+  hub.close();
+  assertEquals(await attached, "closed");
+  assertEquals(shown, [79, 75]);
+  assertEquals(ended, 1);
+  let late = 0;
+  hub.subscribe(() => {}, () => late++);
+  assertEquals(late, 1, "subscribing to a closed hub ends at once");
+});
+
+Deno.test("a graceful stop whose request never answers powers off after the timeout", async () => {
+  let stopped = false;
+  const exit = Promise.withResolvers<ExitInfo>();
+  const vm = {
+    requestStop: () => new Promise<void>(() => {}), // a stuck engine
+    stop: () => {
+      stopped = true;
+      exit.resolve({ reason: "host" });
+      return Promise.resolve();
+    },
+    wait: () => exit.promise,
+  } as unknown as RunningVm;
+  const sup = new Supervisor(new Bundle("vm", "/nonexistent"), "qemu", new ConsoleHub(), () => {});
+  sup.attach(vm);
+  const r = await sup.stop(false, 0.05);
+  assert(stopped);
+  assertEquals(r.forced, true);
+});
+
+Deno.test("a short runtime directory that is a symlink or open to others is refused", async () => {
+  await withTempDir(async (dir) => {
+    const open = join(dir, "open");
+    await Deno.mkdir(open);
+    await Deno.chmod(open, 0o755);
+    await assertRejectsCode(() => ensurePrivateRoot(open), "runtime.unsafe_dir");
+    const link = join(dir, "link");
+    const mine = join(dir, "mine");
+    await ensurePrivateRoot(mine);
+    assertEquals((await Deno.stat(mine)).mode! & 0o777, 0o700);
+    await Deno.symlink(mine, link);
+    await assertRejectsCode(() => ensurePrivateRoot(link), "runtime.unsafe_dir");
+  });
+});
+
+async function assertRejectsCode(fn: () => Promise<unknown>, code: string): Promise<void> {
+  try {
+    await fn();
+  } catch (e) {
+    assert(e instanceof CoveError, String(e));
+    assertEquals(e.code, code);
+    return;
+  }
+  throw new Error(`expected a CoveError ${code}`);
+}
