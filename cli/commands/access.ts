@@ -39,26 +39,28 @@ export function register(program: Command): void {
       else out(addr.via === "port-forward" ? `${addr.host}:${addr.port}` : addr.host);
     });
 
-  program.command("ssh")
-    .description("open a shell in a running VM, or run a command (cove ssh NAME -- CMD...)")
-    .argument("<name>", "VM name")
-    .argument("[command...]", "command to run in the guest (after --)")
-    .option(
-      "--wait <seconds>",
-      "wait this long for the guest's SSH server (and cloud-init)",
-      seconds,
-      0,
-    )
-    .action(async (name, command, opts) => {
+  const waitOption = [
+    "--wait <seconds>",
+    "wait this long for the guest's SSH server (and cloud-init)",
+  ] as const;
+  const runIn =
+    (tty: "auto" | "never") => async (name: string, command: string[], opts: { wait: number }) => {
       const b = await new Store().get(name);
       const code = await runSsh(b, await b.readSpec(), {
         command,
-        tty: "auto",
+        tty,
         waitSeconds: opts.wait,
         status: readLiveStatus,
       });
       Deno.exit(code);
-    });
+    };
+
+  program.command("ssh")
+    .description("open a shell in a running VM, or run a command (cove ssh NAME -- CMD...)")
+    .argument("<name>", "VM name")
+    .argument("[command...]", "command to run in the guest (after --)")
+    .option(...waitOption, seconds, 0)
+    .action(runIn("auto"));
 
   program.command("exec")
     .description(
@@ -66,20 +68,6 @@ export function register(program: Command): void {
     )
     .argument("<name>", "VM name")
     .argument("<command...>", "command to run in the guest (after --)")
-    .option(
-      "--wait <seconds>",
-      "wait this long for the guest's SSH server (and cloud-init)",
-      seconds,
-      0,
-    )
-    .action(async (name, command, opts) => {
-      const b = await new Store().get(name);
-      const code = await runSsh(b, await b.readSpec(), {
-        command,
-        tty: "never",
-        waitSeconds: opts.wait,
-        status: readLiveStatus,
-      });
-      Deno.exit(code);
-    });
+    .option(...waitOption, seconds, 0)
+    .action(runIn("never"));
 }

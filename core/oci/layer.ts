@@ -16,7 +16,7 @@ import {
   type Descriptor,
   TART_DISK_V2,
 } from "./tart.ts";
-import { forEachNonZeroRun, isAllZero } from "./zero.ts";
+import { forEachNonZeroRun, isAllZero } from "../zero.ts";
 
 /** Granularity of hole detection when writing a pulled disk. */
 export const HOLE_GRANULE = 64 * 1024;

@@ -35,7 +35,7 @@
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
-import { isAllZero } from "./zero.ts";
+import { isAllZero } from "../zero.ts";
 
 /** `bv41`: an LZ4-compressed block. */
 export const MAGIC_COMPRESSED = 0x31347662;

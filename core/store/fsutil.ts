@@ -8,6 +8,7 @@ import { dirname, join } from "node:path";
 import { clonefile, copySparseLinux, LibcError } from "../../ffi/libc.ts";
 import { CoveError } from "../errors.ts";
 import { formatSize } from "../units.ts";
+import { isAllZero } from "../zero.ts";
 
 /** Writes a file atomically with mode 0600. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
@@ -109,7 +110,7 @@ async function copyZeroSkipping(src: string, dst: string, size: number): Promise
       const n = await input.read(buf);
       if (n === null || n === 0) break;
       const chunk = buf.subarray(0, n);
-      if (!isZero(chunk)) {
+      if (!isAllZero(chunk)) {
         await output.seek(pos, Deno.SeekMode.Start);
         let off = 0;
         while (off < n) off += await output.write(chunk.subarray(off));
@@ -121,15 +122,4 @@ async function copyZeroSkipping(src: string, dst: string, size: number): Promise
     input.close();
     output.close();
   }
-}
-
-/** True when every byte is zero (checked 8 bytes at a time where aligned). */
-export function isZero(b: Uint8Array): boolean {
-  const words = b.byteOffset % 8 === 0 ? Math.floor(b.length / 8) : 0;
-  if (words > 0) {
-    const w = new BigUint64Array(b.buffer, b.byteOffset, words);
-    for (let i = 0; i < words; i++) if (w[i] !== 0n) return false;
-  }
-  for (let i = words * 8; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
 }
