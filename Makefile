@@ -15,7 +15,7 @@ test: setup
 check: setup
 	$(DENO) fmt --check
 	$(DENO) lint
-	$(DENO) check mod.ts cli/main.ts tests/ bench/
+	$(DENO) check mod.ts cli/main.ts tests/ bench/ demo/ scripts/
 
 fmt: setup
 	$(DENO) fmt
