@@ -21,11 +21,15 @@ function parseConcurrency(v: string): number {
 }
 
 /** A one-line progress display on stderr, only on a terminal. */
-function progressLine(): { update(text: string): void; done(): void } {
+/** A one-line progress display on stderr; `log` prints a line above it. */
+function progressLine(): { update(text: string): void; done(): void; log(line: string): void } {
   const tty = Deno.stderr.isTerminal();
   let last = 0;
   let shown = false;
   const enc = new TextEncoder();
+  const done = () => {
+    if (tty && shown) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
+  };
   return {
     update(text: string) {
       if (!tty) return;
@@ -35,8 +39,10 @@ function progressLine(): { update(text: string): void; done(): void } {
       shown = true;
       Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${text}`));
     },
-    done() {
-      if (tty && shown) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
+    done,
+    log(line: string) {
+      done();
+      log(`cove: ${line}`);
     },
   };
 }
@@ -104,10 +110,7 @@ export function register(program: Command): void {
           home: store.home,
           insecure: opts.insecure,
           concurrency: opts.concurrency,
-          log: (l) => {
-            bar.done();
-            log(`cove: ${l}`);
-          },
+          log: bar.log,
           onProgress: (p) =>
             bar.update(
               `pulling ${ref}  ${pct(p.done, p.total)}  ${formatSize(p.done)}/${
@@ -163,10 +166,7 @@ export function register(program: Command): void {
             : 0,
           insecure: opts.insecure,
           concurrency: opts.concurrency,
-          log: (l) => {
-            bar.done();
-            log(`cove: ${l}`);
-          },
+          log: bar.log,
           onProgress: (p) =>
             bar.update(
               `pushing ${name}  ${pct(p.done, p.total)}  ${
