@@ -99,7 +99,7 @@ public func cove_vz_release(_ vm: UInt64) -> UnsafeMutablePointer<CChar> {
     guard let machine = Registry.remove(vm) else {
       throw ShimError(code: .noSuchHandle, message: "no VM with handle \(vm)")
     }
-    machine.release()
+    machine.tearDown()
     return [:]
   }
 }

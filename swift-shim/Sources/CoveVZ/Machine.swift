@@ -294,7 +294,8 @@ final class Machine: NSObject, VZVirtualMachineDelegate, VZVirtioSocketListenerD
   // MARK: Release
 
   /// Stops the VM if it runs, drops observers and listeners, closes the queue.
-  func release() {
+  /// Not named release(): NSObject's -release is the retain-count method.
+  func tearDown() {
     if sync({ vm.canStop }) {
       try? stop()
     }
