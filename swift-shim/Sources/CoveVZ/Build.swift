@@ -56,15 +56,22 @@ enum Build {
 
   /// Whether this configuration can be saved and restored (suspend).
   static func saveRestore(_ config: VZVirtualMachineConfiguration) -> [String: Any] {
-    guard #available(macOS 14, *) else {
-      return ["supported": false, "error": errorJSON(ShimError.needs("saving machine state", macOS: "14.0"))]
-    }
-    do {
-      try config.validateSaveRestoreSupport()
-      return ["supported": true]
-    } catch {
+    #if arch(arm64)
+      // validateSaveRestoreSupportWithError: is declared only under
+      // #if defined(__arm64__) in VZVirtualMachineConfiguration.h.
+      guard #available(macOS 14, *) else {
+        return ["supported": false, "error": errorJSON(ShimError.needs("saving machine state", macOS: "14.0"))]
+      }
+      do {
+        try config.validateSaveRestoreSupport()
+        return ["supported": true]
+      } catch {
+        return ["supported": false, "error": errorJSON(error)]
+      }
+    #else
+      let error = ShimError(code: .unsupported, message: "saving machine state needs a Mac with Apple silicon")
       return ["supported": false, "error": errorJSON(error)]
-    }
+    #endif
   }
 
   // MARK: CPU and memory

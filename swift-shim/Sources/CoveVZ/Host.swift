@@ -35,11 +35,15 @@ enum Host {
     } else {
       out["nestedVirtualizationSupported"] = false
     }
-    if #available(macOS 14, *) {
-      out["saveRestoreSupported"] = true
-    } else {
-      out["saveRestoreSupported"] = false
-    }
+    #if arch(arm64)
+      if #available(macOS 14, *) {
+        out["saveRestoreSupported"] = true
+      } else {
+        out["saveRestoreSupported"] = false
+      }
+    #else
+      out["saveRestoreSupported"] = false  // save/restore are arm64-only in the SDK
+    #endif
     return out
   }
 

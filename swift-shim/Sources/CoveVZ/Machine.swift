@@ -146,19 +146,29 @@ final class Machine: NSObject, VZVirtualMachineDelegate, VZVirtioSocketListenerD
     try run { (done: @escaping (Result<Void, Error>) -> Void) in self.vm.resume(completionHandler: done) }
   }
 
+  // saveMachineStateTo/restoreMachineStateFrom are declared only under
+  // #if defined(__arm64__) in VZVirtualMachine.h (API_AVAILABLE macOS 14).
   func save(to url: URL) throws {
-    guard #available(macOS 14, *) else { throw ShimError.needs("saving machine state", macOS: "14.0") }
-    try configuration.validateSaveRestoreSupport()
-    try run { (done: @escaping (Result<Void, Error>) -> Void) in
-      self.vm.saveMachineStateTo(url: url, completionHandler: orError(done))
-    }
+    #if arch(arm64)
+      guard #available(macOS 14, *) else { throw ShimError.needs("saving machine state", macOS: "14.0") }
+      try configuration.validateSaveRestoreSupport()
+      try run { (done: @escaping (Result<Void, Error>) -> Void) in
+        self.vm.saveMachineStateTo(url: url, completionHandler: orError(done))
+      }
+    #else
+      throw ShimError(code: .unsupported, message: "saving machine state needs a Mac with Apple silicon")
+    #endif
   }
 
   func restore(from url: URL) throws {
-    guard #available(macOS 14, *) else { throw ShimError.needs("restoring machine state", macOS: "14.0") }
-    try run { (done: @escaping (Result<Void, Error>) -> Void) in
-      self.vm.restoreMachineStateFrom(url: url, completionHandler: orError(done))
-    }
+    #if arch(arm64)
+      guard #available(macOS 14, *) else { throw ShimError.needs("restoring machine state", macOS: "14.0") }
+      try run { (done: @escaping (Result<Void, Error>) -> Void) in
+        self.vm.restoreMachineStateFrom(url: url, completionHandler: orError(done))
+      }
+    #else
+      throw ShimError(code: .unsupported, message: "restoring machine state needs a Mac with Apple silicon")
+    #endif
   }
 
   func setBalloonTarget(_ bytes: UInt64) throws -> UInt64 {
