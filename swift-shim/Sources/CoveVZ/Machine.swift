@@ -43,6 +43,12 @@ final class EventQueue: @unchecked Sendable {
 }
 
 func stateName(_ s: VZVirtualMachine.State) -> String {
+  // .saving and .restoring are API_AVAILABLE(macos(14.0)) constants of
+  // VZVirtualMachineState (VZVirtualMachine.h); the deployment target is 13.
+  if #available(macOS 14, *) {
+    if s == .saving { return "saving" }
+    if s == .restoring { return "restoring" }
+  }
   switch s {
   case .stopped: return "stopped"
   case .running: return "running"
@@ -52,8 +58,6 @@ func stateName(_ s: VZVirtualMachine.State) -> String {
   case .pausing: return "pausing"
   case .resuming: return "resuming"
   case .stopping: return "stopping"
-  case .saving: return "saving"
-  case .restoring: return "restoring"
   @unknown default: return "unknown"
   }
 }
