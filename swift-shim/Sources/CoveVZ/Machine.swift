@@ -38,14 +38,16 @@ final class EventQueue: @unchecked Sendable {
     return true
   }
 
-  /// Closes the queue; returns the events still waiting (their descriptors
-  /// are closed by the caller).
+  /// Closes the queue. Events that carry a descriptor are taken out and
+  /// returned, for the caller to close; the others can still be drained.
   func close() -> [[String: Any]] {
     cond.lock()
     defer { cond.unlock() }
     closed = true
+    let carrying = items.filter { $0["fd"] != nil }
+    items.removeAll { $0["fd"] != nil }
     cond.broadcast()
-    return items
+    return carrying
   }
 
   /// The next event, waiting up to timeoutMs on a monotonic clock; closed is
