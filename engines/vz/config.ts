@@ -8,7 +8,8 @@
  *   trackpad (Mac keyboard needs macOS 14); Linux guests with a display get
  *   USB ones; headless guests none.
  * - a suspendable macOS VM (host macOS 14+) keeps only devices that VZ can
- *   save: Mac keyboard and trackpad, no entropy, sound output only.
+ *   save: Mac keyboard and trackpad, no entropy, sound output only and
+ *   with no host sink.
  * - disk cache `auto` is `cached` for Linux guests (uncached host caching
  *   has corrupted Linux filesystems under VZ) and `automatic` for macOS.
  * - a cdrom is a read-only USB mass storage device; disks on bus `usb` too.
@@ -100,7 +101,12 @@ export function buildVzConfig(spec: VmSpec, ctx: VzConfigContext): VzConfig {
       ? [{ type: "fileHandles", readFd: ctx.serial.readFd, writeFd: ctx.serial.writeFd }]
       : [],
     clipboard: spec.clipboard,
-    audio: spec.audio ? { input: !(macos && ctx.suspendable), output: true } : null,
+    audio: spec.audio
+      ? macos && ctx.suspendable
+        // As Tart: a savable VM's sound output has no host sink.
+        ? { input: false, output: true, noHostSink: true }
+        : { input: true, output: true }
+      : null,
     keyboards: keyboards(spec, major, ctx.suspendable),
     pointingDevices: pointingDevices(spec, ctx.suspendable),
     graphics: spec.display === "none" ? null : macos
