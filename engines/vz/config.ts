@@ -18,7 +18,7 @@
  * @module
  */
 import type { VmPaths } from "../engine.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { shareTag, type VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type { VzConfig, VzDirectoryShare, VzNetwork, VzStorage } from "../../ffi/cove_vz_json.ts";
 
@@ -143,7 +143,7 @@ function bootLoader(spec: VmSpec, paths: VmPaths): VzConfig["bootLoader"] {
 }
 
 function tagOf(path: string, tag?: string): string {
-  return tag ?? (path.replace(/\/+$/, "").split("/").pop() || "share");
+  return shareTag({ path, tag });
 }
 
 function shares(spec: VmSpec): VzDirectoryShare[] {
