@@ -126,8 +126,9 @@ final class Machine: NSObject, VZVirtualMachineDelegate, VZVirtioSocketListenerD
     self.configuration = configuration
     self.descriptors = descriptors
     self.queue = DispatchQueue(label: "dev.cove.vz.vm.\(handle)")
-    // Tart makes the same call: VZVirtualMachine(configuration:queue:) with
-    // a private serial queue, so that no VZ work waits on the main queue.
+    // A private serial queue, so that no VZ work waits on the main queue
+    // (Code-Hex/vz does the same; Tart uses VZVirtualMachine(configuration:),
+    // the main queue).
     self.vm = VZVirtualMachine(configuration: configuration, queue: queue)
     super.init()
     queue.sync {
