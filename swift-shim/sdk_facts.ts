@@ -67,6 +67,18 @@ interface EnumInfo {
 export interface Sdk {
   headers: Map<string, string>;
   interfaces: { arm64?: string; x86_64?: string };
+  /** The SDK's macOS version (SDKSettings.json), when known. */
+  version?: string;
+}
+
+function cmpVersion(a: string, b: string): number {
+  const pa = a.split(".").map(Number);
+  const pb = b.split(".").map(Number);
+  for (let i = 0; i < Math.max(pa.length, pb.length); i++) {
+    const d = (pa[i] ?? 0) - (pb[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
 }
 
 const FRAMEWORK = "System/Library/Frameworks/Virtualization.framework";
@@ -235,12 +247,16 @@ export async function loadSdkDir(dir: string): Promise<Sdk> {
       return undefined;
     }
   };
+  let version: string | undefined;
+  const settings = fw === dir ? undefined : await read(`${dir}/SDKSettings.json`);
+  if (settings) version = (JSON.parse(settings) as { Version?: string }).Version;
   return {
     headers,
     interfaces: {
       arm64: await read(`${mod}/arm64e-apple-macos.swiftinterface`),
       x86_64: await read(`${mod}/x86_64-apple-macos.swiftinterface`),
     },
+    version,
   };
 }
 
@@ -269,7 +285,17 @@ export async function loadSdkGit(gitDir: string, rev: string, prefix: string): P
       x86_64 = await git(gitDir, ["show", `${rev}:${n}`]);
     }
   }
-  return { headers, interfaces: { arm64, x86_64 } };
+  let version: string | undefined;
+  try {
+    const settings = await git(gitDir, [
+      "show",
+      `${rev}:${prefix.replace(/\/$/, "")}/SDKSettings.json`,
+    ]);
+    version = (JSON.parse(settings) as { Version?: string }).Version;
+  } catch {
+    version = /MacOSX(\d+(?:\.\d+)*)\.sdk/.exec(prefix)?.[1];
+  }
+  return { headers, interfaces: { arm64, x86_64 }, version };
 }
 
 interface Index {
@@ -416,7 +442,8 @@ export function regenerate(sdk: Sdk, table: FactsFile): { problems: string[]; ta
   const symbols = table.symbols.map((f) => {
     const d = deriveFrom(ix, f);
     if (typeof d === "string") {
-      problems.push(d);
+      // An SDK older than the symbol cannot know it: not a difference.
+      if (!(sdk.version && cmpVersion(f.introduced, sdk.version) > 0)) problems.push(d);
       return f;
     }
     for (const k of ["introduced", "arm64Only", "throws", "header", "superclass"] as const) {
@@ -453,6 +480,7 @@ if (import.meta.main) {
   }
   const table = JSON.parse(await Deno.readTextFile(tablePath)) as FactsFile;
   const { problems, table: next } = regenerate(sdk, table);
+  if (sdk.version) console.log(`sdk_facts: SDK macOS ${sdk.version}`);
   for (const p of problems) console.log(p);
   if (check) {
     if (problems.length > 0) Deno.exit(1);

@@ -909,3 +909,24 @@ extension Virtualization.VZThing {
     ["12.0", true, false],
   );
 });
+
+Deno.test("sdk_facts: a symbol newer than the SDK read is not reported missing", () => {
+  const table: FactsFile = {
+    about: "",
+    symbols: [{
+      swift: "VZThing.isShiny2",
+      kind: "property",
+      objc: "shiny2",
+      introduced: "15.0",
+      arm64Only: false,
+      throws: false,
+      header: "VZThing.h",
+      static: true,
+    }],
+  };
+  const headers = new Map([["VZThing.h", fakeHeader]]);
+  assertEquals(regenerate({ headers, interfaces: {}, version: "14.5" }, table).problems, []);
+  assertEquals(regenerate({ headers, interfaces: {}, version: "15.0" }, table).problems, [
+    "VZThing.isShiny2: no property shiny2 in VZThing or its superclasses",
+  ]);
+});
