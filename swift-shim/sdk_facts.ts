@@ -486,7 +486,7 @@ if (import.meta.main) {
     if (problems.length > 0) Deno.exit(1);
     console.log(`sdk_facts: ${table.symbols.length} symbols agree with the SDK`);
   } else {
-    await Deno.writeTextFile(tablePath, JSON.stringify(next, null, 1) + "\n");
+    await Deno.writeTextFile(tablePath, JSON.stringify(next, null, 2) + "\n");
     console.log(`sdk_facts: wrote ${tablePath} (${problems.length} changes)`);
   }
 }
