@@ -236,8 +236,9 @@ char *cove_vz_next_event(uint64_t vm, int32_t timeout_ms);
 /* ---- macOS install ---------------------------------------------------- */
 
 /* Installs macOS from a local IPSW into a stopped VM with a Mac platform
- * (otherwise COVE_VZ_ERR_STATE, or COVE_VZ_ERR_IO for a missing file:
- * VZMacOSInstaller would raise an exception). Returns at once: install-progress events follow, then install-finished or
+ * (checked first, since VZMacOSInstaller would raise an exception:
+ * COVE_VZ_ERR_BAD_REQUEST for another platform, COVE_VZ_ERR_IO when the IPSW
+ * is not a file, COVE_VZ_ERR_STATE when the VM is not stopped). Returns at once: install-progress events follow, then install-finished or
  * install-failed. {"ok":true} */
 char *cove_vz_install_macos(uint64_t vm, const char *ipsw_path);
 

@@ -831,8 +831,8 @@ char *cove_vz_install_macos(uint64_t h, const char *ipsw_path) {
   GET_VM(h);
   if (!vm->mac) return cove_err(COVE_VZ_ERR_BAD_REQUEST, "installing macOS needs a mac platform");
   struct stat st;
-  if (!ipsw_path || stat(ipsw_path, &st) != 0)
-    return err("NSCocoaErrorDomain", 260, "The file couldn't be opened because there is no such file.");
+  if (!ipsw_path || stat(ipsw_path, &st) != 0 || !S_ISREG(st.st_mode)) /* as the shim, before VZ */
+    return cove_err(COVE_VZ_ERR_IO, "ipsw_path: not a file");
   pthread_mutex_lock(&vm->mu);
   if (vm->installing || strcmp(vm->state, "stopped")) {
     pthread_mutex_unlock(&vm->mu);

@@ -54,7 +54,7 @@ async function childSees(fd: number): Promise<boolean> {
   return out.success;
 }
 
-Deno.test("a release during a macOS install ends the install, then the queue closes", async () => {
+Deno.test("install preconditions are refused first; a release during an install ends it, then the queue closes", async () => {
   const vz = await open();
   const dir = await Deno.makeTempDir();
   try {
@@ -72,6 +72,16 @@ Deno.test("a release during a macOS install ends the install, then the queue clo
       },
       bootLoader: { type: "macos" },
     });
+    // Preconditions VZMacOSInstaller would raise an exception on are refused first.
+    const missing = await assertRejects(() => vz.installMacOS(vm, `${dir}/none.ipsw`), VzError);
+    assertEquals([missing.domain, missing.code], [COVE_VZ_ERROR_DOMAIN, CoveVzErr.Io]);
+    const isDir = await assertRejects(() => vz.installMacOS(vm, dir), VzError);
+    assertEquals([isDir.domain, isDir.code], [COVE_VZ_ERROR_DOMAIN, CoveVzErr.Io]);
+    const linux = await vz.create(linuxConfig);
+    const notMac = await assertRejects(() => vz.installMacOS(linux, ipsw), VzError);
+    assertEquals([notMac.domain, notMac.code], [COVE_VZ_ERROR_DOMAIN, CoveVzErr.BadRequest]);
+    await vz.release(linux);
+
     await vz.installMacOS(vm, ipsw);
     await vz.release(vm);
     const { events, closed } = await drain(vz, vm);

@@ -379,7 +379,7 @@ final class Machine: NSObject, VZVirtualMachineDelegate, VZVirtioSocketListenerD
       // Objective-C exception unless the platform is a Mac one and the URL is
       // a file on disk; installing needs a stopped VM.
       guard configuration.platform is VZMacPlatformConfiguration else {
-        throw ShimError(code: .state, message: "installing macOS needs a VM with a mac platform")
+        throw ShimError(code: .badRequest, message: "installing macOS needs a VM with a mac platform")
       }
       var isDir: ObjCBool = false
       guard ipsw.isFileURL, FileManager.default.fileExists(atPath: ipsw.path, isDirectory: &isDir), !isDir.boolValue
