@@ -612,6 +612,9 @@ char *cove_vz_start(uint64_t h, const char *options_json) {
   GET_VM(h);
   if (options_json && *options_json && !json_ok(options_json))
     return cove_err(COVE_VZ_ERR_BAD_REQUEST, "options: not a JSON object");
+  /* As the shim: recoveryOS start options on a non-mac platform would raise in VZ. */
+  if (options_json && strstr(options_json, "\"recovery\":true") && !vm->mac)
+    return cove_err(COVE_VZ_ERR_BAD_REQUEST, "options.recovery: recoveryOS needs a macOS guest (a mac platform)");
   pthread_mutex_lock(&vm->mu);
   if (strcmp(vm->state, "stopped") && strcmp(vm->state, "error")) {
     pthread_mutex_unlock(&vm->mu);

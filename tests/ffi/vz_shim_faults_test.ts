@@ -167,3 +167,18 @@ Deno.test("a released VM's queued descriptors are closed and its queue takes no 
     vz.close();
   }
 });
+
+Deno.test("a recoveryOS start of a VM without a mac platform is refused, and the VM stays startable", async () => {
+  const vz = await open();
+  try {
+    const vm = await vz.create(linuxConfig);
+    const e = await assertRejects(() => vz.start(vm, { recovery: true }), VzError);
+    assertEquals([e.domain, e.code], [COVE_VZ_ERROR_DOMAIN, CoveVzErr.BadRequest]);
+    assertEquals((await vz.state(vm)).state, "stopped");
+    await vz.start(vm);
+    await vz.stop(vm);
+    await vz.release(vm);
+  } finally {
+    vz.close();
+  }
+});
