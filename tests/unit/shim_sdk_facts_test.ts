@@ -180,11 +180,34 @@ export class Checker {
     return undefined;
   }
 
+  /** The shim's own functions by name, with the VZ type they return (unambiguous ones). */
+  readonly returns = new Map<string, Ty | null>();
+
   async check(sources: Source[]): Promise<string[]> {
     const p = await swiftParser();
     this.problems = [];
-    for (const s of sources) new FileCheck(this, s, p.parse(s.text).rootNode).run();
+    const trees = sources.map((s) => ({ s, root: p.parse(s.text).rootNode }));
+    for (const { root } of trees) this.collectReturns(root);
+    for (const { s, root } of trees) new FileCheck(this, s, root).run();
     return this.problems;
+  }
+
+  private collectReturns(n: Node) {
+    if (n.type === "function_declaration") {
+      const name = n.namedChildren.find((c) => c.type === "simple_identifier")?.text;
+      const arrow = n.children.findIndex((c) => c.type === "->");
+      const ret = arrow >= 0 ? n.children.slice(arrow + 1).find((c) => c.isNamed) : undefined;
+      const t = ret ? tyOf(ret.text) : undefined;
+      if (name) {
+        const known = this.returns.get(name);
+        const vz = t && this.types.has(t.name) ? t : null;
+        this.returns.set(
+          name,
+          known === undefined || (known && vz && known.name === vz.name) ? vz : null,
+        );
+      }
+    }
+    for (const c of n.namedChildren) this.collectReturns(c);
   }
 }
 
@@ -456,8 +479,17 @@ class FileCheck {
         return f?.type ? tyOf(f.type) : undefined;
       }
       case "call_expression": {
-        const t = this.typeOf(e.namedChildren[0], depth + 1);
-        return t?.meta ? { ...t, meta: false } : undefined;
+        const callee = e.namedChildren[0];
+        const t = this.typeOf(callee, depth + 1);
+        if (t?.meta) return { ...t, meta: false };
+        // One of the shim's own functions (self.f(), Type.f(), f()): its declared result.
+        const name = callee.type === "simple_identifier"
+          ? callee.text
+          : callee.type === "navigation_expression"
+          ? this.suffixName(callee)
+          : undefined;
+        const r = name ? this.c.returns.get(name) : undefined;
+        return r ? { ...r, meta: false } : undefined;
       }
       case "try_expression":
       case "await_expression":
@@ -635,6 +667,8 @@ Deno.test("the shim uses only tabled Virtualization symbols, each behind its ver
       "VZMacOSInstaller.install(completionHandler:)",
       "VZVirtioSocketConnection.fileDescriptor",
       "VZVirtualMachineDelegate.virtualMachine(_:networkDevice:attachmentWasDisconnectedWithError:)",
+      "VZVirtioSocketDevice.setSocketListener(_:forPort:)",
+      "VZVirtualMachineConfiguration.validate()",
     ]
   ) assert(used.has(key), `the checker saw ${key}`);
 });
