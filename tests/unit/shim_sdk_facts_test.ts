@@ -736,6 +736,33 @@ Deno.test("tampering: a macOS 15 API without #available fails", async () => {
   );
 });
 
+Deno.test("an @available declaration or a guard #available covers the API it gates", async () => {
+  const sources = tamper(
+    await shimSources(),
+    "Host.swift",
+    "  static func rosettaAvailability() -> String {",
+    `  @available(macOS 15, *)
+  static func nested() -> Bool { VZGenericPlatformConfiguration.isNestedVirtualizationSupported }
+
+  static func nested2() -> Bool {
+    guard #available(macOS 15, *) else { return false }
+    return VZGenericPlatformConfiguration.isNestedVirtualizationSupported
+  }
+
+  static func nested3() -> Bool {
+    if #available(macOS 15, *) { return true } else {
+      return VZGenericPlatformConfiguration.isNestedVirtualizationSupported
+    }
+  }
+
+  static func rosettaAvailability() -> String {`,
+  );
+  const { problems } = await checkShim(sources);
+  // Only the else branch of if #available is unguarded.
+  assertEquals(problems.length, 1, problems.join("\n"));
+  assert(problems[0].includes("isNestedVirtualizationSupported needs macOS 15.0"), problems[0]);
+});
+
 Deno.test("tampering: an #available for an older macOS than the API needs fails", async () => {
   const sources = tamper(
     await shimSources(),
