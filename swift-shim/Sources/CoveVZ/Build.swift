@@ -2,8 +2,11 @@
 // Virtualization.framework objects, one small function per device kind.
 // Every API newer than the deployment target (macOS 13) is gated with
 // #available and fails with ShimError.needs(feature, macOS:), which names
-// the version. Mac-only classes (platform, boot loader, graphics, keyboard,
-// trackpad, Rosetta) exist on Apple silicon only: #if arch(arm64).
+// the version. The macOS-guest classes that the SDK declares under __arm64__
+// (Mac platform, boot loader, keyboard, trackpad, installer, restore image,
+// Rosetta, save/restore) are used inside #if arch(arm64); Mac graphics are
+// declared for both architectures but kept there too, since only Apple silicon
+// runs macOS guests. swift-shim/sdk-facts.json records which is which.
 // swift-shim/API.md lists every call here, its macOS version, and where
 // Tart, Code-Hex/vz or vfkit make the same call.
 
