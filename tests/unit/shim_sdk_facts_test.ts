@@ -17,7 +17,13 @@ import Parser from "web-tree-sitter";
 import pkg from "tree-sitter-wasms/package.json" with { type: "json" };
 import { createRequire } from "node:module";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { type Fact, type FactsFile, parseHeader, regenerate } from "../../swift-shim/sdk_facts.ts";
+import {
+  type Fact,
+  type FactsFile,
+  loadSdkGit,
+  parseHeader,
+  regenerate,
+} from "../../swift-shim/sdk_facts.ts";
 
 const root = new URL("../../", import.meta.url).pathname;
 const swiftDir = `${root}swift-shim/Sources/CoveVZ`;
@@ -990,4 +996,34 @@ Deno.test("sdk_facts: a symbol newer than the SDK read is not reported missing",
   assertEquals(regenerate({ headers, interfaces: {}, version: "15.0" }, table).problems, [
     "VZThing.isShiny2: no property shiny2 in VZThing or its superclasses",
   ]);
+});
+
+Deno.test("sdk_facts: an SDK is read from git objects without a work tree", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "cove-sdk-git-" });
+  const git = async (...args: string[]) => {
+    const out = await new Deno.Command("git", {
+      args: ["-C", dir, "-c", "user.name=t", "-c", "user.email=t@t", ...args],
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    assert(out.success, new TextDecoder().decode(out.stderr));
+  };
+  try {
+    const fw =
+      `${dir}/MacOSX14.5.sdk/System/Library/Frameworks/Virtualization.framework/Versions/A`;
+    await Deno.mkdir(`${fw}/Headers`, { recursive: true });
+    await Deno.writeTextFile(`${fw}/Headers/VZThing.h`, fakeHeader);
+    await Deno.writeTextFile(
+      `${dir}/MacOSX14.5.sdk/SDKSettings.json`,
+      JSON.stringify({ Version: "14.5" }),
+    );
+    await git("init", "-q");
+    await git("add", "-A");
+    await git("commit", "-qm", "sdk");
+    const sdk = await loadSdkGit(`${dir}/.git`, "HEAD", "MacOSX14.5.sdk");
+    assertEquals([...sdk.headers.keys()], ["VZThing.h"]);
+    assertEquals(sdk.version, "14.5");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
