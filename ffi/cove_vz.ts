@@ -39,7 +39,7 @@ import type {
 export type * from "./cove_vz_json.ts";
 
 /** The ABI version these bindings speak (COVE_VZ_ABI_VERSION in the header). */
-export const COVE_VZ_ABI_VERSION = 1;
+export const COVE_VZ_ABI_VERSION = 2;
 
 /** The symbol table: one entry per function of cove_vz.h, in header order. */
 export const symbols = {
@@ -144,6 +144,7 @@ export const CoveVzErr = {
   State: 4,
   NotMainThread: 5,
   Io: 6,
+  Timeout: 7,
   Internal: 99,
 } as const;
 

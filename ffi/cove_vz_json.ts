@@ -109,7 +109,8 @@ export interface VzConfig {
   serialPorts?: VzSerialAttachment[];
   consolePorts?: VzConsolePort[];
   clipboard?: boolean;
-  audio?: { input: boolean; output: boolean } | null;
+  /** noHostSink: the output stream plays nowhere (suspendable VMs: VZ refuses to save a host sink). */
+  audio?: { input: boolean; output: boolean; noHostSink?: boolean } | null;
   keyboards?: ("usb" | "mac")[];
   pointingDevices?: ("usb" | "trackpad")[];
   graphics?: VzGraphics | null;

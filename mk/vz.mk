@@ -32,7 +32,7 @@ sign-dev: setup
 	@echo "run cove from source with VZ: $(DEV_DENO) run -A cli/main.ts ..."
 
 test-vz: setup
-	$(VZ_DENO) test -A tests/ffi/ tests/unit/abi_drift_test.ts tests/unit/vz_config_test.ts tests/unit/vz_preflight_test.ts
+	$(VZ_DENO) test -A tests/ffi/ tests/unit/abi_drift_test.ts tests/unit/shim_sdk_facts_test.ts tests/unit/vz_config_test.ts tests/unit/vz_preflight_test.ts tests/unit/vz_spec_agreement_test.ts
 
 test-vz-real: shim sign-dev
 	COVE_VZ_REAL=1 COVE_VZ_LIBRARY=$(CURDIR)/$(SHIM_LIB) $(DEV_DENO) test -A tests/ffi/vz_real_test.ts tests/unit/abi_drift_test.ts tests/unit/vz_config_test.ts tests/unit/vz_preflight_test.ts

@@ -83,11 +83,20 @@ export const Network = z.strictObject({
   }),
 });
 
+/** A valid share tag: VZ wants a virtiofs tag of fewer than 36 UTF-8 bytes. */
+const SHARE_TAG = /^[A-Za-z0-9_.-]{1,35}$/;
+const SHARE_TAG_RULE = "1 to 35 letters, digits, '_', '.' or '-' (VZ allows fewer than 36 bytes)";
+
+/** The tag of a share: its own, or the name of its directory. */
+export function shareTag(share: { path: string; tag?: string }): string {
+  return share.tag ?? (share.path.replace(/\/+$/, "").split("/").pop() || "share");
+}
+
 /** A host directory shared with the guest. */
 export const Share = z.strictObject({
   path: z.string().min(1).meta({ description: "Host directory." }),
-  tag: z.string().regex(/^[A-Za-z0-9_.-]{1,36}$/, {
-    error: "expected 1 to 36 letters, digits, '_', '.' or '-'",
+  tag: z.string().regex(SHARE_TAG, {
+    error: `expected ${SHARE_TAG_RULE}`,
   }).optional().meta({ description: "virtiofs/9p tag; defaults to the directory's name." }),
   readOnly: z.boolean().default(false).meta({ description: "Share read-only." }),
   mountPoint: z.string().optional().meta({
@@ -197,6 +206,35 @@ export const SpecSchema = z.strictObject({
     description: "First-boot provisioning (cloud-init for Linux).",
   }),
   qemu: QemuOptions.optional().meta({ description: "QEMU engine options." }),
+}).superRefine((spec, ctx) => {
+  // Default tags (directory names) obey the tag rule too, and no two shares
+  // may have one tag: macOS automount shares are named by their tags inside
+  // one automount device, the others are devices of their own.
+  const seen = new Map<string, number>();
+  (spec.shares ?? []).forEach((share, i) => {
+    const tag = shareTag(share);
+    if (share.tag === undefined && !SHARE_TAG.test(tag)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["shares", i, "path"],
+        message:
+          `its directory name '${tag}' is not a usable default tag (${SHARE_TAG_RULE}); set tag`,
+      });
+      return;
+    }
+    const group = spec.os === "macos" && share.automount ? "automount" : "device";
+    const key = `${group}:${tag}`;
+    const first = seen.get(key);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["shares", i, share.tag === undefined ? "path" : "tag"],
+        message: `shares[${first}] already has the ${
+          group === "automount" ? "automount name" : "tag"
+        } '${tag}'; give one of them another tag`,
+      });
+    } else seen.set(key, i);
+  });
 }).meta({ title: "cove VM spec", description: "A cove virtual machine (cove.yaml)." });
 
 /** The spec as written (every key optional). */

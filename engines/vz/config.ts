@@ -8,7 +8,8 @@
  *   trackpad (Mac keyboard needs macOS 14); Linux guests with a display get
  *   USB ones; headless guests none.
  * - a suspendable macOS VM (host macOS 14+) keeps only devices that VZ can
- *   save: Mac keyboard and trackpad, no entropy, sound output only.
+ *   save: Mac keyboard and trackpad, no entropy, sound output only and
+ *   with no host sink.
  * - disk cache `auto` is `cached` for Linux guests (uncached host caching
  *   has corrupted Linux filesystems under VZ) and `automatic` for macOS.
  * - a cdrom is a read-only USB mass storage device; disks on bus `usb` too.
@@ -17,7 +18,7 @@
  * @module
  */
 import type { VmPaths } from "../engine.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { shareTag, type VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type { VzConfig, VzDirectoryShare, VzNetwork, VzStorage } from "../../ffi/cove_vz_json.ts";
 
@@ -100,7 +101,12 @@ export function buildVzConfig(spec: VmSpec, ctx: VzConfigContext): VzConfig {
       ? [{ type: "fileHandles", readFd: ctx.serial.readFd, writeFd: ctx.serial.writeFd }]
       : [],
     clipboard: spec.clipboard,
-    audio: spec.audio ? { input: !(macos && ctx.suspendable), output: true } : null,
+    audio: spec.audio
+      ? macos && ctx.suspendable
+        // As Tart: a savable VM's sound output has no host sink.
+        ? { input: false, output: true, noHostSink: true }
+        : { input: true, output: true }
+      : null,
     keyboards: keyboards(spec, major, ctx.suspendable),
     pointingDevices: pointingDevices(spec, ctx.suspendable),
     graphics: spec.display === "none" ? null : macos
@@ -137,7 +143,7 @@ function bootLoader(spec: VmSpec, paths: VmPaths): VzConfig["bootLoader"] {
 }
 
 function tagOf(path: string, tag?: string): string {
-  return tag ?? (path.replace(/\/+$/, "").split("/").pop() || "share");
+  return shareTag({ path, tag });
 }
 
 function shares(spec: VmSpec): VzDirectoryShare[] {

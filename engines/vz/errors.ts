@@ -71,6 +71,11 @@ function fromVz(e: VzError, what: string): CoveError {
         return new CoveError("vz.config", line, { exit: ExitCode.Usage, cause: e });
       case CoveVzErr.Io:
         return new CoveError("vz.io", line, { cause: e });
+      case CoveVzErr.Timeout:
+        return new CoveError("vz.timeout", line, {
+          hint: "the guest or Virtualization.framework did not answer; try again, or stop the VM",
+          cause: e,
+        });
       default:
         return new CoveError("vz.internal", line, {
           hint: "this is a bug in cove; please report it",

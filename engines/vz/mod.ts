@@ -212,15 +212,33 @@ export class VzEngine implements Engine {
 
     const identity = await readIdentity(paths.machine);
     const auxiliaryStorage = `${paths.dir}/${AUX_STORAGE}`;
-    if (
-      spec.os === "macos" &&
-      (!identity.vzHardwareModel || !identity.vzMachineIdentifier ||
-        !(await exists(auxiliaryStorage)))
-    ) {
-      throw new CoveError("vz.not_installed", `VM '${req.name}' has no installed macOS`, {
-        hint: "create it with 'cove create NAME --from ipsw:latest'",
-        exit: ExitCode.State,
-      });
+    if (spec.os === "macos") {
+      const hasAux = await exists(auxiliaryStorage);
+      if (!hasAux && !identity.vzHardwareModel && !identity.vzMachineIdentifier) {
+        throw new CoveError("vz.not_installed", `VM '${req.name}' has no installed macOS`, {
+          hint: "create it with 'cove create NAME --from ipsw:latest'",
+          exit: ExitCode.State,
+        });
+      }
+      // Installed once, but a part of its identity is gone: say which.
+      const missing = !identity.vzHardwareModel
+        ? "hardware model (vzHardwareModel)"
+        : !identity.vzMachineIdentifier
+        ? "machine identifier (vzMachineIdentifier)"
+        : !hasAux
+        ? `auxiliary storage (${AUX_STORAGE})`
+        : undefined;
+      if (missing) {
+        throw new CoveError(
+          "vz.identity",
+          `VM '${req.name}' has lost its macOS ${missing}; it cannot boot without it`,
+          {
+            hint:
+              "restore machine.json and the bundle from a backup, or reinstall with 'cove create NAME --from ipsw:latest'",
+            exit: ExitCode.State,
+          },
+        );
+      }
     }
     if (spec.os === "linux" && !identity.vzMachineIdentifier) {
       identity.vzMachineIdentifier = await call(

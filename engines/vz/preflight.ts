@@ -224,6 +224,15 @@ export async function checkDisks(spec: VmSpec, paths: VmPaths, host: VzHostInfo)
         "use a raw image",
       );
     }
+    if (d.bus === "nvme" && spec.os === "macos") {
+      // VZNVMExpressControllerDeviceConfiguration.h: valid only with
+      // VZGenericPlatformConfiguration, so never for a macOS guest.
+      throw usageError(
+        "vz.disk",
+        `${where}: NVMe disks work only for Linux guests under VZ (its generic platform)`,
+        "use bus: virtio",
+      );
+    }
     if (d.bus === "nvme" && major < 14) {
       throw hostError(
         "vz.disk",

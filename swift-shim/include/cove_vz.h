@@ -24,12 +24,21 @@
  *   `nonblocking: true`, so its event loop keeps running meanwhile.
  * - Each VM lives on its own serial dispatch queue. Lifecycle calls
  *   (start, stop, pause, resume, save, restore, vsock connect) block the
- *   calling thread until VZ's completion handler has run on that queue.
+ *   calling thread until VZ's completion handler has run on that queue, or
+ *   until a bound passes (COVE_VZ_ERR_TIMEOUT): start 300 s, stop, pause and
+ *   resume 60 s, save and restore 900 s, vsock connect 15 s, restore image
+ *   load 300 s and fetch 120 s, Rosetta install 900 s.
  *   Nothing waits on the main queue except cove_vz_pump(), which the caller
  *   runs on the process's main thread (Deno: from a timer) to step AppKit.
- * - File descriptors passed in a configuration are dup()ed by the library:
- *   the caller keeps, and closes, its own. Descriptors the library returns
- *   (vsock connect, vsock-connection events) belong to the caller.
+ * - File descriptors passed in a configuration are duplicated by the library
+ *   (F_DUPFD_CLOEXEC): the caller keeps, and closes, its own; the library
+ *   closes its copies when the VM is released (after validate, at once).
+ *   Descriptors the library returns (vsock connect, vsock-connection events)
+ *   belong to the caller and are close-on-exec, so processes the caller
+ *   spawns do not inherit them.
+ * - Each VM queues at most 1024 events; past that the oldest state or
+ *   install-progress event is dropped. install-progress comes at most about
+ *   ten times a second.
  * - VM handles are positive integers, never reused within a process.
  *
  * Configuration JSON (cove_vz_validate, cove_vz_create)
@@ -63,7 +72,9 @@
  *   "consolePorts": [{"name":"dev.cove.agent","isConsole":false,
  *                     "attachment":{"type":"fileHandles","readFd":6,"writeFd":7}}],
  *   "clipboard": false,
- *   "audio": {"input":true,"output":true} | null,
+ *   "audio": {"input":true,"output":true,"noHostSink":false} | null,
+ *            (noHostSink: the output stream has no host sink, which a
+ *             suspendable VM needs to pass save/restore validation)
  *   "keyboards": ["usb","mac"], "pointingDevices": ["usb","trackpad"],
  *   "graphics": {"type":"mac","displays":[{"width":1920,"height":1200,"ppi":144}]}
  *             | {"type":"virtio","scanouts":[{"width":1280,"height":800}]} | null
@@ -94,7 +105,7 @@ extern "C" {
 #endif
 
 /* The ABI this header describes. Bump it on any change below. */
-#define COVE_VZ_ABI_VERSION 1
+#define COVE_VZ_ABI_VERSION 2
 
 /* The NSError domain of errors raised by the shim itself. */
 #define COVE_VZ_ERROR_DOMAIN "dev.cove.vz"
@@ -106,6 +117,7 @@ extern "C" {
 #define COVE_VZ_ERR_STATE 4           /* the VM is in the wrong state for this call */
 #define COVE_VZ_ERR_NOT_MAIN_THREAD 5 /* a GUI call made off the main thread */
 #define COVE_VZ_ERR_IO 6              /* a host file or descriptor could not be used */
+#define COVE_VZ_ERR_TIMEOUT 7         /* VZ did not complete a blocking call in time */
 #define COVE_VZ_ERR_INTERNAL 99       /* a bug in the shim */
 
 /* ---- library ---------------------------------------------------------- */
@@ -168,8 +180,13 @@ char *cove_vz_restore_image_fetch_latest(void);
  * {"ok":true,"handle":N,"saveRestore":{"supported":bool,"error":ERROR?}} */
 char *cove_vz_create(const char *config_json);
 
-/* Stops the VM if needed and forgets the handle; closes its descriptors.
- * Pending and later next_event calls return "closed":true. {"ok":true} */
+/* Releases a VM: cancels a running install and waits (bounded) for it to
+ * end, waits (bounded) for a state it can stop from and stops it, then
+ * closes the descriptors the VM held and any still queued in events, and
+ * forgets the handle, all before it returns (a window, if shown, closes at
+ * the next pump). A VM that would not stop keeps its descriptors open rather
+ * than risk a reused descriptor number. Pending and later next_event calls
+ * return "closed":true. {"ok":true} */
 char *cove_vz_release(uint64_t vm);
 
 /* {"ok":true,"state":S,"canStart":b,"canStop":b,"canPause":b,"canResume":b,
@@ -191,8 +208,10 @@ char *cove_vz_stop(uint64_t vm);
 char *cove_vz_pause(uint64_t vm);
 char *cove_vz_resume(uint64_t vm);
 
-/* macOS 14+: saves the machine state of a paused VM to path / restores a
- * stopped VM from path (then it is paused; resume it). Block until done. */
+/* macOS 14+ on Apple silicon only (VZ declares save/restore under __arm64__;
+ * elsewhere COVE_VZ_ERR_UNSUPPORTED): saves the machine state of a paused VM
+ * to path / restores a stopped VM from path (then it is paused; resume it).
+ * Block until done. */
 char *cove_vz_save(uint64_t vm, const char *path);
 char *cove_vz_restore(uint64_t vm, const char *path);
 
@@ -200,8 +219,10 @@ char *cove_vz_restore(uint64_t vm, const char *path);
  * {"ok":true,"targetMemorySize":N} (VZ rounds it). */
 char *cove_vz_set_balloon_target(uint64_t vm, uint64_t bytes);
 
-/* Connects to a vsock port in the guest. Blocks. {"ok":true,"fd":N,
- * "sourcePort":N,"destinationPort":N}; the fd is the caller's. */
+/* Connects to a vsock port in the guest. Blocks, at most 15 s: VZ never
+ * answers when nothing listens on the port (COVE_VZ_ERR_TIMEOUT then).
+ * {"ok":true,"fd":N,"sourcePort":N,"destinationPort":N}; the fd is the
+ * caller's (close-on-exec). */
 char *cove_vz_vsock_connect(uint64_t vm, uint32_t port);
 
 /* Accepts guest connections to a host vsock port; each arrives as a
@@ -214,8 +235,10 @@ char *cove_vz_next_event(uint64_t vm, int32_t timeout_ms);
 
 /* ---- macOS install ---------------------------------------------------- */
 
-/* Installs macOS from a local IPSW into a stopped VM with a Mac platform.
- * Returns at once: install-progress events follow, then install-finished or
+/* Installs macOS from a local IPSW into a stopped VM with a Mac platform
+ * (checked first, since VZMacOSInstaller would raise an exception:
+ * COVE_VZ_ERR_BAD_REQUEST for another platform, COVE_VZ_ERR_IO when the IPSW
+ * is not a file, COVE_VZ_ERR_STATE when the VM is not stopped). Returns at once: install-progress events follow, then install-finished or
  * install-failed. {"ok":true} */
 char *cove_vz_install_macos(uint64_t vm, const char *ipsw_path);
 

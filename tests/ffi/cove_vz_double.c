@@ -20,15 +20,21 @@
  *   (stopped only; reads it, then paused) follow VZ's state rules; a wrong
  *   state gives VZErrorDomain code 4.
  * - vsock connect (needs "socket":true, running): ports below 1024 are
- *   refused (NSPOSIXErrorDomain 61); others return one end of a socketpair
- *   whose other end echoes. vsock listen: the guest connects at once and the
+ *   refused (NSPOSIXErrorDomain 61); on ports from 40000 nobody listens, and
+ *   after 100 ms (the shim waits 15 s) the call fails with
+ *   COVE_VZ_ERR_TIMEOUT; others return one end of a socketpair whose other
+ *   end echoes. Returned descriptors are close-on-exec, as the shim's are. vsock listen: the guest connects at once and the
  *   fd of the vsock-connection event reads "hello from guest port N\n".
  * - install_macos: install-progress events 0.1 .. 1.0, then
  *   install-finished; install_cancel gives install-failed (VZErrorDomain 9).
+ * - release, as the shim: cancels a running install and waits for its last
+ *   event, closes descriptors still queued (dropping those events), and
+ *   queues nothing afterwards (a descriptor for a released VM is closed).
  * - GUI: no windows; pump returns 0.
  * Extra symbols for tests only (not in the header): cove_double_live_strings()
  * counts returned strings not yet freed, cove_double_bad_frees() counts
- * cove_free calls on pointers the library never returned.
+ * cove_free calls on pointers the library never returned,
+ * cove_double_dup_inheritable(fd) returns a dup() without close-on-exec.
  *
  * Build with -DCOVE_DOUBLE_ABI_VERSION=N to get a library that reports a
  * wrong ABI version.
@@ -50,13 +56,24 @@
 
 #include "../../swift-shim/include/cove_vz.h"
 
-#ifndef SOCK_CLOEXEC /* macOS has no SOCK_CLOEXEC; the tests do not exec */
+#ifndef SOCK_CLOEXEC /* macOS has no SOCK_CLOEXEC: cloexec_pair sets the flag */
 #define SOCK_CLOEXEC 0
 #endif
+
+/* Marks both ends close-on-exec (the shim hands out F_DUPFD_CLOEXEC copies). */
+static void cloexec_pair(int sv[2]) {
+  fcntl(sv[0], F_SETFD, FD_CLOEXEC);
+  fcntl(sv[1], F_SETFD, FD_CLOEXEC);
+}
 
 #ifndef COVE_DOUBLE_ABI_VERSION
 #define COVE_DOUBLE_ABI_VERSION COVE_VZ_ABI_VERSION
 #endif
+
+/* vsock ports from here up have no listener in the "guest"; the double's
+ * stand-in for the shim's 15 s bound is short, for the tests. */
+#define NOBODY_LISTENS_PORT 40000u
+#define DOUBLE_VSOCK_TIMEOUT_MS 100
 
 /* ---- returned strings, with accounting ------------------------------- */
 
@@ -107,6 +124,10 @@ int64_t cove_double_live_strings(void) {
   pthread_mutex_unlock(&g_str_mu);
   return n;
 }
+
+/* Test only: an inheritable (not close-on-exec) duplicate, the negative
+ * control for the close-on-exec tests. */
+int cove_double_dup_inheritable(int fd) { return dup(fd); }
 
 int64_t cove_double_bad_frees(void) {
   pthread_mutex_lock(&g_str_mu);
@@ -232,6 +253,7 @@ typedef struct Vm {
   int socket, balloon, mac;
   int stop_requested, guest_running;
   int install_cancel, installing;
+  int install_thread; /* the install thread has not yet queued its last event */
   double memory;
   pthread_t guest;
   int guest_started;
@@ -261,6 +283,13 @@ static void push_event_fd(Vm *vm, int fd, const char *fmt, ...) {
   e->json = strdup(buf);
   e->fd = fd;
   pthread_mutex_lock(&vm->mu);
+  if (vm->released) { /* as the shim: a released VM's queue takes nothing; its fd is closed */
+    pthread_mutex_unlock(&vm->mu);
+    if (fd >= 0) close(fd);
+    free(e->json);
+    free(e);
+    return;
+  }
   if (vm->tail) vm->tail->next = e; else vm->head = e;
   vm->tail = e;
   pthread_cond_broadcast(&vm->cv);
@@ -526,9 +555,9 @@ char *cove_vz_release(uint64_t h) {
   pthread_mutex_lock(&vm->mu);
   vm->install_cancel = 1;
   pthread_mutex_unlock(&vm->mu);
-  while (1) { /* let an install thread finish */
+  while (1) { /* as the shim: cancel an install and wait until it has ended */
     pthread_mutex_lock(&vm->mu);
-    int busy = vm->installing;
+    int busy = vm->installing || vm->install_thread;
     pthread_mutex_unlock(&vm->mu);
     if (!busy) break;
     sleep_ms(2);
@@ -539,6 +568,21 @@ char *cove_vz_release(uint64_t h) {
   if (vm->serial_read >= 0) close(vm->serial_read);
   if (vm->serial_write >= 0) close(vm->serial_write);
   vm->serial_read = vm->serial_write = -1;
+  /* As the shim: descriptors still queued are closed and their events dropped. */
+  Event **link = &vm->head;
+  vm->tail = NULL;
+  while (*link) {
+    Event *e = *link;
+    if (e->fd >= 0) {
+      close(e->fd);
+      *link = e->next;
+      free(e->json);
+      free(e);
+    } else {
+      vm->tail = e;
+      link = &e->next;
+    }
+  }
   pthread_cond_broadcast(&vm->cv);
   pthread_mutex_unlock(&vm->mu);
   return ok();
@@ -568,6 +612,9 @@ char *cove_vz_start(uint64_t h, const char *options_json) {
   GET_VM(h);
   if (options_json && *options_json && !json_ok(options_json))
     return cove_err(COVE_VZ_ERR_BAD_REQUEST, "options: not a JSON object");
+  /* As the shim: recoveryOS start options on a non-mac platform would raise in VZ. */
+  if (options_json && strstr(options_json, "\"recovery\":true") && !vm->mac)
+    return cove_err(COVE_VZ_ERR_BAD_REQUEST, "options.recovery: recoveryOS needs a macOS guest (a mac platform)");
   pthread_mutex_lock(&vm->mu);
   if (strcmp(vm->state, "stopped") && strcmp(vm->state, "error")) {
     pthread_mutex_unlock(&vm->mu);
@@ -691,9 +738,14 @@ char *cove_vz_vsock_connect(uint64_t h, uint32_t port) {
   if (!vm->socket) return cove_err(COVE_VZ_ERR_BAD_REQUEST, "the VM has no socket device");
   if (!in_state(vm, "running")) return vz_err(3, "Invalid virtual machine state.");
   if (port < 1024) return err("NSPOSIXErrorDomain", 61, "Connection refused");
+  if (port >= NOBODY_LISTENS_PORT) { /* VZ never answers: the shim's bounded wait ends */
+    sleep_ms(DOUBLE_VSOCK_TIMEOUT_MS);
+    return cove_err(COVE_VZ_ERR_TIMEOUT, "connecting to vsock port did not finish in time");
+  }
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return err("NSPOSIXErrorDomain", errno, strerror(errno));
+  cloexec_pair(sv);
   pthread_t t;
   pthread_create(&t, NULL, echo_main, (void *)(intptr_t)sv[1]);
   pthread_detach(t);
@@ -707,6 +759,7 @@ char *cove_vz_vsock_listen(uint64_t h, uint32_t port) {
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
     return err("NSPOSIXErrorDomain", errno, strerror(errno));
+  cloexec_pair(sv);
   char hello[64];
   int n = snprintf(hello, sizeof hello, "hello from guest port %u\n", port);
   write_all(sv[1], hello, (size_t)n);
@@ -771,6 +824,9 @@ static void *install_main(void *arg) {
                    "\"message\":\"The operation was cancelled.\"}}");
   else
     push_event(vm, "{\"type\":\"install-finished\"}");
+  pthread_mutex_lock(&vm->mu);
+  vm->install_thread = 0;
+  pthread_mutex_unlock(&vm->mu);
   return NULL;
 }
 
@@ -778,14 +834,15 @@ char *cove_vz_install_macos(uint64_t h, const char *ipsw_path) {
   GET_VM(h);
   if (!vm->mac) return cove_err(COVE_VZ_ERR_BAD_REQUEST, "installing macOS needs a mac platform");
   struct stat st;
-  if (!ipsw_path || stat(ipsw_path, &st) != 0)
-    return err("NSCocoaErrorDomain", 260, "The file couldn't be opened because there is no such file.");
+  if (!ipsw_path || stat(ipsw_path, &st) != 0 || !S_ISREG(st.st_mode)) /* as the shim, before VZ */
+    return cove_err(COVE_VZ_ERR_IO, "ipsw_path: not a file");
   pthread_mutex_lock(&vm->mu);
   if (vm->installing || strcmp(vm->state, "stopped")) {
     pthread_mutex_unlock(&vm->mu);
     return vz_err(3, "Invalid virtual machine state.");
   }
   vm->installing = 1;
+  vm->install_thread = 1;
   vm->install_cancel = 0;
   pthread_mutex_unlock(&vm->mu);
   pthread_t t;

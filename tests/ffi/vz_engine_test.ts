@@ -12,6 +12,7 @@ import { applyDefaults } from "../../core/spec/defaults.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { EngineEvent, HostInfo, RunningVm, VmPaths } from "../../engines/engine.ts";
 import { readIdentity, VzEngine } from "../../engines/vz/mod.ts";
+import { AUX_STORAGE } from "../../engines/vz/config.ts";
 import { installMacOS } from "../../engines/vz/install.ts";
 import { openLibraryAt } from "../../ffi/cove_vz.ts";
 
@@ -176,6 +177,31 @@ Deno.test("vz engine refuses a macOS VM that was never installed", async () => {
     );
     assertEquals(err.code, "vz.not_installed");
     assertMatch(err.hint ?? "", /--from ipsw:latest/);
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
+});
+
+Deno.test("vz engine names the missing piece of an installed macOS VM's identity", async () => {
+  const eng = await engine();
+  const paths = await bundle();
+  try {
+    const s = applyDefaults(parseSpec("os: macos\n"), host, "m");
+    await Deno.writeFile(`${paths.dir}/${AUX_STORAGE}`, new Uint8Array(16));
+    await Deno.writeTextFile(paths.machine, JSON.stringify({ vzMachineIdentifier: "AAAA" }));
+    const noModel = await assertRejects(
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      CoveError,
+    );
+    assertEquals(noModel.code, "vz.identity");
+    assertMatch(noModel.message, /lost its macOS hardware model/);
+    await Deno.writeTextFile(paths.machine, JSON.stringify({ vzHardwareModel: "AAAA" }));
+    const noId = await assertRejects(
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      CoveError,
+    );
+    assertEquals(noId.code, "vz.identity");
+    assertMatch(noId.message, /lost its macOS machine identifier/);
   } finally {
     await Deno.remove(paths.dir, { recursive: true });
   }

@@ -251,6 +251,7 @@ Deno.test("the ABI version and the shim's error codes agree across header, Swift
     STATE: CoveVzErr.State,
     NOT_MAIN_THREAD: CoveVzErr.NotMainThread,
     IO: CoveVzErr.Io,
+    TIMEOUT: CoveVzErr.Timeout,
     INTERNAL: CoveVzErr.Internal,
   };
   assertEquals(headerCodes, tsCodes);
@@ -270,6 +271,7 @@ Deno.test("the ABI version and the shim's error codes agree across header, Swift
     state: 4,
     notMainThread: 5,
     io: 6,
+    timeout: 7,
     internalError: 99,
   });
   assertEquals(

@@ -190,7 +190,7 @@ Deno.test("a suspendable macOS VM keeps only devices VZ can save", () => {
   assertEquals(config.keyboards, ["mac"]);
   assertEquals(config.pointingDevices, ["trackpad"]);
   assertEquals(config.entropy, false);
-  assertEquals(config.audio, { input: false, output: true });
+  assertEquals(config.audio, { input: false, output: true, noHostSink: true });
 });
 
 Deno.test("auto input devices follow the guest and the host's macOS", () => {

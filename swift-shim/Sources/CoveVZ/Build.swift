@@ -2,17 +2,65 @@
 // Virtualization.framework objects, one small function per device kind.
 // Every API newer than the deployment target (macOS 13) is gated with
 // #available and fails with ShimError.needs(feature, macOS:), which names
-// the version. Mac-only classes (platform, boot loader, graphics, keyboard,
-// trackpad, Rosetta) exist on Apple silicon only: #if arch(arm64).
+// the version. The macOS-guest classes that the SDK declares under __arm64__
+// (Mac platform, boot loader, keyboard, trackpad, installer, restore image,
+// Rosetta, save/restore) are used inside #if arch(arm64); Mac graphics are
+// declared for both architectures but kept there too, since only Apple silicon
+// runs macOS guests. swift-shim/sdk-facts.json records which is which.
 // swift-shim/API.md lists every call here, its macOS version, and where
 // Tart, Code-Hex/vz or vfkit make the same call.
 
 import Foundation
 import Virtualization
 
+/// The descriptors a configuration holds: duplicates of the caller's, owned
+/// by the shim and closed by closeAll() (on release, after validate, or when
+/// building fails), never left to whenever ARC frees the VZ objects.
+final class Descriptors: @unchecked Sendable {
+  private let lock = NSLock()
+  private var handles: [FileHandle] = []
+
+  /// A FileHandle on a close-on-exec duplicate of fd.
+  func adopt(_ fd: Int32, _ field: String) throws -> FileHandle {
+    let copy = dupCloexec(fd)
+    guard copy >= 0 else {
+      throw ShimError(code: .io, message: "\(field): descriptor \(fd) is not open")
+    }
+    let handle = FileHandle(fileDescriptor: copy, closeOnDealloc: false)
+    lock.lock()
+    handles.append(handle)
+    lock.unlock()
+    return handle
+  }
+
+  var count: Int {
+    lock.lock()
+    defer { lock.unlock() }
+    return handles.count
+  }
+
+  func closeAll() {
+    lock.lock()
+    let all = handles
+    handles = []
+    lock.unlock()
+    for h in all { close(h.fileDescriptor) }
+  }
+}
+
 enum Build {
-  /// The whole configuration; VZ's validate() is left to the caller.
-  static func configuration(_ c: ConfigJSON) throws -> VZVirtualMachineConfiguration {
+  /// The whole configuration; VZ's validate() is left to the caller. The
+  /// descriptors it duplicates go into fds, which are closed if building fails.
+  static func configuration(_ c: ConfigJSON, _ fds: Descriptors) throws -> VZVirtualMachineConfiguration {
+    do {
+      return try build(c, fds)
+    } catch {
+      fds.closeAll()
+      throw error
+    }
+  }
+
+  private static func build(_ c: ConfigJSON, _ fds: Descriptors) throws -> VZVirtualMachineConfiguration {
     try checkLimits(c)
     let config = VZVirtualMachineConfiguration()
     config.cpuCount = c.cpuCount
@@ -23,7 +71,7 @@ enum Build {
       try storage(s, "storage[\(i)]")
     }
     config.networkDevices = try (c.network ?? []).enumerated().map { i, n in
-      try network(n, "network[\(i)]")
+      try network(n, "network[\(i)]", fds)
     }
     config.directorySharingDevices = try (c.directoryShares ?? []).enumerated().map { i, d in
       try directoryShare(d, "directoryShares[\(i)]")
@@ -39,10 +87,10 @@ enum Build {
     }
     config.serialPorts = try (c.serialPorts ?? []).enumerated().map { i, s in
       let port = VZVirtioConsoleDeviceSerialPortConfiguration()
-      port.attachment = try serialAttachment(s, "serialPorts[\(i)]")
+      port.attachment = try serialAttachment(s, "serialPorts[\(i)]", fds)
       return port
     }
-    config.consoleDevices = try consoleDevices(c)
+    config.consoleDevices = try consoleDevices(c, fds)
     if let a = c.audio {
       config.audioDevices = [audio(a)]
     }
@@ -56,15 +104,22 @@ enum Build {
 
   /// Whether this configuration can be saved and restored (suspend).
   static func saveRestore(_ config: VZVirtualMachineConfiguration) -> [String: Any] {
-    guard #available(macOS 14, *) else {
-      return ["supported": false, "error": errorJSON(ShimError.needs("saving machine state", macOS: "14.0"))]
-    }
-    do {
-      try config.validateSaveRestoreSupport()
-      return ["supported": true]
-    } catch {
+    #if arch(arm64)
+      // validateSaveRestoreSupportWithError: is declared only under
+      // #if defined(__arm64__) in VZVirtualMachineConfiguration.h.
+      guard #available(macOS 14, *) else {
+        return ["supported": false, "error": errorJSON(ShimError.needs("saving machine state", macOS: "14.0"))]
+      }
+      do {
+        try config.validateSaveRestoreSupport()
+        return ["supported": true]
+      } catch {
+        return ["supported": false, "error": errorJSON(error)]
+      }
+    #else
+      let error = ShimError(code: .unsupported, message: "saving machine state needs a Mac with Apple silicon")
       return ["supported": false, "error": errorJSON(error)]
-    }
+    #endif
   }
 
   // MARK: CPU and memory
@@ -97,7 +152,7 @@ enum Build {
           throw ShimError.bad("platform.nestedVirtualization", "macOS guests cannot use nested virtualization")
         }
         let mac = VZMacPlatformConfiguration()
-        let hwData = try base64(try need(p.hardwareModel, "platform.hardwareModel"), "platform.hardwareModel")
+        let hwData = try identity(p.hardwareModel, "platform.hardwareModel", "hardware model")
         guard let hardwareModel = VZMacHardwareModel(dataRepresentation: hwData) else {
           throw ShimError.bad("platform.hardwareModel", "not a VZ hardware model")
         }
@@ -105,8 +160,7 @@ enum Build {
           throw ShimError(code: .unsupported, message: "this Mac's macOS cannot run the guest's hardware model; update macOS")
         }
         mac.hardwareModel = hardwareModel
-        let idData = try base64(
-          try need(p.machineIdentifier, "platform.machineIdentifier"), "platform.machineIdentifier")
+        let idData = try identity(p.machineIdentifier, "platform.machineIdentifier", "machine identifier")
         guard let identifier = VZMacMachineIdentifier(dataRepresentation: idData) else {
           throw ShimError.bad("platform.machineIdentifier", "not a VZ Mac machine identifier")
         }
@@ -230,7 +284,7 @@ enum Build {
 
   // MARK: Network
 
-  static func network(_ n: NetworkJSON, _ at: String) throws -> VZNetworkDeviceConfiguration {
+  static func network(_ n: NetworkJSON, _ at: String, _ fds: Descriptors) throws -> VZNetworkDeviceConfiguration {
     let device = VZVirtioNetworkDeviceConfiguration()
     if let mac = n.macAddress {
       guard let address = VZMACAddress(string: mac) else {
@@ -254,7 +308,7 @@ enum Build {
       device.attachment = VZBridgedNetworkDeviceAttachment(interface: interface)
     case "fileHandle":
       let fd = try need(n.attachment.fd, "\(at).attachment.fd")
-      let attachment = VZFileHandleNetworkDeviceAttachment(fileHandle: try dupHandle(fd, "\(at).attachment.fd"))
+      let attachment = VZFileHandleNetworkDeviceAttachment(fileHandle: try fds.adopt(fd, "\(at).attachment.fd"))
       if let mtu = n.attachment.mtu {
         attachment.maximumTransmissionUnit = mtu
       }
@@ -315,11 +369,11 @@ enum Build {
 
   // MARK: Serial and console ports
 
-  static func serialAttachment(_ s: SerialJSON, _ at: String) throws -> VZSerialPortAttachment {
+  static func serialAttachment(_ s: SerialJSON, _ at: String, _ fds: Descriptors) throws -> VZSerialPortAttachment {
     switch s.type {
     case "fileHandles":
-      let read = try dupHandle(try need(s.readFd, "\(at).readFd"), "\(at).readFd")
-      let write = try dupHandle(try need(s.writeFd, "\(at).writeFd"), "\(at).writeFd")
+      let read = try fds.adopt(try need(s.readFd, "\(at).readFd"), "\(at).readFd")
+      let write = try fds.adopt(try need(s.writeFd, "\(at).writeFd"), "\(at).writeFd")
       return VZFileHandleSerialPortAttachment(fileHandleForReading: read, fileHandleForWriting: write)
     case "file":
       let url = try fileURL(try need(s.path, "\(at).path"), "\(at).path")
@@ -329,13 +383,13 @@ enum Build {
     }
   }
 
-  static func consoleDevices(_ c: ConfigJSON) throws -> [VZConsoleDeviceConfiguration] {
+  static func consoleDevices(_ c: ConfigJSON, _ fds: Descriptors) throws -> [VZConsoleDeviceConfiguration] {
     var ports: [VZVirtioConsolePortConfiguration] = []
     for (i, p) in (c.consolePorts ?? []).enumerated() {
       let port = VZVirtioConsolePortConfiguration()
       port.name = p.name
       port.isConsole = p.isConsole ?? false
-      port.attachment = try serialAttachment(p.attachment, "consolePorts[\(i)].attachment")
+      port.attachment = try serialAttachment(p.attachment, "consolePorts[\(i)].attachment", fds)
       ports.append(port)
     }
     if c.clipboard == true {
@@ -365,8 +419,12 @@ enum Build {
       streams.append(input)
     }
     if a.output {
+      // A suspendable VM's output stream has no host sink (as Tart does):
+      // validateSaveRestoreSupport refuses a host audio sink.
       let output = VZVirtioSoundDeviceOutputStreamConfiguration()
-      output.sink = VZHostAudioOutputStreamSink()
+      if a.noHostSink != true {
+        output.sink = VZHostAudioOutputStreamSink()
+      }
       streams.append(output)
     }
     device.streams = streams
@@ -432,6 +490,19 @@ enum Build {
 
   // MARK: Helpers
 
+  /// A base64 identity of a macOS VM (machine.json); missing or empty gets
+  /// its own error, distinct from data VZ does not accept.
+  static func identity(_ value: String?, _ field: String, _ what: String) throws -> Data {
+    guard let value, !value.isEmpty else {
+      throw ShimError.bad(field, "missing: the VM has no \(what); it is written when macOS is installed")
+    }
+    let data = try base64(value, field)
+    guard !data.isEmpty else {
+      throw ShimError.bad(field, "missing: the VM has no \(what); it is written when macOS is installed")
+    }
+    return data
+  }
+
   static func need<T>(_ value: T?, _ field: String) throws -> T {
     guard let value else { throw ShimError.bad(field, "missing") }
     return value
@@ -453,14 +524,5 @@ enum Build {
       throw ShimError(code: .io, message: "\(field): \(path) is not a directory")
     }
     return url
-  }
-
-  /// A FileHandle on a dup() of fd, closed with the VZ object that holds it.
-  static func dupHandle(_ fd: Int32, _ field: String) throws -> FileHandle {
-    let copy = dup(fd)
-    guard copy >= 0 else {
-      throw ShimError(code: .io, message: "\(field): descriptor \(fd) is not open")
-    }
-    return FileHandle(fileDescriptor: copy, closeOnDealloc: true)
   }
 }

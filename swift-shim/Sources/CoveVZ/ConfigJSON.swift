@@ -96,6 +96,7 @@ struct ConsolePortJSON: Decodable {
 struct AudioJSON: Decodable {
   var input: Bool
   var output: Bool
+  var noHostSink: Bool?  // true: the output stream has no host sink (suspendable VMs)
 }
 
 struct DisplayJSON: Decodable {

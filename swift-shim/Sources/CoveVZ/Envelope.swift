@@ -13,6 +13,7 @@ enum ShimCode: Int {
   case state = 4
   case notMainThread = 5
   case io = 6
+  case timeout = 7
   case internalError = 99
 }
 
@@ -38,16 +39,6 @@ struct ShimError: Error {
   }
 }
 
-/// A thread-safe box for results handed over from completion handlers.
-final class Box<T>: @unchecked Sendable {
-  private let lock = NSLock()
-  private var stored: T?
-  var value: T? {
-    get { lock.lock(); defer { lock.unlock() }; return stored }
-    set { lock.lock(); stored = newValue; lock.unlock() }
-  }
-}
-
 /// The error object of an envelope; NSError fields kept.
 func errorJSON(_ error: Error) -> [String: Any] {
   if let e = error as? ShimError {
@@ -65,10 +56,18 @@ func errorJSON(_ error: Error) -> [String: Any] {
 }
 
 /// Serializes a dictionary to a heap C string the caller frees with cove_free.
+/// JSONSerialization raises an Objective-C exception (which would abort the
+/// process) on objects it cannot encode, NaN and infinities among them, so
+/// the object is checked with isValidJSONObject first.
 func cString(_ object: [String: Any]) -> UnsafeMutablePointer<CChar> {
-  let data =
-    (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
-    ?? Data("{\"ok\":false,\"error\":{\"domain\":\"dev.cove.vz\",\"code\":99,\"message\":\"unencodable result\"}}".utf8)
+  let fallback = Data(
+    "{\"ok\":false,\"error\":{\"domain\":\"dev.cove.vz\",\"code\":99,\"message\":\"unencodable result\"}}".utf8)
+  var data = fallback
+  if JSONSerialization.isValidJSONObject(object),
+    let encoded = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+  {
+    data = encoded
+  }
   let text = String(decoding: data, as: UTF8.self)
   return strdup(text)!
 }
@@ -123,17 +122,65 @@ func fileURL(_ path: String, _ field: String) throws -> URL {
   return URL(fileURLWithPath: path)
 }
 
-/// Blocks the calling thread until `body` calls its completion, which may
-/// happen on any queue. Never call it on the queue that completes.
-func waitFor<T>(_ body: (@escaping (Result<T, Error>) -> Void) -> Void) -> Result<T, Error> {
-  let sem = DispatchSemaphore(value: 0)
-  let box = Box<Result<T, Error>>()
-  body { result in
-    box.value = result
+/// Seconds on a monotonic clock (not moved by wall-clock changes).
+func monotonicSeconds() -> Double {
+  Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+}
+
+/// One hand-over from a completion handler to a waiting thread that may
+/// have given up: a result that arrives after the timeout goes to `late`
+/// (so that, say, a connection nobody waits for any more is closed).
+final class Handover<T>: @unchecked Sendable {
+  private let lock = NSLock()
+  private let sem = DispatchSemaphore(value: 0)
+  private var result: Result<T, Error>?
+  private var abandoned = false
+  private let late: ((Result<T, Error>) -> Void)?
+
+  init(late: ((Result<T, Error>) -> Void)?) { self.late = late }
+
+  func complete(_ r: Result<T, Error>) {
+    lock.lock()
+    if abandoned || result != nil {
+      lock.unlock()
+      late?(r)
+      return
+    }
+    result = r
+    lock.unlock()
     sem.signal()
   }
-  sem.wait()
-  return box.value!
+
+  func wait(seconds: Double, what: String) -> Result<T, Error> {
+    if sem.wait(timeout: .now() + seconds) == .success {
+      lock.lock()
+      defer { lock.unlock() }
+      return result!
+    }
+    lock.lock()
+    defer { lock.unlock() }
+    if let result { return result }
+    abandoned = true
+    return .failure(ShimError(code: .timeout, message: "\(what) did not finish within \(Int(seconds)) s"))
+  }
+}
+
+/// Blocks the calling thread until `body` calls its completion, which may
+/// happen on any queue, or until `seconds` pass (a timeout error). Never call
+/// it on the queue that completes.
+func waitFor<T>(
+  _ what: String, seconds: Double, late: ((Result<T, Error>) -> Void)? = nil,
+  _ body: (@escaping (Result<T, Error>) -> Void) -> Void
+) -> Result<T, Error> {
+  let handover = Handover<T>(late: late)
+  body { result in handover.complete(result) }
+  return handover.wait(seconds: seconds, what: what)
+}
+
+/// A duplicate of fd that is closed on exec (F_DUPFD_CLOEXEC), so that the
+/// processes cove spawns do not inherit it; -1 if fd is not open.
+func dupCloexec(_ fd: Int32) -> Int32 {
+  fcntl(fd, F_DUPFD_CLOEXEC, 0)
 }
 
 /// Adapts a Result completion to VZ's `(Error?) -> Void` completion handlers.

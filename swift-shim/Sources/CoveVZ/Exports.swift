@@ -8,7 +8,7 @@
 import Foundation
 import Virtualization
 
-let abiVersion: UInt32 = 1  // COVE_VZ_ABI_VERSION
+let abiVersion: UInt32 = 2  // COVE_VZ_ABI_VERSION
 
 // MARK: library
 
@@ -32,7 +32,9 @@ public func cove_vz_host_info() -> UnsafeMutablePointer<CChar> {
 @_cdecl("cove_vz_validate")
 public func cove_vz_validate(_ configJSON: UnsafePointer<CChar>?) -> UnsafeMutablePointer<CChar> {
   reply {
-    let config = try Build.configuration(try decode(ConfigJSON.self, configJSON, "config_json"))
+    let fds = Descriptors()
+    defer { fds.closeAll() }  // validate boots nothing: the duplicates are not needed after
+    let config = try Build.configuration(try decode(ConfigJSON.self, configJSON, "config_json"), fds)
     try config.validate()
     return ["saveRestore": Build.saveRestore(config)]
   }
@@ -86,9 +88,15 @@ public func cove_vz_restore_image_fetch_latest() -> UnsafeMutablePointer<CChar> 
 @_cdecl("cove_vz_create")
 public func cove_vz_create(_ configJSON: UnsafePointer<CChar>?) -> UnsafeMutablePointer<CChar> {
   reply {
-    let config = try Build.configuration(try decode(ConfigJSON.self, configJSON, "config_json"))
-    try config.validate()
-    let machine = Registry.add { Machine(handle: $0, configuration: config) }
+    let fds = Descriptors()
+    let config = try Build.configuration(try decode(ConfigJSON.self, configJSON, "config_json"), fds)
+    do {
+      try config.validate()
+    } catch {
+      fds.closeAll()
+      throw error
+    }
+    let machine = Registry.add { Machine(handle: $0, configuration: config, descriptors: fds) }
     return ["handle": machine.handle, "saveRestore": Build.saveRestore(config)]
   }
 }
@@ -99,7 +107,7 @@ public func cove_vz_release(_ vm: UInt64) -> UnsafeMutablePointer<CChar> {
     guard let machine = Registry.remove(vm) else {
       throw ShimError(code: .noSuchHandle, message: "no VM with handle \(vm)")
     }
-    machine.release()
+    machine.tearDown()
     return [:]
   }
 }

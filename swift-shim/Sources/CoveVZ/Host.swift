@@ -35,11 +35,15 @@ enum Host {
     } else {
       out["nestedVirtualizationSupported"] = false
     }
-    if #available(macOS 14, *) {
-      out["saveRestoreSupported"] = true
-    } else {
-      out["saveRestoreSupported"] = false
-    }
+    #if arch(arm64)
+      if #available(macOS 14, *) {
+        out["saveRestoreSupported"] = true
+      } else {
+        out["saveRestoreSupported"] = false
+      }
+    #else
+      out["saveRestoreSupported"] = false  // save/restore are arm64-only in the SDK
+    #endif
     return out
   }
 
@@ -56,10 +60,11 @@ enum Host {
     #endif
   }
 
-  /// Asks macOS to install Rosetta (a system dialog); blocks until answered.
+  /// Asks macOS to install Rosetta (a system dialog, then a download);
+  /// blocks until answered, at most 15 minutes.
   static func installRosetta() throws -> [String: Any] {
     #if arch(arm64)
-      let result: Result<Void, Error> = waitFor { done in
+      let result: Result<Void, Error> = waitFor("installing Rosetta", seconds: 900) { done in
         VZLinuxRosettaDirectoryShare.installRosetta(completionHandler: orError(done))
       }
       try result.get()
@@ -103,7 +108,8 @@ enum Host {
 
   static func createAuxiliaryStorage(path: String, hardwareModel: String) throws {
     #if arch(arm64)
-      guard let model = VZMacHardwareModel(dataRepresentation: try base64(hardwareModel, "hardwareModel")) else {
+      let data = try Build.identity(hardwareModel, "hardwareModel", "hardware model")
+      guard let model = VZMacHardwareModel(dataRepresentation: data) else {
         throw ShimError.bad("hardwareModel", "not a VZ hardware model")
       }
       _ = try VZMacAuxiliaryStorage(creatingStorageAt: try fileURL(path, "path"), hardwareModel: model, options: [])
@@ -120,8 +126,10 @@ enum Host {
 
   static func loadRestoreImage(path: String) throws -> [String: Any] {
     #if arch(arm64)
-      let url = try fileURL(path, "ipsw_path")
-      let result: Result<VZMacOSRestoreImage, Error> = waitFor { done in
+      // loadFileURL: raises an exception unless the URL is a local file.
+      let url = try Build.existingFile(path, "ipsw_path")
+      let result: Result<VZMacOSRestoreImage, Error> = waitFor("loading the restore image", seconds: 300) {
+        done in
         VZMacOSRestoreImage.load(from: url, completionHandler: done)
       }
       return ["image": imageJSON(try result.get())]
@@ -132,7 +140,9 @@ enum Host {
 
   static func fetchLatestRestoreImage() throws -> [String: Any] {
     #if arch(arm64)
-      let result: Result<VZMacOSRestoreImage, Error> = waitFor { done in
+      let result: Result<VZMacOSRestoreImage, Error> = waitFor(
+        "fetching the latest restore image", seconds: 120
+      ) { done in
         VZMacOSRestoreImage.fetchLatestSupported { result in done(result) }
       }
       return ["image": imageJSON(try result.get())]

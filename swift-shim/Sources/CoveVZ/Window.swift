@@ -64,8 +64,10 @@ enum GUI {
 
   static func showWindow(_ machine: Machine, _ options: WindowOptionsJSON) {
     ensureApplication(regular: true)
-    machine.window?.close()
-    machine.window = WindowController(machine: machine, options: options)
+    // The window is swapped under the machine's lock: a release on another
+    // thread either sees the new window (and closes it) or refuses it here.
+    let (other, _) = machine.replaceWindow(WindowController(machine: machine, options: options))
+    other?.close()
   }
 
   /// Handles AppKit events (and, while waiting, main-queue work) for up to
