@@ -1,17 +1,42 @@
 /**
  * cove as a library: the same capabilities as the `cove` command, typed.
- * The CLI in `cli/` is a thin client of these exports.
+ * The CLI in `cli/` is a client of these exports and of nothing else.
+ *
+ * Importing this module loads the store, the spec (zod, yaml) and the
+ * supervisor client, but not the registry (OCI) code, the image sources,
+ * the supervisor itself or any engine: the functions that need those import
+ * them when called, so nothing here loads a native library until a VM uses
+ * the vz engine.
  *
  * @example
  * ```ts
- * import { createVm, Store } from "./mod.ts";
+ * import { cloneVm, createVm, deleteVm, getVm, Store } from "./mod.ts";
  * const store = new Store(); // $COVE_HOME or ~/.cove
  * await createVm(store, "dev", { cpus: 2, memory: "4GiB", diskSize: "32GiB" });
- * console.log(await store.list());
+ * console.log((await getVm(store, "dev")).spec.cpus); // 2
+ * await cloneVm(store, "dev", "dev2");
+ * await deleteVm(store, "dev2");
  * ```
  * @module
  */
-export { CoveError, ExitCode, toCoveError, usageError } from "./core/errors.ts";
+import type { PulledImage, PullOptions, PushOptions, PushResult } from "./core/oci/mod.ts";
+import type { LoginOptions } from "./core/oci/mod.ts";
+import type { CreatedFromOci, CreateFromOciOptions } from "./core/oci/create.ts";
+import type { RunOptions, RunResult } from "./core/supervisor/supervisor.ts";
+import type { ResolvedSource, SourceOptions } from "./core/images/source.ts";
+import type { VmSpec } from "./core/spec/schema.ts";
+import type { Bundle } from "./core/store/bundle.ts";
+import type { Store } from "./core/store/store.ts";
+import { stopVm } from "./core/supervisor/client.ts";
+
+export {
+  CoveError,
+  ERROR_CODES,
+  type ErrorJson,
+  ExitCode,
+  toCoveError,
+  usageError,
+} from "./core/errors.ts";
 export { formatSize, parseSize } from "./core/units.ts";
 export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
@@ -28,8 +53,19 @@ export { applyFlags, readConfigFile, type SpecFlags } from "./core/spec/compose.
 export { coveHome, randomMac, Store, validateName, type VmSummary } from "./core/store/store.ts";
 export { Bundle, type BundleLock, type MachineIdentity } from "./core/store/bundle.ts";
 export { cloneFile } from "./core/store/fsutil.ts";
-export { createVm, type CreateVmOptions, getVm, setVm, type VmDetails } from "./core/vm.ts";
-export { doctor, type DoctorReport, versionInfo } from "./core/doctor.ts";
+export {
+  cloneVm,
+  type CloneVmOptions,
+  createVm,
+  type CreateVmOptions,
+  getVm,
+  type RegistryFlags,
+  setVm,
+  type SetVmOptions,
+  showSize,
+  type VmDetails,
+} from "./core/vm.ts";
+export { doctor, type DoctorReport, doctorText, versionInfo } from "./core/doctor.ts";
 export type {
   Capabilities,
   Engine,
@@ -42,7 +78,7 @@ export type {
   VmState,
 } from "./engines/engine.ts";
 export { loadEngine, resolveEngineId } from "./engines/select.ts";
-export { type RunOptions, type RunResult, runSupervisor } from "./core/supervisor/supervisor.ts";
+export type { RunOptions, RunResult, SupervisorEvent } from "./core/supervisor/supervisor.ts";
 export { startDetached, type StartOptions } from "./core/supervisor/start.ts";
 export {
   attachConsole,
@@ -55,23 +91,145 @@ export {
   suspendVm,
   vmStatus,
 } from "./core/supervisor/client.ts";
-export { type LiveStatus, liveStatus } from "./core/supervisor/live.ts";
+export {
+  type AttachEnd,
+  type AttachOptions,
+  attachTerminal,
+  ESCAPE_NAME,
+  STOP_KEYS_NAME,
+} from "./core/supervisor/terminal.ts";
+export { type LiveStatus, liveStatus, withLive } from "./core/supervisor/live.ts";
+export { readLiveStatus } from "./core/access/status.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
 export { type ImageProbe, probeImage } from "./core/images/qcow2.ts";
 export { convertQcow2ToRaw } from "./core/images/qcow2.ts";
 export { download, type DownloadOptions, parseChecksum } from "./core/images/download.ts";
-export { prepareSource, resolveSource, type SourceOptions } from "./core/images/source.ts";
+export { parseDuration } from "./core/images/cache.ts";
+export { displayUrl } from "./core/images/url.ts";
+export { knownNames, loadCatalog } from "./core/images/catalog.ts";
+export type { SourceEvent, SourceOptions } from "./core/images/source.ts";
 export { listImageCache, pruneImageCache } from "./core/images/caches.ts";
-export { installFromIpsw, isIpswSource } from "./core/images/ipsw.ts";
-export {
-  loginRegistry,
-  logoutRegistry,
-  OciCache,
-  pullImage,
-  pushVm,
-  specFromTart,
-  tartFromSpec,
-} from "./core/oci/mod.ts";
-export { createFromOci } from "./core/oci/create.ts";
+export { isIpswSource } from "./core/images/ipsw.ts";
+export { looksLikeReference, normalizeRegistry } from "./core/oci/reference.ts";
+export type {
+  CreatedFromOci,
+  CreateFromOciOptions,
+  LoginOptions,
+  PulledImage,
+  PullOptions,
+  PushOptions,
+  PushResult,
+};
 export { guestAddress } from "./core/access/address.ts";
 export { runSsh } from "./core/access/ssh.ts";
+
+/**
+ * Deletes VM `name`; with `force`, a running VM is powered off first.
+ *
+ * @param store The store holding the VM.
+ * @param name The VM's name.
+ * @param opts `force`: stop a running VM (power off) instead of refusing.
+ */
+export async function deleteVm(
+  store: Store,
+  name: string,
+  opts: { force?: boolean } = {},
+): Promise<void> {
+  const b = await store.get(name);
+  if (opts.force && (await b.isRunning())) await stopVm(b, { force: true, timeoutSeconds: 10 });
+  await store.delete(name);
+}
+
+/**
+ * Runs VM `name` under this process (the supervisor of `cove run`) until
+ * it stops. Loads the engine when called.
+ *
+ * @returns How the run ended.
+ */
+export async function runSupervisor(
+  store: Store,
+  name: string,
+  opts: RunOptions = {},
+): Promise<RunResult> {
+  return await (await import("./core/supervisor/supervisor.ts")).runSupervisor(store, name, opts);
+}
+
+/**
+ * Says what a `--from` source is, without downloading anything.
+ *
+ * @param src A disk image, ISO, URL, catalog alias, `ipsw:...` or `oci://REF`.
+ */
+export async function resolveSource(
+  src: string,
+  opts: SourceOptions = {},
+): Promise<ResolvedSource> {
+  return await (await import("./core/images/source.ts")).resolveSource(src, opts);
+}
+
+/**
+ * Resolves `src` now and returns the step that places it into a staging
+ * bundle (see {@link createVm}'s `fromSource`).
+ */
+export async function prepareSource(
+  src: string,
+  opts: SourceOptions = {},
+): Promise<(staging: Bundle, spec: VmSpec) => Promise<VmSpec>> {
+  return await (await import("./core/images/source.ts")).prepareSource(src, opts);
+}
+
+/**
+ * Pulls a VM image (Tart's OCI format) into the cache of `opts.home`.
+ *
+ * @param ref An image reference, e.g. `ghcr.io/cirruslabs/macos-sequoia-base:latest`.
+ */
+export async function pullImage(ref: string, opts: PullOptions): Promise<PulledImage> {
+  return await (await import("./core/oci/pull.ts")).pullImage(ref, opts);
+}
+
+/**
+ * Pushes stopped VM `name` to one or more registry references.
+ *
+ * @returns What was pushed and what the registry already had.
+ */
+export async function pushVm(
+  store: Store,
+  name: string,
+  refs: string[],
+  opts: PushOptions,
+): Promise<PushResult> {
+  return await (await import("./core/oci/push.ts")).pushVm(store, name, refs, opts);
+}
+
+/** Creates VM `name` from registry reference `ref` (pulling it unless cached). */
+export async function createFromOci(
+  store: Store,
+  name: string,
+  ref: string,
+  opts: CreateFromOciOptions = {},
+): Promise<CreatedFromOci> {
+  return await (await import("./core/oci/create.ts")).createFromOci(store, name, ref, opts);
+}
+
+/**
+ * Checks credentials against a registry and stores them in
+ * `$COVE_HOME/auth.json` (mode 0600).
+ *
+ * @returns The normalised registry host.
+ */
+export async function loginRegistry(
+  host: string,
+  username: string,
+  password: string,
+  opts: LoginOptions,
+): Promise<string> {
+  return await (await import("./core/oci/mod.ts")).loginRegistry(host, username, password, opts);
+}
+
+/**
+ * Forgets cove's stored login for a registry.
+ *
+ * @returns false when there was none.
+ */
+export async function logoutRegistry(host: string, home: string): Promise<boolean> {
+  return await (await import("./core/oci/mod.ts")).logoutRegistry(host, home);
+}

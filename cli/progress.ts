@@ -5,9 +5,7 @@
  * command's result); nothing otherwise.
  * @module
  */
-import type { SourceEvent } from "../core/images/source.ts";
-import { displayUrl } from "../core/images/url.ts";
-import { formatSize } from "../core/units.ts";
+import { displayUrl, formatSize, type SourceEvent } from "../mod.ts";
 import type { Format } from "./output.ts";
 
 const enc = new TextEncoder();
