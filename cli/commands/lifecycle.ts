@@ -86,7 +86,7 @@ export function register(program: Command): void {
           const line = shownEvent(e);
           if (line) say(line);
         },
-        onRunning: async (sup) => {
+        onRunning: (sup) => {
           if (detached) {
             quiet = true;
             return;
