@@ -9,7 +9,7 @@
  * @module
  */
 import { type Command, Option } from "@commander-js/extra-typings";
-import type { SupervisorEvent } from "../../mod.ts";
+import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
 import { FlagError, log, out, outJson, parseFormat } from "../output.ts";
 
 /** The exit codes this module uses (ExitCode.Ok and ExitCode.Failure), without loading the library. */
@@ -112,29 +112,22 @@ export function register(program: Command): void {
               unsubscribe();
             },
           });
-          attached = (async () => {
-            const end = await attachTerminal({
-              output,
-              write: (b) => sup.input(b),
-              onAttached: (raw) =>
-                raw &&
-                say(
-                  `console of ${sup.bundle.name}; ${ESCAPE_NAME} detaches, ${STOP_KEYS_NAME} stops the VM`,
-                ),
-            });
-            unsubscribe();
-            if (end === "detached") {
-              log(""); // the guest's prompt has no newline
-              say("console detached; the VM keeps running (Ctrl-C stops it)");
-            } else if (end === "stop") {
-              log("");
-              await sup.stop(false, opts.stopTimeout);
-            }
-          })().catch((e) => {
-            // The user must know the console is not attached; the VM keeps running.
-            say(`could not attach the console: ${cove.toCoveError(e).line()}`);
-            say(`the VM keeps running; Ctrl-C stops it ('cove console ${name}' attaches)`);
-          });
+          attached = followConsole({
+            attach: () =>
+              attachTerminal({
+                output,
+                write: (b) => sup.input(b),
+                onAttached: (raw) =>
+                  raw &&
+                  say(
+                    `console of ${sup.bundle.name}; ${ESCAPE_NAME} detaches, ${STOP_KEYS_NAME} stops the VM`,
+                  ),
+              }),
+            say,
+            stop: () => sup.stop(false, opts.stopTimeout),
+            describe: (e) => cove.toCoveError(e).line(),
+            name,
+          }).finally(unsubscribe);
         },
       });
       // The hub is closed by now, which ends the attachment and restores the terminal.
@@ -253,6 +246,47 @@ export function register(program: Command): void {
         log(`cove: stopped ${name}${r.forced ? " (powered off)" : ""}`);
       }
     });
+}
+
+/** What {@link followConsole} needs. */
+export interface FollowConsole {
+  /** Attaches the terminal to the console; resolves with why it ended. */
+  attach: () => Promise<AttachEnd>;
+  /** Tells the user (stderr). */
+  say: (line: string) => void;
+  /** Stops the VM gracefully (for Ctrl-A x). */
+  stop: () => Promise<unknown>;
+  /** One line for an error. */
+  describe: (e: unknown) => string;
+  /** The VM's name, for hints. */
+  name: string;
+}
+
+/**
+ * `cove run --console`: attaches, then acts on how the attachment ended.
+ * A failure to attach is told to the user (the VM keeps running and
+ * Ctrl-C still stops it); it is never swallowed.
+ */
+export async function followConsole(f: FollowConsole): Promise<void> {
+  let end: AttachEnd;
+  try {
+    end = await f.attach();
+  } catch (e) {
+    f.say(`could not attach the console: ${f.describe(e)}`);
+    f.say(`the VM keeps running; Ctrl-C stops it ('cove console ${f.name}' attaches)`);
+    return;
+  }
+  if (end === "detached") {
+    log(""); // the guest's prompt has no newline
+    f.say("console detached; the VM keeps running (Ctrl-C stops it)");
+  } else if (end === "stop") {
+    log("");
+    try {
+      await f.stop();
+    } catch (e) {
+      f.say(`could not stop ${f.name}: ${f.describe(e)} (Ctrl-C stops it)`);
+    }
+  }
 }
 
 /** `--detached`: set by `cove start` for the supervisor it launches. */
