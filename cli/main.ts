@@ -2,20 +2,30 @@
  * The `cove` command-line entry point: builds the command tree, runs the
  * command, and turns any failure into one line on stderr (or, with
  * `--format json`, `{"error": {code, message, hint, exit}}`) and a
- * documented exit code. The tree is built without loading the library:
- * each command imports `mod.ts` when it runs, so `--version`, help and
- * completions load no spec, registry or engine code and no native library.
+ * documented exit code.
+ *
+ * Each command loads what it needs when it runs: the tree is built without
+ * the library (`mod.ts`), so help and completions load no spec, registry or
+ * engine code and no native library, and `cove --version` loads not even
+ * the argument parser.
  * @module
  */
-import { CommanderError } from "@commander-js/extra-typings";
-import { buildProgram } from "./program.ts";
 import { log, reportError, requestedFormat } from "./output.ts";
+import { VERSION } from "./version.ts";
 
 /** The exit code of usage errors (ExitCode.Usage), without loading the library. */
 const USAGE_EXIT = 2;
 
 /** Runs cove with `args`; returns the exit code. */
 export async function main(args: string[]): Promise<number> {
+  if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+    Deno.stdout.writeSync(new TextEncoder().encode(`${VERSION}\n`));
+    return 0;
+  }
+  const [{ CommanderError }, { buildProgram }] = await Promise.all([
+    import("@commander-js/extra-typings"),
+    import("./program.ts"),
+  ]);
   const format = requestedFormat(args);
   let usage = "";
   const program = buildProgram({

@@ -6,7 +6,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { completionTree, printScript, type Shell, SHELLS } from "../completions.ts";
+import type { Shell } from "../completions.ts";
 import { FlagError, out, outJson, parseFormat } from "../output.ts";
 import { VERSION } from "../version.ts";
 
@@ -29,7 +29,8 @@ export function register(program: Command): void {
   program.command("completions")
     .description("print shell completions: bash, zsh or fish")
     .argument("<shell>", "bash, zsh or fish")
-    .action((shell) => {
+    .action(async (shell) => {
+      const { printScript, SHELLS } = await import("../completions.ts");
       if (!(SHELLS as readonly string[]).includes(shell)) {
         throw new FlagError(
           "usage.shell",
@@ -46,7 +47,10 @@ export function register(program: Command): void {
     .allowUnknownOption(true)
     .helpOption(false)
     .action(async (words) => {
-      const { Store } = await import("../../mod.ts");
+      const [{ Store }, { completionTree }] = await Promise.all([
+        import("../../mod.ts"),
+        import("../completions.ts"),
+      ]);
       const names = (await new Store().list().catch(() => [])).map((v) => v.name);
       // deno-lint-ignore no-explicit-any
       completionTree(program as any, () => names).parse(words ?? []);

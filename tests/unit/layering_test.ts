@@ -49,10 +49,10 @@ Deno.test("layering: no file in cli/ imports core/, engines/ or ffi/; only mod.t
   assertEquals(bad, []);
 });
 
-Deno.test("layering: what cove loads at startup reaches neither mod.ts nor zod, yaml, OCI or an engine", async () => {
-  // The static (non-dynamic, non-type) import graph of cli/main.ts, as Deno resolves it.
+/** The static (non-dynamic, non-type) import graph of a module, as Deno resolves it. */
+async function staticGraph(entry: string): Promise<{ local: string[]; packages: string[] }> {
   const info = await new Deno.Command(Deno.execPath(), {
-    args: ["info", "--json", join(CLI_DIR, "main.ts")],
+    args: ["info", "--json", entry],
     cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
@@ -65,7 +65,7 @@ Deno.test("layering: what cove loads at startup reaches neither mod.ts nor zod, 
     }[];
   };
   const byName = new Map(graph.modules.map((m) => [m.specifier, m]));
-  const root = new URL(`file://${join(CLI_DIR, "main.ts")}`).href;
+  const root = new URL(`file://${entry}`).href;
   const seen = new Set<string>([root]);
   const todo = [root];
   while (todo.length) {
@@ -76,16 +76,31 @@ Deno.test("layering: what cove loads at startup reaches neither mod.ts nor zod, 
       todo.push(d.code.specifier);
     }
   }
-  const local = [...seen].filter((s) => s.startsWith("file://")).map((s) =>
-    new URL(s).pathname.slice(TOP.length)
-  );
-  assert(local.includes("/cli/program.ts"), local.join(", "));
-  for (const s of local) {
+  return {
+    local: [...seen].filter((s) => s.startsWith("file://")).map((s) =>
+      new URL(s).pathname.slice(TOP.length)
+    ),
+    packages: [...seen].filter((s) => s.startsWith("npm:")).map((s) =>
+      s.replace(/^npm:\/?(@?[^@/]+(?:\/[^@/]+)?)@.*$/, "$1")
+    ),
+  };
+}
+
+Deno.test("layering: cove --version loads only cli/ files and deno.json: no library, no argument parser", async () => {
+  const g = await staticGraph(join(CLI_DIR, "main.ts"));
+  assertEquals(g.packages, [], "npm packages at startup");
+  for (const s of g.local) {
     assert(s.startsWith("/cli/") || s === "/deno.json", `startup loads ${s}`);
   }
-  for (const pkg of ["zod", "yaml"]) {
-    assert(![...seen].some((s) => s.startsWith(`npm:${pkg}@`)), `startup loads ${pkg}`);
+});
+
+Deno.test("layering: the command tree (help) reaches neither mod.ts nor zod, yaml, tab completion, OCI or an engine", async () => {
+  const g = await staticGraph(join(CLI_DIR, "program.ts"));
+  assert(g.local.includes("/cli/commands/vm.ts"), g.local.join(", "));
+  for (const s of g.local) {
+    assert(s.startsWith("/cli/") || s === "/deno.json", `the command tree loads ${s}`);
   }
+  assertEquals([...new Set(g.packages)], ["@commander-js/extra-typings"]);
 });
 
 Deno.test("layering: cli/ files loaded at startup import mod.ts only for types (commands load it when they run)", async () => {
