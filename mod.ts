@@ -2,11 +2,12 @@
  * cove as a library: the same capabilities as the `cove` command, typed.
  * The CLI in `cli/` is a client of these exports and of nothing else.
  *
- * Importing this module loads the store, the spec (zod, yaml) and the
- * supervisor client, but not the registry (OCI) code, the image sources,
- * the supervisor itself or any engine: the functions that need those import
- * them when called, so nothing here loads a native library until a VM uses
- * the vz engine.
+ * Importing this module is cheap: it loads the store and the supervisor
+ * client, but not the spec parser (zod, yaml), the registry (OCI) code,
+ * the image sources, the supervisor itself or any engine. The functions
+ * that need those import them when called (which is why the spec functions
+ * here are async), so `cove` commands load only what they use, and nothing
+ * loads a native library until a VM uses the vz engine.
  *
  * @example
  * ```ts
@@ -24,7 +25,13 @@ import type { LoginOptions } from "./core/oci/mod.ts";
 import type { CreatedFromOci, CreateFromOciOptions } from "./core/oci/create.ts";
 import type { RunOptions, RunResult } from "./core/supervisor/supervisor.ts";
 import type { ResolvedSource, SourceOptions } from "./core/images/source.ts";
-import type { VmSpec } from "./core/spec/schema.ts";
+import type { SpecParsed, VmSpec } from "./core/spec/schema.ts";
+import type { SpecFlags } from "./core/spec/compose.ts";
+import type { AddressOptions, GuestAddress } from "./core/access/address.ts";
+import type { SshOptions } from "./core/access/ssh.ts";
+import type { ImageProbe } from "./core/images/qcow2.ts";
+import type { CacheEntry } from "./core/images/cache.ts";
+import type { PruneOptions, PruneResult } from "./core/images/cache.ts";
 import type { Bundle } from "./core/store/bundle.ts";
 import type { Store } from "./core/store/store.ts";
 import { stopVm } from "./core/supervisor/client.ts";
@@ -40,16 +47,10 @@ export {
 export { formatSize, parseSize } from "./core/units.ts";
 export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
-export {
-  jsonSchema,
-  type SpecInput,
-  type SpecParsed,
-  SpecSchema,
-  type VmSpec,
-} from "./core/spec/schema.ts";
-export { parseSpec, SpecError, validateSpec } from "./core/spec/load.ts";
+export type { SpecInput, SpecParsed, VmSpec } from "./core/spec/schema.ts";
+export type { SpecError } from "./core/spec/load.ts";
 export { applyDefaults } from "./core/spec/defaults.ts";
-export { applyFlags, readConfigFile, type SpecFlags } from "./core/spec/compose.ts";
+export type { SpecFlags } from "./core/spec/compose.ts";
 export { coveHome, randomMac, Store, validateName, type VmSummary } from "./core/store/store.ts";
 export { Bundle, type BundleLock, type MachineIdentity } from "./core/store/bundle.ts";
 export { cloneFile } from "./core/store/fsutil.ts";
@@ -101,15 +102,11 @@ export {
 export { type LiveStatus, liveStatus, withLive } from "./core/supervisor/live.ts";
 export { readLiveStatus } from "./core/access/status.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
-export { type ImageProbe, probeImage } from "./core/images/qcow2.ts";
-export { convertQcow2ToRaw } from "./core/images/qcow2.ts";
-export { download, type DownloadOptions, parseChecksum } from "./core/images/download.ts";
-export { parseDuration } from "./core/images/cache.ts";
+export { type CacheEntry, parseDuration } from "./core/images/cache.ts";
 export { displayUrl } from "./core/images/url.ts";
-export { knownNames, loadCatalog } from "./core/images/catalog.ts";
 export type { SourceEvent, SourceOptions } from "./core/images/source.ts";
-export { listImageCache, pruneImageCache } from "./core/images/caches.ts";
-export { isIpswSource } from "./core/images/ipsw.ts";
+export type { ImageProbe } from "./core/images/qcow2.ts";
+export type { PruneOptions, PruneResult } from "./core/images/cache.ts";
 export { looksLikeReference, normalizeRegistry } from "./core/oci/reference.ts";
 export type {
   CreatedFromOci,
@@ -120,8 +117,88 @@ export type {
   PushOptions,
   PushResult,
 };
-export { guestAddress } from "./core/access/address.ts";
-export { runSsh } from "./core/access/ssh.ts";
+export type { AddressOptions, GuestAddress } from "./core/access/address.ts";
+export type { SshOptions } from "./core/access/ssh.ts";
+
+/**
+ * Parses and validates cove.yaml text; a bad spec is a CoveError with
+ * code `spec.invalid` whose message names the line and field.
+ *
+ * @param text The YAML text.
+ * @param source What to call it in errors, e.g. its path.
+ */
+export async function parseSpec(text: string, source = "cove.yaml"): Promise<SpecParsed> {
+  return (await import("./core/spec/load.ts")).parseSpec(text, source);
+}
+
+/** Validates a spec given as a value (e.g. parsed JSON); errors name the field path. */
+export async function validateSpec(value: unknown, source = ""): Promise<SpecParsed> {
+  return (await import("./core/spec/load.ts")).validateSpec(value, source);
+}
+
+/** Lays command-line style flags (`cpus`, `memory`, `diskSize`...) over a spec and validates it. */
+export async function applyFlags(base: SpecParsed, flags: SpecFlags): Promise<SpecParsed> {
+  return (await import("./core/spec/compose.ts")).applyFlags(base, flags);
+}
+
+/** Reads and validates a cove.yaml file (`--config`). */
+export async function readConfigFile(path: string): Promise<SpecParsed> {
+  return await (await import("./core/spec/compose.ts")).readConfigFile(path);
+}
+
+/** The JSON Schema of cove.yaml (what `cove schema` prints). */
+export async function jsonSchema(): Promise<Record<string, unknown>> {
+  return (await import("./core/spec/schema.ts")).jsonSchema() as Record<string, unknown>;
+}
+
+/** One image alias `cove create --from` knows, as `cove image catalog` lists it. */
+export interface CatalogRow {
+  name: string;
+  description: string;
+  arch: string[];
+  aliases: string[];
+}
+
+/** The image catalog (`COVE_CATALOG` or the built-in one), one row per image. */
+export async function imageCatalog(): Promise<CatalogRow[]> {
+  const { knownNames, loadCatalog } = await import("./core/images/catalog.ts");
+  const cat = loadCatalog();
+  return knownNames(cat).map((n) => ({
+    name: n,
+    description: cat.images[n].description,
+    arch: Object.keys(cat.images[n].arch),
+    aliases: Object.entries(cat.aliases).filter(([, t]) => t === n).map(([a]) => a),
+  }));
+}
+
+/** The download and OCI image caches' entries, most recently used first. */
+export async function listImageCache(): Promise<CacheEntry[]> {
+  return await (await import("./core/images/caches.ts")).listImageCache();
+}
+
+/** Removes image cache entries: all, by age, or the least recently used over a budget. */
+export async function pruneImageCache(opts: PruneOptions): Promise<PruneResult> {
+  return await (await import("./core/images/caches.ts")).pruneImageCache(opts);
+}
+
+/** Says what an image file is (raw, qcow2, ISO...) from its first bytes. */
+export async function probeImage(path: string): Promise<ImageProbe> {
+  return await (await import("./core/images/qcow2.ts")).probeImage(path);
+}
+
+/** Where a running VM answers: its IP, or 127.0.0.1:PORT for user networking. */
+export async function guestAddress(
+  bundle: Bundle,
+  spec: VmSpec,
+  opts: AddressOptions = {},
+): Promise<GuestAddress> {
+  return await (await import("./core/access/address.ts")).guestAddress(bundle, spec, opts);
+}
+
+/** Runs ssh into a running VM (a shell, or `opts.command`); returns its exit code. */
+export async function runSsh(bundle: Bundle, spec: VmSpec, opts: SshOptions): Promise<number> {
+  return await (await import("./core/access/ssh.ts")).runSsh(bundle, spec, opts);
+}
 
 /**
  * Deletes VM `name`; with `force`, a running VM is powered off first.

@@ -9,7 +9,7 @@
 import { copyFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { CoveError, ExitCode } from "./errors.ts";
-import { applyFlags, readConfigFile, type SpecFlags } from "./spec/compose.ts";
+import type { SpecFlags } from "./spec/compose.ts";
 import type { SourceEvent } from "./images/source.ts";
 import { looksLikeReference } from "./oci/reference.ts";
 import type { SpecParsed, VmSpec } from "./spec/schema.ts";
@@ -66,6 +66,7 @@ export async function createVm(store: Store, name: string, opts: CreateVmOptions
     const { prepareSource } = await import("./images/source.ts");
     fromSource = await prepareSource(opts.from, { onProgress: opts.onProgress });
   }
+  const { applyFlags, readConfigFile } = await import("./spec/compose.ts");
   const base: SpecParsed = opts.config
     ? await readConfigFile(opts.config)
     : applyFlags({} as SpecParsed, {});
@@ -205,6 +206,7 @@ export interface SetVmOptions {
 export async function setVm(store: Store, name: string, opts: SetVmOptions): Promise<VmDetails> {
   const b = await store.get(name);
   const current = await b.readParsedSpec();
+  const { applyFlags } = await import("./spec/compose.ts");
   const next = applyFlags(current, { cpus: opts.cpus, memory: opts.memory, display: opts.display });
   if (opts.diskSize !== undefined) {
     await store.resizeRootDisk(name, parseSize(opts.diskSize, "--disk-size"));

@@ -14,7 +14,7 @@ import { VERSION } from "../version.ts";
 export function register(program: Command): void {
   program.command("schema")
     .description("print the JSON Schema of cove.yaml (for editors)")
-    .action(async () => outJson((await import("../../mod.ts")).jsonSchema()));
+    .action(async () => outJson(await (await import("../../mod.ts")).jsonSchema()));
 
   program.command("doctor")
     .description("check this host: OS, engines, QEMU and accelerator, the VZ library")
@@ -51,7 +51,8 @@ export function register(program: Command): void {
         import("../../mod.ts"),
         import("../completions.ts"),
       ]);
-      const names = (await new Store().list().catch(() => [])).map((v) => v.name);
+      // Names only: no spec is read and nothing is probed or changed on a TAB press.
+      const names = await new Store().names().catch(() => []);
       // deno-lint-ignore no-explicit-any
       completionTree(program as any, () => names).parse(words ?? []);
     });

@@ -97,14 +97,7 @@ export function register(program: Command): void {
     .description("list the image aliases 'cove create --from' knows")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
-      const { knownNames, loadCatalog } = await import("../../mod.ts");
-      const cat = loadCatalog();
-      const rows = knownNames(cat).map((n) => ({
-        name: n,
-        description: cat.images[n].description,
-        arch: Object.keys(cat.images[n].arch),
-        aliases: Object.entries(cat.aliases).filter(([, t]) => t === n).map(([a]) => a),
-      }));
+      const rows = await (await import("../../mod.ts")).imageCatalog();
       if (opts.format === "json") outJson(rows);
       else {out(
           table(

@@ -125,7 +125,7 @@ export function register(program: Command): void {
       const { Store, parseSpec } = await import("../../mod.ts");
       const b = await new Store().get(name);
       await editSpec(b.specPath, async (text) => {
-        await b.writeSpec(parseSpec(text, "cove.yaml"));
+        await b.writeSpec(await parseSpec(text, "cove.yaml"));
       });
       out(`saved ${name}`);
     });

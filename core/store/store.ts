@@ -156,6 +156,26 @@ export class Store {
     return b;
   }
 
+  /**
+   * The names of every VM, sorted, and nothing else: no spec is read, no
+   * lock is probed and nothing is changed (for completion).
+   */
+  async names(): Promise<string[]> {
+    let entries: Deno.DirEntry[] = [];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    const names: string[] = [];
+    for (const ent of entries) {
+      if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
+      if (await this.exists(ent.name)) names.push(ent.name);
+    }
+    return names.sort((a, b) => a.localeCompare(b));
+  }
+
   /** Every VM, sorted by name. */
   async list(): Promise<VmSummary[]> {
     const out: VmSummary[] = [];

@@ -124,7 +124,7 @@ Deno.test({
       await withTempDir(async (home) => {
         const store = new cove.Store(home);
         await store.create("src", {
-          spec: cove.parseSpec(
+          spec: await cove.parseSpec(
             "os: linux\narch: x86_64\ncpus: 1\nmemory: 1GiB\ndisks: [{ path: disk.img }]\n",
           ),
           populate: async (staging, spec) => {
