@@ -116,3 +116,42 @@ Deno.test("cove start reports the code of the detached supervisor's JSON error, 
   const plain = supervisorFailure("cove: something odd\n", 1);
   assertEquals([plain.code, plain.message, plain.exit], ["vm.start_failed", "something odd", 1]);
 });
+
+/** The QEMU binary for this host's architecture, when installed (the kernel check needs the qemu engine). */
+const QEMU = `qemu-system-${Deno.build.arch === "aarch64" ? "aarch64" : "x86_64"}`;
+const hasQemu = (Deno.env.get("PATH") ?? "").split(":").some((d) => {
+  try {
+    return Deno.statSync(join(d, QEMU)).isFile;
+  } catch {
+    return false;
+  }
+});
+
+Deno.test({
+  name:
+    "cli: cove start --format json reports the detached supervisor's own code (boot.bad_kernel), not vm.start_failed",
+  ignore: !hasQemu, // skipped without QEMU: the qemu engine is what checks the kernel
+  fn: () =>
+    withTempDir(async (home) => {
+      const kernel = join(home, "junk-kernel");
+      await Deno.writeTextFile(kernel, "not a kernel\n");
+      const made = await cove(home, [
+        "create",
+        "k",
+        "--kernel",
+        kernel,
+        "--engine",
+        "qemu",
+        "--disk-size",
+        "1MiB",
+      ]);
+      assertEquals(made.code, 0, made.stderr);
+      const r = await cove(home, ["start", "k", "--format", "json"], {
+        env: { COVE_QEMU_ACCEL: "tcg" },
+      });
+      assertEquals(r.code, 2, r.stderr);
+      const e = jsonError(r.stderr);
+      assertEquals([e.code, e.exit], ["boot.bad_kernel", 2]);
+      assert(String(e.message).includes("is not a Linux kernel"), String(e.message));
+    }),
+});
