@@ -97,6 +97,8 @@ async function createVmFromOci(
     }
   }
   const { createFromOci } = await import("./oci/create.ts");
+  const emit = opts.onProgress;
+  let started = false;
   const { bundle } = await createFromOci(store, name, ref, {
     insecure: opts.insecure,
     concurrency: opts.concurrency,
@@ -108,8 +110,12 @@ async function createVmFromOci(
       engine: opts.engine,
       display: opts.display,
     },
-    onProgress: opts.onProgress
-      ? (p) => opts.onProgress!({ type: "progress", url: ref, received: p.done, total: p.total })
+    onProgress: emit
+      ? (p) => {
+        if (!started) emit({ type: "start", url: ref, total: p.total, offset: 0 });
+        started = true;
+        emit({ type: "progress", url: ref, received: p.done, total: p.total });
+      }
       : undefined,
   });
   return bundle;
