@@ -29,7 +29,8 @@ import type { SpecParsed, VmSpec } from "./core/spec/schema.ts";
 import type { SpecFlags } from "./core/spec/compose.ts";
 import type { AddressOptions, GuestAddress } from "./core/access/address.ts";
 import type { SshOptions } from "./core/access/ssh.ts";
-import type { ImageProbe } from "./core/images/qcow2.ts";
+import type { ConvertOptions, ConvertResult, ImageProbe } from "./core/images/qcow2.ts";
+import type { Downloaded, DownloadOptions } from "./core/images/download.ts";
 import type { CacheEntry } from "./core/images/cache.ts";
 import type { PruneOptions, PruneResult } from "./core/images/cache.ts";
 import type { Bundle } from "./core/store/bundle.ts";
@@ -105,7 +106,8 @@ export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
 export { type CacheEntry, parseDuration } from "./core/images/cache.ts";
 export { displayUrl } from "./core/images/url.ts";
 export type { SourceEvent, SourceOptions } from "./core/images/source.ts";
-export type { ImageProbe } from "./core/images/qcow2.ts";
+export type { ConvertOptions, ConvertResult, ImageProbe } from "./core/images/qcow2.ts";
+export type { Downloaded, DownloadOptions } from "./core/images/download.ts";
 export type { PruneOptions, PruneResult } from "./core/images/cache.ts";
 export { looksLikeReference, normalizeRegistry } from "./core/oci/reference.ts";
 export type {
@@ -184,6 +186,20 @@ export async function pruneImageCache(opts: PruneOptions): Promise<PruneResult> 
 /** Says what an image file is (raw, qcow2, ISO...) from its first bytes. */
 export async function probeImage(path: string): Promise<ImageProbe> {
   return await (await import("./core/images/qcow2.ts")).probeImage(path);
+}
+
+/** Converts a qcow2 image to a sparse raw disk (natively: no qemu-img needed). */
+export async function convertQcow2ToRaw(
+  srcPath: string,
+  dstPath: string,
+  opts: ConvertOptions = {},
+): Promise<ConvertResult> {
+  return await (await import("./core/images/qcow2.ts")).convertQcow2ToRaw(srcPath, dstPath, opts);
+}
+
+/** Downloads a URL into the blob cache, resumably, optionally checking a checksum. */
+export async function download(url: string, opts: DownloadOptions = {}): Promise<Downloaded> {
+  return await (await import("./core/images/download.ts")).download(url, opts);
 }
 
 /** Where a running VM answers: its IP, or 127.0.0.1:PORT for user networking. */
