@@ -122,3 +122,14 @@ Deno.test("layering: cli/ files loaded at startup import mod.ts only for types (
     }
   }
 });
+
+Deno.test("layering: importing mod.ts loads no npm package (zod, yaml), no OCI transfer code, no image source and no engine", async () => {
+  const g = await staticGraph(join(ROOT, "mod.ts"));
+  assertEquals(g.packages, [], "npm packages loaded by importing mod.ts");
+  const heavy = g.local.filter((s) =>
+    /^\/core\/(spec\/(load|schema|compose)|images\/(source|qcow2|download|catalog|ipsw)|oci\/(?!reference))/
+      .test(s) || (s.startsWith("/engines/") && s !== "/engines/select.ts")
+  );
+  assertEquals(heavy, []);
+  assert(g.local.includes("/core/store/store.ts"), g.local.join(", "));
+});
