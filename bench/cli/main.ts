@@ -1,11 +1,12 @@
 /**
  * Benchmark: cove's fixed cost per command, against bare `deno eval 0` in
  * the same run (issue 16's targets): `cove --version` and `cove help` at
- * most 2x, `cove complete -- ''` (what every TAB press runs) at most 2.5x.
+ * most 2x, `cove complete -- ''` and `cove complete -- get ''` (what TAB
+ * presses run; the second lists VM names) at most 2.5x.
  *
  * Each command is a process of its own, started the way users start cove
  * from source (`deno run -A cli/main.ts`, with the project's deno.json), in
- * a temporary COVE_HOME holding `--vms N` stopped VMs (default 0). The
+ * a temporary COVE_HOME holding `--vms N` stopped VMs (default 100). The
  * commands run alternately with the baseline, after one warm-up each, so a
  * busy machine slows them alike; the medians and ratios are printed, with
  * whether each target is met. `--binary PATH` times a compiled cove too.
@@ -23,7 +24,7 @@ function arg(name: string, def: string): string {
   return i >= 0 && i + 1 < Deno.args.length ? Deno.args[i + 1] : def;
 }
 const runs = Number(arg("runs", "9"));
-const vms = Number(arg("vms", "0"));
+const vms = Number(arg("vms", "100"));
 const binary = arg("binary", "");
 if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(vms) || vms < 0) {
   console.error("usage: bench/cli/main.ts [--runs N>=1] [--vms N>=0] [--binary PATH]");
@@ -51,6 +52,7 @@ const commands: [string, string[], number][] = [
   ["--version", ["--version"], 2],
   ["help", ["help"], 2],
   ["complete -- ''", ["complete", "--", ""], 2.5],
+  ["complete -- get ''", ["complete", "--", "get", ""], 2.5],
 ];
 
 const cases: Case[] = [{ label: "deno eval 0 (baseline)", cmd: deno, args: ["eval", "0"] }];
