@@ -9,9 +9,11 @@
  * a temporary COVE_HOME holding `--vms N` stopped VMs (default 100). The
  * commands run alternately with the baseline, after one warm-up each, so a
  * busy machine slows them alike; the medians and ratios are printed, with
- * whether each target is met. `--binary PATH` times a compiled cove too.
+ * whether each target is met. `--binary PATH` times a compiled cove too;
+ * `--compare DIR` times another source tree of cove (e.g. an older commit,
+ * unpacked with `git archive`) in the same run.
  *
- * Usage: `deno run -A bench/cli/main.ts [--runs N] [--vms N] [--binary PATH]`
+ * Usage: `deno run -A bench/cli/main.ts [--runs N] [--vms N] [--binary PATH] [--compare DIR]`
  * @module
  */
 import { dirname, join } from "node:path";
@@ -26,6 +28,7 @@ function arg(name: string, def: string): string {
 const runs = Number(arg("runs", "9"));
 const vms = Number(arg("vms", "100"));
 const binary = arg("binary", "");
+const compare = arg("compare", "");
 if (!Number.isInteger(runs) || runs < 1 || !Number.isInteger(vms) || vms < 0) {
   console.error("usage: bench/cli/main.ts [--runs N>=1] [--vms N>=0] [--binary PATH]");
   Deno.exit(2);
@@ -58,6 +61,19 @@ const commands: [string, string[], number][] = [
 const cases: Case[] = [{ label: "deno eval 0 (baseline)", cmd: deno, args: ["eval", "0"] }];
 for (const [label, args, target] of commands) {
   cases.push({ label: `cove ${label}`, cmd: deno, args: [...fromSource, ...args], target });
+}
+if (compare) {
+  const other = [
+    "run",
+    "-A",
+    "--quiet",
+    "--config",
+    join(compare, "deno.json"),
+    join(compare, "cli", "main.ts"),
+  ];
+  for (const [label, args] of commands) {
+    cases.push({ label: `compared ${label}`, cmd: deno, args: [...other, ...args] });
+  }
 }
 if (binary) {
   for (const [label, args, target] of commands) {
@@ -127,6 +143,7 @@ try {
     );
   }
   console.log("");
+  if (compare) console.log(`"compared" rows: the tree in ${compare}`);
   console.log(allMet ? "all targets met" : "some targets are not met");
 } finally {
   await Deno.remove(home, { recursive: true }).catch(() => {});
