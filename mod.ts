@@ -3,7 +3,7 @@
  * The CLI in `cli/` is a client of these exports and of nothing else.
  *
  * Importing this module is cheap: it loads the store and the supervisor
- * client, but not the spec parser (zod, yaml), the registry (OCI) code,
+ * client, but not the spec parser (zod, yaml), node:crypto, the registry (OCI) code,
  * the image sources, the supervisor itself or any engine. The functions
  * that need those import them when called (which is why the spec functions
  * here are async), so `cove` commands load only what they use, and nothing
@@ -103,8 +103,7 @@ export {
 export { type LiveStatus, liveStatus, withLive } from "./core/supervisor/live.ts";
 export { readLiveStatus } from "./core/access/status.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
-export { type CacheEntry, parseDuration } from "./core/images/cache.ts";
-export { displayUrl } from "./core/images/url.ts";
+export type { CacheEntry } from "./core/images/cache.ts";
 export type { SourceEvent, SourceOptions } from "./core/images/source.ts";
 export type { ConvertOptions, ConvertResult, ImageProbe } from "./core/images/qcow2.ts";
 export type { Downloaded, DownloadOptions } from "./core/images/download.ts";
@@ -171,6 +170,16 @@ export async function imageCatalog(): Promise<CatalogRow[]> {
     arch: Object.keys(cat.images[n].arch),
     aliases: Object.entries(cat.aliases).filter(([, t]) => t === n).map(([a]) => a),
   }));
+}
+
+/**
+ * Parses a duration flag (`30d`, `12h`, `90m`) into milliseconds.
+ *
+ * @param input What the user typed.
+ * @param what The flag, for the error message.
+ */
+export async function parseDuration(input: string, what: string): Promise<number> {
+  return (await import("./core/images/cache.ts")).parseDuration(input, what);
 }
 
 /** The download and OCI image caches' entries, most recently used first. */

@@ -70,7 +70,7 @@ export function register(program: Command): void {
       );
       const r = await pruneImageCache({
         olderThanMs: opts.olderThan !== undefined
-          ? parseDuration(opts.olderThan, "--older-than")
+          ? await parseDuration(opts.olderThan, "--older-than")
           : undefined,
         budget: opts.budget !== undefined ? parseSize(opts.budget, "--budget") : undefined,
         dryRun: !!opts.dryRun,

@@ -50,7 +50,9 @@ Deno.test("layering: no file in cli/ imports core/, engines/ or ffi/; only mod.t
 });
 
 /** The static (non-dynamic, non-type) import graph of a module, as Deno resolves it. */
-async function staticGraph(entry: string): Promise<{ local: string[]; packages: string[] }> {
+async function staticGraph(
+  entry: string,
+): Promise<{ local: string[]; packages: string[]; builtins: string[] }> {
   const info = await new Deno.Command(Deno.execPath(), {
     args: ["info", "--json", entry],
     cwd: ROOT,
@@ -80,6 +82,7 @@ async function staticGraph(entry: string): Promise<{ local: string[]; packages: 
     local: [...seen].filter((s) => s.startsWith("file://")).map((s) =>
       new URL(s).pathname.slice(TOP.length)
     ),
+    builtins: [...seen].filter((s) => s.startsWith("node:")),
     packages: [...seen].filter((s) => s.startsWith("npm:")).map((s) =>
       s.replace(/^npm:\/?(@?[^@/]+(?:\/[^@/]+)?)@.*$/, "$1")
     ),
@@ -123,9 +126,10 @@ Deno.test("layering: cli/ files loaded at startup import mod.ts only for types (
   }
 });
 
-Deno.test("layering: importing mod.ts loads no npm package (zod, yaml), no OCI transfer code, no image source and no engine", async () => {
+Deno.test("layering: importing mod.ts loads no npm package (zod, yaml), no node:crypto, no OCI transfer code, no image source and no engine", async () => {
   const g = await staticGraph(join(ROOT, "mod.ts"));
   assertEquals(g.packages, [], "npm packages loaded by importing mod.ts");
+  assert(!g.builtins.includes("node:crypto"), "node:crypto is slow to load; load it when needed");
   const heavy = g.local.filter((s) =>
     /^\/core\/(spec\/(load|schema|compose)|images\/(source|qcow2|download|catalog|ipsw)|oci\/(?!reference))/
       .test(s) || (s.startsWith("/engines/") && s !== "/engines/select.ts")
