@@ -59,6 +59,11 @@ const commands: [string, string[], number][] = [
 ];
 
 const cases: Case[] = [{ label: "deno eval 0 (baseline)", cmd: deno, args: ["eval", "0"] }];
+cases.push({
+  label: "commander alone (a floor)",
+  cmd: deno,
+  args: [...fromSource.slice(0, -1), join(root, "bench", "cli", "commander_floor.ts")],
+});
 for (const [label, args, target] of commands) {
   cases.push({ label: `cove ${label}`, cmd: deno, args: [...fromSource, ...args], target });
 }
