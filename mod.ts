@@ -23,7 +23,8 @@
 import type { PulledImage, PullOptions, PushOptions, PushResult } from "./core/oci/mod.ts";
 import type { LoginOptions } from "./core/oci/mod.ts";
 import type { CreatedFromOci, CreateFromOciOptions } from "./core/oci/create.ts";
-import type { RunOptions, RunResult } from "./core/supervisor/supervisor.ts";
+import type { RunOptions, RunResult, SupervisorStatus } from "./core/supervisor/supervisor.ts";
+import type { StartOptions } from "./core/supervisor/start.ts";
 import type { ResolvedSource, SourceOptions } from "./core/images/source.ts";
 import type { SpecParsed, VmSpec } from "./core/spec/schema.ts";
 import type { SpecFlags } from "./core/spec/compose.ts";
@@ -81,7 +82,7 @@ export type {
 } from "./engines/engine.ts";
 export { loadEngine, resolveEngineId } from "./engines/select.ts";
 export type { RunOptions, RunResult, SupervisorEvent } from "./core/supervisor/supervisor.ts";
-export { startDetached, type StartOptions } from "./core/supervisor/start.ts";
+export type { StartOptions } from "./core/supervisor/start.ts";
 export {
   attachConsole,
   type ConsoleStream,
@@ -254,6 +255,20 @@ export async function runSupervisor(
   opts: RunOptions = {},
 ): Promise<RunResult> {
   return await (await import("./core/supervisor/supervisor.ts")).runSupervisor(store, name, opts);
+}
+
+/**
+ * Starts VM `name` under a detached supervisor (`cove start`) and waits
+ * until it runs.
+ *
+ * @returns The supervisor's status once the VM runs.
+ */
+export async function startDetached(
+  store: Store,
+  name: string,
+  opts: StartOptions = {},
+): Promise<SupervisorStatus> {
+  return await (await import("./core/supervisor/start.ts")).startDetached(store, name, opts);
 }
 
 /**

@@ -6,7 +6,6 @@
  * loads none of them.
  * @module
  */
-import { copyFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { CoveError, ExitCode } from "./errors.ts";
 import type { SpecFlags } from "./spec/compose.ts";
@@ -168,9 +167,9 @@ async function importBootFiles(staging: Bundle, spec: VmSpec): Promise<VmSpec> {
     }
     const name = key === "kernel" ? "vmlinuz" : "initrd";
     try {
-      await copyFile(p, staging.resolve(name));
+      await Deno.copyFile(p, staging.resolve(name));
     } catch (e) {
-      if (e instanceof Error && "code" in e && e.code === "ENOENT") {
+      if (e instanceof Deno.errors.NotFound) {
         throw new CoveError("boot.not_found", `--${key}: '${p}' does not exist`, {
           hint: `give the path of a ${key} file`,
           exit: ExitCode.Usage,
