@@ -12,10 +12,6 @@ import { type Command, Option } from "@commander-js/extra-typings";
 import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
 import { FlagError, log, out, outJson, parseFormat } from "../output.ts";
 
-/** The exit codes this module uses (ExitCode.Ok and ExitCode.Failure), without loading the library. */
-const EXIT_OK = 0;
-const EXIT_FAILURE = 1;
-
 /** The events `cove run` shows the user: how a stop is going. The rest go to supervisor.log only. */
 function shownEvent(e: SupervisorEvent): string | undefined {
   switch (e.type) {
@@ -134,7 +130,7 @@ export function register(program: Command): void {
       await attached;
       const crashed = result.exit.reason === "crash";
       if (detached) {
-        Deno.exit(crashed ? EXIT_FAILURE : EXIT_OK);
+        Deno.exit(crashed ? ExitCode.Failure : ExitCode.Ok);
       }
       if (crashed) {
         const tail = result.consoleTail.slice(-3).join(" | ");
