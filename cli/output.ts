@@ -1,20 +1,56 @@
 /**
  * Printing for the CLI: results on stdout (text or stable JSON), progress
- * and logs on stderr, errors as one line. No domain logic lives here.
+ * and logs on stderr, errors as one line or, under `--format json`, as
+ * `{"error": {code, message, hint, exit}}`. No domain logic lives here, and
+ * nothing here loads the library (`mod.ts`) until an error is reported, so
+ * `cove --version` and `cove help` stay cheap.
  * @module
  */
-import { CoveError, ExitCode, toCoveError } from "../core/errors.ts";
+import type { CoveError } from "../mod.ts";
 
 /** Output formats accepted by `--format`. */
 export type Format = "text" | "json";
 
+/**
+ * A bad flag value found while the command line is parsed, before the
+ * library is loaded. {@link reportError} reports it as the CoveError with
+ * this code and the usage exit code (2).
+ */
+export class FlagError extends Error {
+  constructor(readonly code: string, message: string, readonly hint?: string) {
+    super(message);
+    this.name = "FlagError";
+  }
+}
+
 /** Validates a --format value. */
 export function parseFormat(v: string): Format {
   if (v === "text" || v === "json") return v;
-  throw new CoveError("usage.format", `--format: '${v}' is not a format`, {
-    hint: "use text or json",
-    exit: ExitCode.Usage,
-  });
+  throw new FlagError("usage.format", `--format: '${v}' is not a format`, "use text or json");
+}
+
+/** Validates a --concurrency value: a whole number from 1 to 64. */
+export function parseConcurrency(v: string): number {
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isInteger(n) || n < 1 || n > 64) {
+    throw new FlagError("usage.concurrency", `--concurrency: '${v}' is not a number from 1 to 64`);
+  }
+  return n;
+}
+
+/**
+ * The output format the command line asks for, read before parsing, so a
+ * failure to parse is reported in it too. `--detached` (the supervisor that
+ * `cove start` launches) reports errors as JSON for its parent to read.
+ */
+export function requestedFormat(args: string[]): Format {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") break;
+    if (a === "--detached" || a === "--format=json") return "json";
+    if (a === "--format" && args[i + 1] === "json") return "json";
+  }
+  return "text";
 }
 
 /** Writes a line (or lines) to stdout. */
@@ -45,10 +81,17 @@ export function debugEnabled(): boolean {
   return Deno.args.includes("--debug") || !!Deno.env.get("COVE_DEBUG");
 }
 
-/** Prints an error as one line (and the stack with --debug); returns its exit code. */
-export function reportError(err: unknown): number {
-  const e = toCoveError(err);
-  log(`cove: ${e.line()}`);
+/**
+ * Prints an error on stderr: one line, or `{"error": {code, message, hint,
+ * exit}}` with format json (and the stack with --debug); returns its exit code.
+ */
+export async function reportError(err: unknown, format: Format = "text"): Promise<number> {
+  const { CoveError: CE, ExitCode, toCoveError } = await import("../mod.ts");
+  const e: CoveError = err instanceof FlagError
+    ? new CE(err.code, err.message, { hint: err.hint, exit: ExitCode.Usage })
+    : toCoveError(err);
+  if (format === "json") log(JSON.stringify({ error: e.toJSON() }));
+  else log(`cove: ${e.line()}`);
   if (debugEnabled()) {
     const inner = e.cause instanceof Error ? e.cause : e;
     log(inner.stack ?? String(inner));

@@ -1,15 +1,23 @@
 /**
  * The command tree. Each group of commands lives in `commands/<group>.ts`
  * and registers itself here; this file only sets what every command shares.
+ * Registering loads no library code: the commands import `mod.ts` when
+ * they run.
  * @module
  */
 import { Command } from "@commander-js/extra-typings";
-import { VERSION } from "../core/version.ts";
 import { log } from "./output.ts";
 import { commandModules } from "./commands/index.ts";
+import { VERSION } from "./version.ts";
+
+/** Options of {@link buildProgram}. */
+export interface ProgramOptions {
+  /** Takes commander's usage error message instead of printing it (for JSON errors). */
+  onUsageError?: (message: string) => void;
+}
 
 /** Builds the full `cove` command tree (no side effects, no native code). */
-export function buildProgram(): Command {
+export function buildProgram(opts: ProgramOptions = {}): Command {
   const program = new Command("cove")
     .description("Create, run, share and script macOS and Linux virtual machines.")
     .version(VERSION, "-V, --version", "print the cove version")
@@ -19,8 +27,11 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({
       writeErr: (s) => log(s.replace(/\n$/, "")),
-      outputError: (s, write) =>
-        write(`cove: ${s.replace(/^error: /, "").trim()} (see 'cove --help')`),
+      outputError: (s, write) => {
+        const message = s.replace(/^error: /, "").trim();
+        if (opts.onUsageError) opts.onUsageError(message);
+        else write(`cove: ${message} (see 'cove --help')`);
+      },
     });
   for (const m of commandModules) m.register(program);
   return program;

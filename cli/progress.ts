@@ -5,9 +5,7 @@
  * command's result); nothing otherwise.
  * @module
  */
-import type { SourceEvent } from "../core/images/source.ts";
-import { displayUrl } from "../core/images/url.ts";
-import { formatSize } from "../core/units.ts";
+import { formatSize, type SourceEvent } from "../mod.ts";
 import type { Format } from "./output.ts";
 
 const enc = new TextEncoder();
@@ -15,10 +13,8 @@ const enc = new TextEncoder();
 /** Returns the onProgress callback for a format, or undefined to stay quiet. */
 export function progressReporter(format: Format): ((e: SourceEvent) => void) | undefined {
   if (format === "json") {
-    return (e) => {
-      const shown = "url" in e ? { ...e, url: displayUrl(e.url) } : e;
-      Deno.stderr.writeSync(enc.encode(JSON.stringify({ progress: shown }) + "\n"));
-    };
+    // Download events carry URLs already shown without their secrets (see core/images/download.ts).
+    return (e) => Deno.stderr.writeSync(enc.encode(JSON.stringify({ progress: e }) + "\n"));
   }
   if (!Deno.stderr.isTerminal()) return undefined;
   let started = 0;

@@ -34,6 +34,174 @@ export const ExitCode = {
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
+/**
+ * Every error code cove uses, once, with what it means. `cove` prints the
+ * code with `--format json`; scripts may branch on it. The README lists this
+ * table (a test keeps them equal), and a test fails when the tree throws a
+ * code that is not here.
+ */
+export const ERROR_CODES: Readonly<Record<string, string>> = {
+  "boot.bad_kernel": "a --kernel or --initrd file is not what the engine can boot",
+  "boot.not_found": "a --kernel or --initrd file does not exist",
+  "cache.digest": "a cache key is not a sha256 digest",
+  "catalog.arch": "the catalog image has no build for the guest architecture",
+  "catalog.checksum_missing": "the catalog's checksum file does not list the image",
+  "catalog.invalid": "the image catalog (COVE_CATALOG) cannot be read or is invalid",
+  "catalog.unknown": "no catalog image has that alias",
+  "config.not_file": "the --config path is a directory",
+  "config.not_found": "the --config file does not exist",
+  "disk.format": "the root disk is not raw, so it cannot be resized",
+  "disk.none": "the VM has no disk to resize",
+  "disk.not_found": "a disk named in the spec does not exist",
+  "disk.shrink": "a disk size is smaller than the image it holds; disks only grow",
+  "download.changed": "the file changed on the server while it was downloaded",
+  "download.checksum": "the download does not match its checksum",
+  "download.denied": "the server refused access to the download",
+  "download.http": "the server answered the download with an HTTP error",
+  "download.not_found": "the server has no such file",
+  "download.range": "the server answered a resumed download with the wrong range",
+  "download.too_large": "the download is larger than allowed",
+  "download.unreachable": "the download's host cannot be reached",
+  "download.url": "the source is not a valid URL",
+  "edit.aborted": "`cove edit` ended without saving",
+  "edit.editor": "the editor ($VISUAL or $EDITOR) could not be run",
+  "home.unset": "neither COVE_HOME nor HOME is set",
+  "home.unwritable": "COVE_HOME is not writable",
+  "http.bad_input": "a control API request has the wrong fields",
+  "http.bad_json": "a control API request body is not JSON",
+  "http.bad_request": "a control API request is malformed",
+  "http.not_found": "the control API has no such route",
+  "http.too_large": "a control API request body is too large",
+  "http.upgrade": "a console upgrade request of the control API is malformed",
+  "image.corrupt": "a qcow2 image is damaged",
+  "image.create": "the raw disk for a converted image cannot be created",
+  "image.not_file": "an image path is not a regular file",
+  "image.not_qcow2": "an image is not in qcow2 format",
+  "internal": "an unexpected failure (a bug: please report it with --debug output)",
+  "interrupted": "the operation was interrupted",
+  "io.no_space": "the disk is full",
+  "io.not_found": "a file or directory does not exist",
+  "io.permission": "permission denied on a file or directory",
+  "ipsw.host": "installing macOS from an IPSW needs a Mac with Apple silicon",
+  "ipsw.no_disk": "a macOS guest from an IPSW needs a root disk",
+  "ipsw.not_found": "the IPSW file does not exist",
+  "ipsw.os": "an IPSW source makes a macOS guest; --os linux contradicts it",
+  "net.bad_address": "a forwarded address is not an address of this host",
+  "net.port_denied": "a forwarded host port needs privileges",
+  "net.port_in_use": "a forwarded host port is already in use",
+  "oci.auth_failed": "getting a registry token failed",
+  "oci.auth_file": "the registry credentials file is not valid JSON",
+  "oci.auth_realm": "the registry's token realm is not a URL",
+  "oci.auth_scheme": "the registry asks for an unsupported authentication scheme",
+  "oci.bad_blob": "a blob is larger than its manifest says",
+  "oci.bad_manifest": "the image manifest is invalid or too large",
+  "oci.bad_reference": "the argument is not an image reference",
+  "oci.bad_registry": "the argument is not a registry host",
+  "oci.blob_missing": "the registry lacks a blob the manifest names",
+  "oci.cancelled": "the layer transfers were stopped",
+  "oci.chunk_size": "--chunk-size is too small",
+  "oci.cred_helper": "the Docker credential helper named in the Docker config is not installed",
+  "oci.denied": "the registry denied access to the repository",
+  "oci.digest_mismatch": "the manifest does not match its digest",
+  "oci.disk_format": "the VM's disk format cannot be pushed as a Tart image",
+  "oci.dropped": "the registry dropped the connection",
+  "oci.http": "the registry answered with an HTTP error",
+  "oci.login_failed": "the registry refused the username or password",
+  "oci.login": "the login needs a username or a password",
+  "oci.lz4_corrupt": "a compressed layer is damaged",
+  "oci.no_disk": "the VM has no disk to push",
+  "oci.no_reference": "push needs at least one reference",
+  "oci.not_found": "the registry has no such image or tag",
+  "oci.not_vm": "the image is not a VM image in Tart's format",
+  "oci.protocol": "the registry broke the distribution protocol",
+  "oci.push_source": "a file of the VM to push cannot be read",
+  "oci.reauth": "the registry asked to authenticate again during a transfer",
+  "oci.server": "the registry failed with a server error",
+  "oci.timeout": "the registry stopped responding",
+  "oci.tls": "TLS with the registry failed",
+  "oci.truncated": "a blob from the registry is truncated",
+  "oci.unauthorized": "the registry requires authentication",
+  "oci.unknown_host": "the registry host name does not resolve",
+  "oci.unreachable": "the registry refused the connection",
+  "oci.unsupported": "the image uses a Tart disk format cove does not read",
+  "qemu.bad_accel": "COVE_QEMU_ACCEL names no accelerator",
+  "qemu.bad_loader": "the qemu engine cannot boot with that loader",
+  "qemu.failed": "QEMU failed",
+  "qemu.no_audio": "the qemu engine has no audio device",
+  "qemu.no_firmware": "no EFI firmware for the guest architecture was found",
+  "qemu.no_kvm": "KVM was asked for but cannot be used",
+  "qemu.no_macos": "the qemu engine cannot run macOS guests",
+  "qemu.no_rosetta": "Rosetta sharing needs the vz engine",
+  "qemu.no_suspend": "the qemu engine cannot suspend a VM",
+  "qemu.no_virtiofsd": "virtiofs shares were asked for but no usable virtiofsd was found",
+  "qemu.not_found": "QEMU is not installed for the guest architecture",
+  "qemu.virtiofsd": "virtiofsd failed to serve a share",
+  "runtime.unsafe_dir": "the runtime directory is not safe to use",
+  "share.not_found": "a shared directory does not exist or is not a directory",
+  "share.tag": "a share tag is used twice",
+  "source.elsewhere": "this --from source is handled by another command or engine",
+  "source.not_file": "the --from path is not a file",
+  "source.not_found": "the --from path does not exist",
+  "source.not_image": "the --from data is not a disk image",
+  "source.scheme": "the --from URL scheme is not supported",
+  "spec.invalid": "the VM spec (cove.yaml, --config or flags) is invalid",
+  "ssh.keygen_missing": "ssh-keygen is not installed",
+  "ssh.keygen": "ssh-keygen failed to make cove's key",
+  "ssh.missing": "ssh is not installed",
+  "usage.checksum": "a checksum is not sha256 or sha512",
+  "usage.concurrency": "--concurrency is not a whole number from 1 to 64",
+  "usage.conflict": "two flags, or a flag and the source, contradict each other",
+  "usage.duration": "a duration flag is not a duration",
+  "usage.format": "--format is not text or json",
+  "usage.replay": "--replay is not a byte count",
+  "usage.seconds": "a flag is not a number of seconds",
+  "usage.shell": "the shell is not bash, zsh or fish",
+  "usage.size": "a size flag is not a size",
+  "usage.wait": "--wait is not a number of seconds",
+  "usage": "the command line is wrong: an unknown command or option, a missing argument",
+  "vm.bad_name": "the VM name is not valid",
+  "vm.broken": "the VM's bundle has no readable cove.yaml",
+  "vm.console": "cove cannot attach to the VM's console",
+  "vm.control": "the VM's supervisor does not answer",
+  "vm.crashed": "the VM stopped unexpectedly",
+  "vm.exists": "a VM with that name already exists",
+  "vm.no_address": "the VM has no IP address yet",
+  "vm.no_network": "the VM has no network",
+  "vm.no_ssh_forward": "the VM has no host port forwarded to its SSH port",
+  "vm.not_found": "no VM has that name",
+  "vm.not_running": "the VM is not running",
+  "vm.running": "the VM is running, and this needs it stopped",
+  "vm.ssh_timeout": "the VM did not accept ssh in time",
+  "vm.start_failed": "the VM's supervisor failed to start it",
+  "vm.start_timeout": "the VM did not start in time",
+  "vm.state": "the VM is in the wrong state for this",
+  "vz.arch": "vz runs arm64 guests only",
+  "vz.bridged": "a bridged network needs an interface",
+  "vz.cancelled": "the macOS install was cancelled",
+  "vz.config": "Virtualization.framework rejected the VM configuration",
+  "vz.console": "the VM has no serial console",
+  "vz.cpus": "the CPU count is outside what VZ allows on this Mac",
+  "vz.disk": "the disk format needs the qemu engine",
+  "vz.entitlement": "the cove binary lacks the virtualization entitlement",
+  "vz.error": "Virtualization.framework reported an error",
+  "vz.input": "the Mac keyboard and trackpad are for macOS guests",
+  "vz.install": "the macOS install failed",
+  "vz.internal": "Virtualization.framework failed internally",
+  "vz.io": "Virtualization.framework met an I/O error",
+  "vz.ipsw_unsupported": "this macOS version cannot be installed on this Mac",
+  "vz.kernel": "the kernel is in a format VZ cannot boot",
+  "vz.limit": "macOS allows no more macOS VMs at once",
+  "vz.memory": "the memory size is outside what VZ allows on this Mac",
+  "vz.nested": "nested virtualization is not available for this guest",
+  "vz.network": "the network mode is not available with vz",
+  "vz.not_installed": "the macOS VM has no installed macOS",
+  "vz.rosetta": "Rosetta is for Linux guests only",
+  "vz.share": "a shared directory is not a directory",
+  "vz.state": "Virtualization.framework refused the operation in the VM's current state",
+  "vz.suspend": "VZ cannot suspend this VM",
+  "vz.unsupported": "vz needs macOS on Apple silicon",
+};
+
 /** Options for a {@link CoveError}. */
 export interface CoveErrorOptions {
   /** What the user can do about it; printed after the message. */
@@ -42,6 +210,18 @@ export interface CoveErrorOptions {
   exit?: ExitCode;
   /** The underlying error, kept for `--debug`. */
   cause?: unknown;
+}
+
+/** What a failing command prints on stderr under `--format json`: `{"error": ErrorJson}`. */
+export interface ErrorJson {
+  /** A key of {@link ERROR_CODES}. */
+  code: string;
+  /** The one-line message. */
+  message: string;
+  /** What the user can do about it, or null. */
+  hint: string | null;
+  /** The process exit code. */
+  exit: number;
 }
 
 /** A failure with a stable code, a one-line message and a hint. */
@@ -63,9 +243,12 @@ export class CoveError extends Error {
     return this.hint ? `${this.message} (${this.hint})` : this.message;
   }
 
-  /** Stable JSON shape used by `--format json` error output. */
-  toJSON(): { code: string; message: string; hint?: string; exit: number } {
-    return { code: this.code, message: this.message, hint: this.hint, exit: this.exit };
+  /**
+   * Stable JSON shape of `--format json` error output (inside `{"error": ...}`).
+   * `hint` is null when there is none, so every key is always present.
+   */
+  toJSON(): ErrorJson {
+    return { code: this.code, message: this.message, hint: this.hint ?? null, exit: this.exit };
   }
 }
 

@@ -1,8 +1,9 @@
 /**
- * cove's version: the one place it is written. `make build` and the release
- * script read it from here.
+ * cove's version. It is written once, as `version` in deno.json; `make
+ * build`, the release script and `cove --version` read it from there.
  * @module
  */
+import meta from "../deno.json" with { type: "json" };
 
 /** The cove version (semver). */
-export const VERSION = "0.1.0";
+export const VERSION: string = meta.version;

@@ -1,44 +1,145 @@
 /**
  * VM-level operations that combine the spec and the store: what `cove
- * create`, `get` and `set` do, as a library API. The CLI calls these and
- * only prints their results.
+ * create`, `get`, `set` and `clone` do, as a library API. The CLI calls
+ * these and only prints their results. The source modules (images, IPSW,
+ * OCI) are imported when a source needs them, so a plain create or get
+ * loads none of them.
  * @module
  */
-import { copyFile } from "node:fs/promises";
 import { resolve } from "node:path";
 import { CoveError, ExitCode } from "./errors.ts";
-import { applyFlags, readConfigFile, type SpecFlags } from "./spec/compose.ts";
+import type { SpecFlags } from "./spec/compose.ts";
+import type { SourceEvent } from "./images/source.ts";
+import { looksLikeReference } from "./oci/reference.ts";
 import type { SpecParsed, VmSpec } from "./spec/schema.ts";
 import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
 import { formatSize, parseSize } from "./units.ts";
 
+/** Registry options, for sources and clones from `oci://` references. */
+export interface RegistryFlags {
+  /** Allow plain http to the registry. */
+  insecure?: boolean;
+  /** Layers transferred at once (default 4). */
+  concurrency?: number;
+}
+
 /** Options of {@link createVm}. */
-export interface CreateVmOptions extends SpecFlags {
+export interface CreateVmOptions extends SpecFlags, RegistryFlags {
   /** A cove.yaml to start from. */
   config?: string;
   /**
-   * Prepares files from a source (`--from`); called with the staging bundle.
-   * Returns the spec to use.
+   * Where the VM comes from (`--from`): a disk image, an ISO, a URL, a
+   * catalog alias, `ipsw:...` (macOS, the default OS then) or `oci://REF`.
+   */
+  from?: string;
+  /** Progress of downloads, conversions and installs. */
+  onProgress?: (e: SourceEvent) => void;
+  /**
+   * Prepares files from a source; called with the staging bundle. Returns
+   * the spec to use. (For sources cove does not know; `from` covers the rest.)
    */
   fromSource?: (staging: Bundle, spec: VmSpec) => Promise<VmSpec | void>;
 }
 
-/** Creates a VM from a config file and flags. */
+/** Flags an `oci://` image decides itself: giving them is a contradiction. */
+const IMAGE_DECIDES = ["os", "arch", "kernel", "initrd", "cmdline"] as const;
+
+/**
+ * Creates a VM from a source, a config file and flags, atomically: the VM
+ * appears only when complete. The flags win over the config file, and both
+ * win over what an `oci://` image says (its OS, architecture, boot and root
+ * disk file stay the image's).
+ */
 export async function createVm(store: Store, name: string, opts: CreateVmOptions): Promise<Bundle> {
   store.bundle(name); // validates the name before any work
+  if (opts.from?.startsWith("oci://")) return await createVmFromOci(store, name, opts.from, opts);
+  let fromSource = opts.fromSource;
+  let os = opts.os;
+  if (opts.from !== undefined) {
+    const { isIpswSource, assertCanInstallMacOS } = await import("./images/ipsw.ts");
+    if (isIpswSource(opts.from)) {
+      assertCanInstallMacOS();
+      os ??= "macos"; // an IPSW makes a macOS guest
+    }
+    const { prepareSource } = await import("./images/source.ts");
+    fromSource = await prepareSource(opts.from, { onProgress: opts.onProgress });
+  }
+  const { applyFlags, readConfigFile } = await import("./spec/compose.ts");
   const base: SpecParsed = opts.config
     ? await readConfigFile(opts.config)
     : applyFlags({} as SpecParsed, {});
-  const spec = applyFlags(base, opts);
+  const spec = applyFlags(base, { ...opts, os });
   return await store.create(name, {
     spec,
     populate: async (staging, full) => {
       let s = full;
-      if (opts.fromSource) s = (await opts.fromSource(staging, s)) ?? s;
+      if (fromSource) s = (await fromSource(staging, s)) ?? s;
       return await importBootFiles(staging, s);
     },
   });
+}
+
+async function createVmFromOci(
+  store: Store,
+  name: string,
+  ref: string,
+  opts: CreateVmOptions,
+): Promise<Bundle> {
+  for (const key of IMAGE_DECIDES) {
+    if (opts[key] !== undefined) {
+      const flag = `--${key}`;
+      throw new CoveError("usage.conflict", `${flag}: an oci:// image decides this itself`, {
+        hint: `leave out ${flag}, or create the VM from another source`,
+        exit: ExitCode.Usage,
+      });
+    }
+  }
+  const { createFromOci } = await import("./oci/create.ts");
+  const emit = opts.onProgress;
+  let started = false;
+  const { bundle } = await createFromOci(store, name, ref, {
+    insecure: opts.insecure,
+    concurrency: opts.concurrency,
+    config: opts.config,
+    flags: {
+      cpus: opts.cpus,
+      memory: opts.memory,
+      diskSize: opts.diskSize,
+      engine: opts.engine,
+      display: opts.display,
+    },
+    onProgress: emit
+      ? (p) => {
+        if (!started) emit({ type: "start", url: ref, total: p.total, offset: 0 });
+        started = true;
+        emit({ type: "progress", url: ref, received: p.done, total: p.total });
+      }
+      : undefined,
+  });
+  return bundle;
+}
+
+/** Options of {@link cloneVm}. */
+export type CloneVmOptions = RegistryFlags;
+
+/**
+ * `cove clone SRC NEW`: when SRC is a registry reference (see
+ * {@link looksLikeReference}), pulls it and creates NEW from it; else
+ * clones the stopped VM SRC (copy-on-write disks, a new MAC address and
+ * machine identity).
+ */
+export async function cloneVm(
+  store: Store,
+  src: string,
+  dst: string,
+  opts: CloneVmOptions = {},
+): Promise<Bundle> {
+  if (looksLikeReference(src)) {
+    const { createFromOci } = await import("./oci/create.ts");
+    return (await createFromOci(store, dst, src, opts)).bundle;
+  }
+  return (await store.clone(src, dst)).bundle;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -66,9 +167,9 @@ async function importBootFiles(staging: Bundle, spec: VmSpec): Promise<VmSpec> {
     }
     const name = key === "kernel" ? "vmlinuz" : "initrd";
     try {
-      await copyFile(p, staging.resolve(name));
+      await Deno.copyFile(p, staging.resolve(name));
     } catch (e) {
-      if (e instanceof Error && "code" in e && e.code === "ENOENT") {
+      if (e instanceof Deno.errors.NotFound) {
         throw new CoveError("boot.not_found", `--${key}: '${p}' does not exist`, {
           hint: `give the path of a ${key} file`,
           exit: ExitCode.Usage,
@@ -110,6 +211,7 @@ export interface SetVmOptions {
 export async function setVm(store: Store, name: string, opts: SetVmOptions): Promise<VmDetails> {
   const b = await store.get(name);
   const current = await b.readParsedSpec();
+  const { applyFlags } = await import("./spec/compose.ts");
   const next = applyFlags(current, { cpus: opts.cpus, memory: opts.memory, display: opts.display });
   if (opts.diskSize !== undefined) {
     await store.resizeRootDisk(name, parseSize(opts.diskSize, "--disk-size"));

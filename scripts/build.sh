@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DENO=$(scripts/deno-path.sh)
-VERSION=$(sed -n 's/^export const VERSION = "\(.*\)";/\1/p' core/version.ts)
-[ -n "$VERSION" ] || { echo "build: cannot read VERSION from core/version.ts" >&2; exit 1; }
+VERSION=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' deno.json)
+[ -n "$VERSION" ] || { echo "build: cannot read the version from deno.json" >&2; exit 1; }
 TARGETS=${TARGETS:-"aarch64-apple-darwin x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu"}
 DYLIB=${COVE_VZ_DYLIB:-swift-shim/.build/release/libcove_vz.dylib}
 ENTITLEMENTS=swift-shim/cove.entitlements

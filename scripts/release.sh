@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 base=${1:?usage: scripts/release.sh BASE_URL [OUT]}
 out=${2:-dist/cove.rb}
-VERSION=$(sed -n 's/^export const VERSION = "\(.*\)";/\1/p' core/version.ts)
+VERSION=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' deno.json)
 sha() { if command -v sha256sum >/dev/null; then sha256sum "$1" | cut -d' ' -f1; else shasum -a 256 "$1" | cut -d' ' -f1; fi; }
 args=(-e "s|@VERSION@|${VERSION}|g")
 for target in aarch64-apple-darwin x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu; do

@@ -2,7 +2,7 @@
 # make verify: the macOS binary must carry com.apple.security.virtualization.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VERSION=$(sed -n 's/^export const VERSION = "\(.*\)";/\1/p' core/version.ts)
+VERSION=$(sed -n 's/^  "version": "\(.*\)",$/\1/p' deno.json)
 bin=${1:-dist/cove-${VERSION}-aarch64-apple-darwin}
 [ -f "$bin" ] || { echo "verify: $bin does not exist; run 'make build' first" >&2; exit 1; }
 command -v codesign >/dev/null || { echo "verify: codesign is only on macOS" >&2; exit 1; }

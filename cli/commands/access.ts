@@ -1,23 +1,16 @@
 /**
  * Guest access: `cove ip`, `cove ssh`, `cove exec`. Parsing and printing
- * only; the work is in core/access. `ssh` and `exec` exit with the guest
- * command's status.
+ * only; the work is in the library (mod.ts), loaded when a command runs.
+ * `ssh` and `exec` exit with the guest command's status.
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { guestAddress } from "../../core/access/address.ts";
-import { readLiveStatus } from "../../core/access/status.ts";
-import { runSsh } from "../../core/access/ssh.ts";
-import { CoveError, ExitCode } from "../../core/errors.ts";
-import { Store } from "../../core/store/store.ts";
-import { out, outJson, parseFormat } from "../output.ts";
+import { FlagError, out, outJson, parseFormat } from "../output.ts";
 
 function seconds(v: string): number {
   const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
-    throw new CoveError("usage.wait", `--wait: '${v}' is not a number of seconds`, {
-      exit: ExitCode.Usage,
-    });
+  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
+    throw new FlagError("usage.wait", `--wait: '${v}' is not a number of seconds`);
   }
   return n;
 }
@@ -30,6 +23,7 @@ export function register(program: Command): void {
     .option("--wait <seconds>", "wait this long for an address", seconds, 0)
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
+      const { Store, guestAddress, readLiveStatus } = await import("../../mod.ts");
       const b = await new Store().get(name);
       const addr = await guestAddress(b, await b.readSpec(), {
         waitSeconds: opts.wait,
@@ -45,6 +39,7 @@ export function register(program: Command): void {
   ] as const;
   const runIn =
     (tty: "auto" | "never") => async (name: string, command: string[], opts: { wait: number }) => {
+      const { Store, runSsh, readLiveStatus } = await import("../../mod.ts");
       const b = await new Store().get(name);
       const code = await runSsh(b, await b.readSpec(), {
         command,

@@ -6,24 +6,21 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { jsonSchema } from "../../core/spec/schema.ts";
-import { Store } from "../../core/store/store.ts";
-import { VERSION } from "../../core/version.ts";
-import { CoveError, ExitCode } from "../../core/errors.ts";
-import { completionTree, printScript, type Shell, SHELLS } from "../completions.ts";
-import { out, outJson, parseFormat } from "../output.ts";
+import type { Shell } from "../completions.ts";
+import { FlagError, out, outJson, parseFormat } from "../output.ts";
+import { VERSION } from "../version.ts";
 
 /** Registers the host and tooling commands. */
 export function register(program: Command): void {
   program.command("schema")
     .description("print the JSON Schema of cove.yaml (for editors)")
-    .action(() => outJson(jsonSchema()));
+    .action(async () => outJson(await (await import("../../mod.ts")).jsonSchema()));
 
   program.command("doctor")
     .description("check this host: OS, engines, QEMU and accelerator, the VZ library")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (opts) => {
-      const { doctor, doctorText } = await import("../../core/doctor.ts");
+      const { doctor, doctorText } = await import("../../mod.ts");
       const report = await doctor();
       if (opts.format === "json") outJson(report);
       else out(doctorText(report));
@@ -32,12 +29,14 @@ export function register(program: Command): void {
   program.command("completions")
     .description("print shell completions: bash, zsh or fish")
     .argument("<shell>", "bash, zsh or fish")
-    .action((shell) => {
+    .action(async (shell) => {
+      const { printScript, SHELLS } = await import("../completions.ts");
       if (!(SHELLS as readonly string[]).includes(shell)) {
-        throw new CoveError("usage.shell", `'${shell}' is not a supported shell`, {
-          hint: "use bash, zsh or fish",
-          exit: ExitCode.Usage,
-        });
+        throw new FlagError(
+          "usage.shell",
+          `'${shell}' is not a supported shell`,
+          "use bash, zsh or fish",
+        );
       }
       printScript(shell as Shell);
     });
@@ -48,7 +47,12 @@ export function register(program: Command): void {
     .allowUnknownOption(true)
     .helpOption(false)
     .action(async (words) => {
-      const names = (await new Store().list().catch(() => [])).map((v) => v.name);
+      const [{ Store }, { completionTree }] = await Promise.all([
+        import("../../mod.ts"),
+        import("../completions.ts"),
+      ]);
+      // Names only: no spec is read and nothing is probed or changed on a TAB press.
+      const names = await new Store().names().catch(() => []);
       // deno-lint-ignore no-explicit-any
       completionTree(program as any, () => names).parse(words ?? []);
     });
@@ -57,7 +61,7 @@ export function register(program: Command): void {
     .description("print the versions of cove, Deno, the VZ library and the engines")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (opts) => {
-      const { versionInfo } = await import("../../core/doctor.ts");
+      const { versionInfo } = await import("../../mod.ts");
       const v = await versionInfo();
       if (opts.format === "json") return outJson(v);
       out(`cove ${VERSION}`);

@@ -5,10 +5,6 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { parseDuration } from "../../core/images/cache.ts";
-import { listImageCache, pruneImageCache } from "../../core/images/caches.ts";
-import { knownNames, loadCatalog } from "../../core/images/catalog.ts";
-import { formatSize, parseSize } from "../../core/units.ts";
 import { log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
@@ -33,6 +29,7 @@ export function register(program: Command): void {
     .description("list cached images (downloads and pulled OCI images)")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
+      const { listImageCache, formatSize } = await import("../../mod.ts");
       const entries = await listImageCache();
       if (opts.format === "json") {
         outJson(entries.map((e) => ({ ...e, lastUsed: new Date(e.lastUsed).toISOString() })));
@@ -68,9 +65,12 @@ export function register(program: Command): void {
     .option("--dry-run", "only show what would be removed")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
+      const { pruneImageCache, parseDuration, parseSize, formatSize } = await import(
+        "../../mod.ts"
+      );
       const r = await pruneImageCache({
         olderThanMs: opts.olderThan !== undefined
-          ? parseDuration(opts.olderThan, "--older-than")
+          ? await parseDuration(opts.olderThan, "--older-than")
           : undefined,
         budget: opts.budget !== undefined ? parseSize(opts.budget, "--budget") : undefined,
         dryRun: !!opts.dryRun,
@@ -96,14 +96,8 @@ export function register(program: Command): void {
   image.command("catalog")
     .description("list the image aliases 'cove create --from' knows")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
-    .action((opts) => {
-      const cat = loadCatalog();
-      const rows = knownNames(cat).map((n) => ({
-        name: n,
-        description: cat.images[n].description,
-        arch: Object.keys(cat.images[n].arch),
-        aliases: Object.entries(cat.aliases).filter(([, t]) => t === n).map(([a]) => a),
-      }));
+    .action(async (opts) => {
+      const rows = await (await import("../../mod.ts")).imageCatalog();
       if (opts.format === "json") outJson(rows);
       else {out(
           table(

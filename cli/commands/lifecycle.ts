@@ -1,13 +1,34 @@
 /**
  * Lifecycle commands: run (the supervisor, in the foreground), start (the
  * same, detached), stop, pause, resume and console. Parsing and printing
- * only; the work is in core/supervisor/.
+ * only; the work is in the library (mod.ts), loaded when a command runs.
+ *
+ * On an attached console (`cove run --console`, `cove console`) the
+ * terminal is raw, so Ctrl-C goes to the guest. Ctrl-] detaches; Ctrl-A x
+ * detaches and stops the VM.
  * @module
  */
 import { type Command, Option } from "@commander-js/extra-typings";
-import { CoveError, ExitCode } from "../../core/errors.ts";
-import { Store } from "../../core/store/store.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
+import { FlagError, log, out, outJson, parseFormat } from "../output.ts";
+
+/** The events `cove run` shows the user: how a stop is going. The rest go to supervisor.log only. */
+function shownEvent(e: SupervisorEvent): string | undefined {
+  switch (e.type) {
+    case "signal":
+      return `received ${e.signal}`;
+    case "stopping":
+      return e.force
+        ? "stopping (power off)"
+        : `stopping (ACPI power button; power off after ${e.timeoutSeconds}s)`;
+    case "stop-failed":
+      return `graceful stop failed (${e.message}); powering off`;
+    case "stop-timeout":
+      return `the guest did not power off within ${e.timeoutSeconds}s; powering off`;
+    default:
+      return undefined;
+  }
+}
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -18,14 +39,10 @@ export const MAX_SECONDS = 2147483;
 export function parseSeconds(v: string): number {
   const n = Number(v);
   if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new CoveError("usage.seconds", `'${v}' is not a number of seconds`, {
-      exit: ExitCode.Usage,
-    });
+    throw new FlagError("usage.seconds", `'${v}' is not a number of seconds`);
   }
   if (n > MAX_SECONDS) {
-    throw new CoveError("usage.seconds", `'${v}' seconds is too long (at most ${MAX_SECONDS})`, {
-      exit: ExitCode.Usage,
-    });
+    throw new FlagError("usage.seconds", `'${v}' seconds is too long (at most ${MAX_SECONDS})`);
   }
   return n;
 }
@@ -35,7 +52,10 @@ export function register(program: Command): void {
   program.command("run")
     .description("run a VM in the foreground (the supervisor); Ctrl-C stops it")
     .argument("<name>", "VM name")
-    .option("--console", "attach the serial console to this terminal (Ctrl-] detaches)")
+    .option(
+      "--console",
+      "attach the serial console (Ctrl-C goes to the guest; Ctrl-] detaches, Ctrl-A x stops)",
+    )
     .option("--ephemeral", "run a copy-on-write clone and delete it on exit")
     .option("--no-graphics", "headless: no window even if the VM has a display")
     .option(
@@ -46,21 +66,23 @@ export function register(program: Command): void {
     )
     .addOption(hiddenDetached())
     .action(async (name, opts) => {
-      const { runSupervisor } = await import("../../core/supervisor/supervisor.ts");
+      const cove = await import("../../mod.ts");
+      const { CoveError, ExitCode } = cove;
       const detached = !!opts.detached;
       let quiet = false; // a detached supervisor writes to stderr only until the VM runs
       const say = (line: string) => {
         if (!quiet && !detached) log(`cove: ${line}`);
       };
       let attached: Promise<void> | undefined; // the `--console` attachment, if any
-      const result = await runSupervisor(new Store(), name, {
+      const result = await cove.runSupervisor(new cove.Store(), name, {
         ephemeral: opts.ephemeral,
         graphics: opts.graphics,
         stopTimeout: opts.stopTimeout,
-        log: (line) => {
-          if (/^(stopping|received|the guest did not|graceful stop failed)/.test(line)) say(line);
+        onEvent: (e) => {
+          const line = shownEvent(e);
+          if (line) say(line);
         },
-        onRunning: async (sup) => {
+        onRunning: (sup) => {
           if (detached) {
             quiet = true;
             return;
@@ -69,7 +91,7 @@ export function register(program: Command): void {
             say(`${sup.bundle.name} is running; Ctrl-C stops it ('cove console ${name}' attaches)`);
             return;
           }
-          const { attachTerminal, ESCAPE_NAME } = await import("../../core/supervisor/terminal.ts");
+          const { attachTerminal, ESCAPE_NAME, STOP_KEYS_NAME } = cove;
           let unsubscribe = () => {};
           const output = new ReadableStream<Uint8Array>({
             start(c) {
@@ -86,19 +108,22 @@ export function register(program: Command): void {
               unsubscribe();
             },
           });
-          attached = (async () => {
-            const end = await attachTerminal({
-              output,
-              write: (b) => sup.input(b),
-              onAttached: (raw) =>
-                raw && say(`console of ${sup.bundle.name}; ${ESCAPE_NAME} detaches`),
-            });
-            unsubscribe();
-            if (end === "detached") {
-              log(""); // the guest's prompt has no newline
-              say("console detached; the VM keeps running (Ctrl-C stops it)");
-            }
-          })().catch(() => {});
+          attached = followConsole({
+            attach: () =>
+              attachTerminal({
+                output,
+                write: (b) => sup.input(b),
+                onAttached: (raw) =>
+                  raw &&
+                  say(
+                    `console of ${sup.bundle.name}; ${ESCAPE_NAME} detaches, ${STOP_KEYS_NAME} stops the VM`,
+                  ),
+              }),
+            say,
+            stop: () => sup.stop(false, opts.stopTimeout),
+            describe: (e) => cove.toCoveError(e).line(),
+            name,
+          }).finally(unsubscribe);
         },
       });
       // The hub is closed by now, which ends the attachment and restores the terminal.
@@ -130,7 +155,7 @@ export function register(program: Command): void {
     .option("--timeout <seconds>", "how long to wait for the VM to run", parseSeconds, 120)
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { startDetached } = await import("../../core/supervisor/start.ts");
+      const { Store, startDetached } = await import("../../mod.ts");
       const s = await startDetached(new Store(), name, {
         timeoutMs: opts.timeout * 1000,
         graphics: opts.graphics,
@@ -146,7 +171,7 @@ export function register(program: Command): void {
     .option("-f, --force", "power off at once")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { stopVm } = await import("../../core/supervisor/client.ts");
+      const { Store, stopVm } = await import("../../mod.ts");
       const b = await new Store().get(name);
       const r = await stopVm(b, { force: opts.force, timeoutSeconds: opts.timeout });
       if (opts.format === "json") outJson(r);
@@ -158,7 +183,7 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { pauseVm } = await import("../../core/supervisor/client.ts");
+      const { Store, pauseVm } = await import("../../mod.ts");
       const r = await pauseVm(await new Store().get(name));
       if (opts.format === "json") outJson(r);
       else out(`paused ${name}`);
@@ -169,7 +194,7 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { resumeVm } = await import("../../core/supervisor/client.ts");
+      const { Store, resumeVm } = await import("../../mod.ts");
       const r = await resumeVm(await new Store().get(name));
       if (opts.format === "json") outJson(r);
       else out(`resumed ${name}`);
@@ -182,35 +207,82 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { suspendVm } = await import("../../core/supervisor/client.ts");
+      const { Store, suspendVm } = await import("../../mod.ts");
       const r = await suspendVm(await new Store().get(name));
       if (opts.format === "json") outJson(r);
       else out(`suspended ${name}`);
     });
 
   program.command("console")
-    .description("attach to a running VM's serial console (Ctrl-] detaches)")
+    .description("attach to a running VM's serial console (Ctrl-] detaches, Ctrl-A x stops)")
     .argument("<name>", "VM name")
     .option("--replay <bytes>", "first show this many bytes of recent output", "4096")
     .action(async (name, opts) => {
-      const { attachConsole } = await import("../../core/supervisor/client.ts");
-      const { attachTerminal, ESCAPE_NAME } = await import("../../core/supervisor/terminal.ts");
       const replay = Number(opts.replay);
       if (!Number.isInteger(replay) || replay < 0) {
-        throw new CoveError("usage.replay", `--replay: '${opts.replay}' is not a byte count`, {
-          exit: ExitCode.Usage,
-        });
+        throw new FlagError("usage.replay", `--replay: '${opts.replay}' is not a byte count`);
       }
-      const c = await attachConsole(await new Store().get(name), { replay });
+      const { Store, attachConsole, attachTerminal, ESCAPE_NAME, STOP_KEYS_NAME, stopVm } =
+        await import("../../mod.ts");
+      const b = await new Store().get(name);
+      const c = await attachConsole(b, { replay });
       const end = await attachTerminal({
         output: c.output,
         write: (b) => c.write(b),
-        onAttached: (raw) => raw && log(`cove: console of ${name}; ${ESCAPE_NAME} detaches`),
+        onAttached: (raw) =>
+          raw &&
+          log(`cove: console of ${name}; ${ESCAPE_NAME} detaches, ${STOP_KEYS_NAME} stops the VM`),
       });
       c.close();
       if (end === "closed") log(`\ncove: ${name} stopped`);
       else if (end === "detached") log("\ncove: detached");
+      else if (end === "stop") {
+        log(`\ncove: stopping ${name}`);
+        const r = await stopVm(b, {});
+        log(`cove: stopped ${name}${r.forced ? " (powered off)" : ""}`);
+      }
     });
+}
+
+/** What {@link followConsole} needs. */
+export interface FollowConsole {
+  /** Attaches the terminal to the console; resolves with why it ended. */
+  attach: () => Promise<AttachEnd>;
+  /** Tells the user (stderr). */
+  say: (line: string) => void;
+  /** Stops the VM gracefully (for Ctrl-A x). */
+  stop: () => Promise<unknown>;
+  /** One line for an error. */
+  describe: (e: unknown) => string;
+  /** The VM's name, for hints. */
+  name: string;
+}
+
+/**
+ * `cove run --console`: attaches, then acts on how the attachment ended.
+ * A failure to attach is told to the user (the VM keeps running and
+ * Ctrl-C still stops it); it is never swallowed.
+ */
+export async function followConsole(f: FollowConsole): Promise<void> {
+  let end: AttachEnd;
+  try {
+    end = await f.attach();
+  } catch (e) {
+    f.say(`could not attach the console: ${f.describe(e)}`);
+    f.say(`the VM keeps running; Ctrl-C stops it ('cove console ${f.name}' attaches)`);
+    return;
+  }
+  if (end === "detached") {
+    log(""); // the guest's prompt has no newline
+    f.say("console detached; the VM keeps running (Ctrl-C stops it)");
+  } else if (end === "stop") {
+    log("");
+    try {
+      await f.stop();
+    } catch (e) {
+      f.say(`could not stop ${f.name}: ${f.describe(e)} (Ctrl-C stops it)`);
+    }
+  }
 }
 
 /** `--detached`: set by `cove start` for the supervisor it launches. */

@@ -1,26 +1,12 @@
 /**
  * Registry commands: pull, push, login, logout. Parsing and printing only;
- * the work is in core/oci. (`cove create --from oci://REF` and `cove clone
- * REF NEW` live in vm.ts and call core/oci/create.ts.)
+ * the work is in the library (mod.ts), loaded when a command runs. (`cove
+ * create --from oci://REF` and `cove clone REF NEW` live in vm.ts.)
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { CoveError, ExitCode } from "../../core/errors.ts";
-import { Store } from "../../core/store/store.ts";
-import { formatSize, parseSize } from "../../core/units.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { FlagError, log, out, outJson, parseConcurrency, parseFormat } from "../output.ts";
 
-function parseConcurrency(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 64) {
-    throw new CoveError("usage.concurrency", `--concurrency: '${v}' is not a number from 1 to 64`, {
-      exit: ExitCode.Usage,
-    });
-  }
-  return n;
-}
-
-/** A one-line progress display on stderr, only on a terminal. */
 /** A one-line progress display on stderr; `log` prints a line above it. */
 function progressLine(): { update(text: string): void; done(): void; log(line: string): void } {
   const tty = Deno.stderr.isTerminal();
@@ -66,7 +52,8 @@ async function readSecret(promptText: string): Promise<string> {
       const n = await Deno.stdin.read(buf);
       if (n === null || buf[0] === 13 || buf[0] === 10) break;
       if (buf[0] === 3) {
-        throw new CoveError("oci.login", "cancelled", { exit: ExitCode.Interrupted });
+        const { CoveError, ExitCode } = await import("../../mod.ts");
+        throw new CoveError("interrupted", "cancelled", { exit: ExitCode.Interrupted });
       }
       if (buf[0] === 127 || buf[0] === 8) chars.pop();
       else chars.push(buf[0]);
@@ -100,7 +87,7 @@ export function register(program: Command): void {
     .option("--concurrency <n>", "layers downloaded at once", parseConcurrency, 4)
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (ref, opts) => {
-      const { pullImage } = await import("../../core/oci/mod.ts");
+      const { Store, pullImage, formatSize } = await import("../../mod.ts");
       const store = new Store();
       await store.ensure();
       const bar = progressLine();
@@ -153,7 +140,7 @@ export function register(program: Command): void {
     .option("--concurrency <n>", "layers compressed and uploaded at once", parseConcurrency, 4)
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, refs, opts) => {
-      const { pushVm } = await import("../../core/oci/mod.ts");
+      const { Store, pushVm, formatSize, parseSize } = await import("../../mod.ts");
       const store = new Store();
       const bar = progressLine();
       let res;
@@ -188,20 +175,21 @@ export function register(program: Command): void {
     .option("--password-stdin", "read the password or token from stdin")
     .option("--insecure", "allow plain http to the registry")
     .action(async (host, opts) => {
-      const { loginRegistry } = await import("../../core/oci/mod.ts");
+      const { Store, loginRegistry } = await import("../../mod.ts");
       const store = new Store();
       let username = opts.username;
       if (!username) {
         if (!Deno.stdin.isTerminal() || opts.passwordStdin) {
-          throw new CoveError("oci.login", "--username is required", { exit: ExitCode.Usage });
+          throw new FlagError("oci.login", "--username is required");
         }
         username = readLine("Username: ");
       }
       if (!opts.passwordStdin && !Deno.stdin.isTerminal()) {
-        throw new CoveError("oci.login", "no terminal to ask for the password", {
-          hint: "pipe it with --password-stdin",
-          exit: ExitCode.Usage,
-        });
+        throw new FlagError(
+          "oci.login",
+          "no terminal to ask for the password",
+          "pipe it with --password-stdin",
+        );
       }
       const password = await readSecret("Password: ");
       const registry = await loginRegistry(host, username, password, {
@@ -215,7 +203,7 @@ export function register(program: Command): void {
     .description("forget cove's stored credentials for a registry")
     .argument("<host>", "registry host")
     .action(async (host) => {
-      const { logoutRegistry, normalizeRegistry } = await import("../../core/oci/mod.ts");
+      const { Store, logoutRegistry, normalizeRegistry } = await import("../../mod.ts");
       const removed = await logoutRegistry(host, new Store().home);
       const registry = normalizeRegistry(host);
       out(removed ? `logged out of ${registry}` : `not logged in to ${registry}`);

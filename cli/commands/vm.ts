@@ -1,19 +1,16 @@
 /**
  * Store commands: create, list, get, set, edit, clone, rename, delete.
- * Parsing and printing only; the work is in core/vm.ts and core/store.
+ * Parsing and printing only; the work is in the library (mod.ts), which
+ * each command loads when it runs.
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { stringify } from "yaml";
-import { CoveError, ExitCode } from "../../core/errors.ts";
-import { parseSpec } from "../../core/spec/load.ts";
-import { Store, type VmSummary } from "../../core/store/store.ts";
-import { createVm, getVm, setVm, showSize } from "../../core/vm.ts";
-import { log, out, outJson, parseFormat, table } from "../output.ts";
+import type { VmSummary } from "../../mod.ts";
+import { log, out, outJson, parseConcurrency, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
-function summaryRow(s: VmSummary): string[] {
+function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): string[] {
   return [
     s.name,
     s.state,
@@ -42,27 +39,19 @@ export function register(program: Command): void {
     .option("--kernel <file>", "boot this Linux kernel directly")
     .option("--initrd <file>", "initial ramdisk for --kernel")
     .option("--cmdline <args>", "kernel command line for --kernel")
+    .option("--insecure", "oci:// sources: allow plain http to the registry")
+    .option("--concurrency <n>", "oci:// sources: parallel layer transfers", parseConcurrency, 4)
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const store = new Store();
-      if (opts.from?.startsWith("oci://")) {
-        store.bundle(name); // validates the name first
-        const { createFromOci } = await import("../../core/oci/create.ts");
-        await createFromOci(store, name, opts.from, { insecure: false, concurrency: 4 });
-        if (opts.format === "json") outJson(await getVm(store, name));
-        else out(`created ${name}`);
-        return;
-      }
-      const { isIpswSource, assertCanInstallMacOS } = await import("../../core/images/ipsw.ts");
-      const ipsw = opts.from !== undefined && isIpswSource(opts.from);
-      if (ipsw) assertCanInstallMacOS();
-      const fromSource = opts.from ? await sourceHandler(opts.from, opts.format) : undefined;
-      const b = await createVm(store, name, {
-        ...opts,
-        os: opts.os ?? (ipsw ? "macos" : undefined),
-        fromSource,
+      const cove = await import("../../mod.ts");
+      const { progressReporter } = await import("../progress.ts");
+      const store = new cove.Store();
+      const { format, ...flags } = opts;
+      const b = await cove.createVm(store, name, {
+        ...flags,
+        onProgress: opts.from ? progressReporter(format) : undefined,
       });
-      if (opts.format === "json") outJson(await getVm(store, b.name));
+      if (format === "json") outJson(await cove.getVm(store, b.name));
       else out(`created ${b.name}`);
     });
 
@@ -71,8 +60,8 @@ export function register(program: Command): void {
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .option("-q, --quiet", "print names only")
     .action(async (opts) => {
+      const { Store, withLive, showSize } = await import("../../mod.ts");
       const store = new Store();
-      const { withLive } = await import("../../core/supervisor/live.ts");
       const vms = await Promise.all(
         (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
       );
@@ -86,7 +75,7 @@ export function register(program: Command): void {
         out(
           table(
             ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
-            vms.map(summaryRow),
+            vms.map((v) => summaryRow(v, showSize)),
           ),
         );
       }
@@ -97,15 +86,18 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
+      const { Store, getVm, withLive, showSize } = await import("../../mod.ts");
       const store = new Store();
-      const { withLive } = await import("../../core/supervisor/live.ts");
       const d = await withLive(store.bundle(name), await getVm(store, name));
       if (opts.format === "json") return outJson(d);
       out(
-        table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [summaryRow(d)]),
+        table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
+          summaryRow(d, showSize),
+        ]),
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      const { stringify } = await import("yaml");
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
 
@@ -118,6 +110,7 @@ export function register(program: Command): void {
     .option("--display <WxH[@PPI]|none>", "display size, e.g. 1920x1080@144, or none")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
+      const { Store, setVm } = await import("../../mod.ts");
       const store = new Store();
       const running = await (await store.get(name)).isRunning();
       const d = await setVm(store, name, opts);
@@ -129,9 +122,10 @@ export function register(program: Command): void {
     .description("edit a VM's cove.yaml in $EDITOR; it is validated before saving")
     .argument("<name>", "VM name")
     .action(async (name) => {
+      const { Store, parseSpec } = await import("../../mod.ts");
       const b = await new Store().get(name);
       await editSpec(b.specPath, async (text) => {
-        await b.writeSpec(parseSpec(text, "cove.yaml"));
+        await b.writeSpec(await parseSpec(text, "cove.yaml"));
       });
       out(`saved ${name}`);
     });
@@ -141,19 +135,12 @@ export function register(program: Command): void {
     .argument("<src>", "a VM name, or a registry reference")
     .argument("<new>", "the new VM's name")
     .option("--insecure", "allow plain http to the registry")
-    .option("--concurrency <n>", "parallel layer transfers", "4")
+    .option("--concurrency <n>", "parallel layer transfers", parseConcurrency, 4)
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (src, dst, opts) => {
+      const { Store, cloneVm, getVm } = await import("../../mod.ts");
       const store = new Store();
-      if (looksLikeReference(src)) {
-        const { createFromOci } = await import("../../core/oci/create.ts");
-        await createFromOci(store, dst, src, {
-          insecure: !!opts.insecure,
-          concurrency: Number(opts.concurrency),
-        });
-      } else {
-        await store.clone(src, dst);
-      }
+      await cloneVm(store, src, dst, { insecure: !!opts.insecure, concurrency: opts.concurrency });
       if (opts.format === "json") outJson(await getVm(store, dst));
       else out(`cloned ${src} to ${dst}`);
     });
@@ -163,6 +150,7 @@ export function register(program: Command): void {
     .argument("<old>", "current name")
     .argument("<new>", "new name")
     .action(async (from, to) => {
+      const { Store } = await import("../../mod.ts");
       await new Store().rename(from, to);
       out(`renamed ${from} to ${to}`);
     });
@@ -172,33 +160,18 @@ export function register(program: Command): void {
     .argument("<names...>", "VM names")
     .option("-f, --force", "stop running VMs first")
     .action(async (names, opts) => {
+      const { Store, deleteVm } = await import("../../mod.ts");
       const store = new Store();
       for (const name of names) {
-        const b = await store.get(name);
-        if (opts.force && (await b.isRunning())) {
-          const { stopVm } = await import("../../core/supervisor/client.ts");
-          await stopVm(b, { force: true, timeoutSeconds: 10 });
-        }
-        await store.delete(name);
+        await deleteVm(store, name, { force: opts.force });
         out(`deleted ${name}`);
       }
     });
 }
 
-/** A registry reference (host/repo:tag) rather than a VM name. */
-function looksLikeReference(s: string): boolean {
-  return s.startsWith("oci://") || (s.includes("/") && !s.startsWith("/") && !s.startsWith("."));
-}
-
-/** Resolves `--from` into a populate step for the staging bundle. */
-async function sourceHandler(src: string, format: "text" | "json") {
-  const { prepareSource } = await import("../../core/images/source.ts");
-  const { progressReporter } = await import("../progress.ts");
-  return await prepareSource(src, { format, onProgress: progressReporter(format) });
-}
-
 /** Opens $EDITOR on a copy; saves only when the result validates. */
 async function editSpec(path: string, save: (text: string) => Promise<void>): Promise<void> {
+  const { CoveError, ExitCode } = await import("../../mod.ts");
   const editor = Deno.env.get("VISUAL") || Deno.env.get("EDITOR") || "vi";
   const tmp = await Deno.makeTempFile({ prefix: "cove-edit-", suffix: ".yaml" });
   try {

@@ -10,6 +10,7 @@
 import { CoveError, ExitCode } from "../errors.ts";
 import { detectHost } from "../host.ts";
 import type { SourceHandler, SourceOptions } from "../images/source.ts";
+import { applyFlags, readConfigFile, type SpecFlags } from "../spec/compose.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import type { Bundle, MachineIdentity } from "../store/bundle.ts";
@@ -21,8 +22,15 @@ import { EFI_VARS, MAC_AUX, specFromTart } from "./tart.ts";
 
 /** Options of {@link createFromOci}. */
 export interface CreateFromOciOptions extends Omit<PullOptions, "home"> {
-  /** Spec values that win over the image's config (from flags: --cpus, --memory...). */
+  /** Spec values that win over the image's config. */
   overrides?: Partial<SpecParsed>;
+  /**
+   * A cove.yaml (`--config`) whose settings win over the image's, except
+   * os, arch, boot and the root disk's file; its root disk size applies.
+   */
+  config?: string;
+  /** Flags that win over the image and the config: `--cpus`, `--memory`, `--disk-size`... */
+  flags?: SpecFlags;
   /** Keep the image's MAC address instead of giving the VM a new one. */
   keepMac?: boolean;
 }
@@ -51,9 +59,14 @@ export async function createFromOci(
       exit: ExitCode.Usage,
     });
   }
+  // The config file and the flags are checked before anything is downloaded.
+  const config = opts.config ? await readConfigFile(opts.config) : undefined;
+  if (opts.flags) applyFlags(config ?? ({} as SpecParsed), opts.flags);
   const image = await pullImage(ref, { ...opts, home: store.home });
   const fromTart = specFromTart(image.tart);
-  const spec: SpecParsed = { ...fromTart.spec, ...opts.overrides };
+  let spec: SpecParsed = { ...fromTart.spec, ...opts.overrides };
+  if (config) spec = overlayConfig(spec, config);
+  if (opts.flags) spec = applyFlags(spec, opts.flags);
   if (!opts.keepMac && spec.networks) {
     spec.networks = spec.networks.map((n) => ({ ...n, mac: randomMac() }));
   }
@@ -62,6 +75,18 @@ export async function createFromOci(
     populate: (staging, full) => placeImage(image, staging, full, fromTart),
   });
   return { bundle, image };
+}
+
+/** Lays a config file over an image's spec: the image keeps os, arch, boot and its root disk file. */
+function overlayConfig(image: SpecParsed, config: SpecParsed): SpecParsed {
+  const { os: _os, arch: _arch, boot: _boot, disks, ...rest } = config;
+  const out: SpecParsed = { ...image, ...rest };
+  const size = disks?.find((d) => (d.media ?? "disk") === "disk")?.size;
+  if (size !== undefined && out.disks?.length) {
+    const i = Math.max(0, out.disks.findIndex((d) => (d.media ?? "disk") === "disk"));
+    out.disks = out.disks.map((d, j) => (j === i ? { ...d, size } : d));
+  }
+  return out;
 }
 
 /** Copies a pulled image's disk and NVRAM into a staging bundle; records the Mac identity. */

@@ -45,16 +45,15 @@ function bad(input: string, why: string): never {
   );
 }
 
-/** True when `s` looks like a registry reference rather than a local name or path. */
+/**
+ * True when `s` names a registry reference rather than a VM or a path: it
+ * starts with `oci://`, or it has a `/` and is not a path (`/...`, `./...`).
+ * No VM name has a `/`, so a malformed reference is still one, and parsing
+ * it says what is wrong. `cove clone` decides with this.
+ */
 export function looksLikeReference(s: string): boolean {
   if (s.startsWith("oci://")) return true;
-  if (s.startsWith("/") || s.startsWith(".") || !s.includes("/")) return false;
-  try {
-    parseReference(s);
-    return true;
-  } catch {
-    return false;
-  }
+  return s.includes("/") && !s.startsWith("/") && !s.startsWith(".");
 }
 
 /** Parses a reference; throws a usage error naming what is wrong. */

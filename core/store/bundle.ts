@@ -9,11 +9,9 @@
  * @module
  */
 import { join } from "node:path";
-import { stringify } from "yaml";
 import type { VmPaths } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { applyDefaults, CONSOLE_LOG } from "../spec/defaults.ts";
-import { parseSpec } from "../spec/load.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { detectHost } from "../host.ts";
 import { writeFileAtomic } from "./fsutil.ts";
@@ -94,6 +92,8 @@ export class Bundle {
         cause: e,
       });
     }
+    // The parser (yaml, zod) loads when a spec is first read: listing names or probing needs none.
+    const { parseSpec } = await import("../spec/load.ts");
     return parseSpec(text, this.specPath);
   }
 
@@ -104,7 +104,7 @@ export class Bundle {
 
   /** Writes cove.yaml atomically (0600). */
   async writeSpec(spec: SpecParsed | VmSpec): Promise<void> {
-    await writeFileAtomic(this.specPath, specYaml(spec));
+    await writeFileAtomic(this.specPath, await specYaml(spec));
   }
 
   async readMachine(): Promise<MachineIdentity> {
@@ -184,7 +184,8 @@ export class Bundle {
 export const LOCK_RETRY_MS = 300;
 
 /** The YAML text cove writes for a spec. */
-export function specYaml(spec: SpecParsed | VmSpec): string {
+export async function specYaml(spec: SpecParsed | VmSpec): Promise<string> {
+  const { stringify } = await import("yaml");
   return "# cove VM spec: see 'cove schema' and the README's config reference\n" +
     stringify(spec, { lineWidth: 0 });
 }

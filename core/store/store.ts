@@ -156,6 +156,26 @@ export class Store {
     return b;
   }
 
+  /**
+   * The names of every VM, sorted, and nothing else: no spec is read, no
+   * lock is probed and nothing is changed (for completion).
+   */
+  async names(): Promise<string[]> {
+    let entries: Deno.DirEntry[] = [];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    const names: string[] = [];
+    for (const ent of entries) {
+      if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
+      if (await this.exists(ent.name)) names.push(ent.name);
+    }
+    return names.sort((a, b) => a.localeCompare(b));
+  }
+
   /** Every VM, sorted by name. */
   async list(): Promise<VmSummary[]> {
     const out: VmSummary[] = [];
@@ -365,10 +385,21 @@ export class Store {
     work: (staging: Bundle) => Promise<T>,
     keepLock = false,
   ): Promise<{ value: T; lock: BundleLock | null }> {
-    const dir = join(this.tmpDir, `${label}-${crypto.randomUUID()}`);
-    await Deno.mkdir(dir, { mode: 0o700 });
+    // Made and locked under a name the sweep leaves alone, then renamed (the lock moves with it):
+    // a concurrent sweep never sees an unlocked staging directory and takes it.
+    const id = `${label}-${crypto.randomUUID()}`;
+    const fresh = join(this.tmpDir, `.new-${id}`);
+    await Deno.mkdir(fresh, { mode: 0o700 });
+    const lock = (await new Bundle(id, fresh).tryLock())!;
+    const dir = join(this.tmpDir, id);
+    try {
+      await Deno.rename(fresh, dir);
+    } catch (e) {
+      lock.release();
+      await Deno.remove(fresh, { recursive: true }).catch(() => {});
+      throw e;
+    }
     const staging = new Bundle(basename(dir), dir);
-    const lock = (await staging.tryLock())!;
     let ok = false;
     try {
       const value = await work(staging);
@@ -386,7 +417,16 @@ export class Store {
   private async publish(staging: Bundle, name: string): Promise<Bundle> {
     await this.assertFree(name);
     const final = this.bundle(name);
-    await Deno.rename(staging.dir, final.dir);
+    try {
+      await Deno.rename(staging.dir, final.dir);
+    } catch (e) {
+      // Another create of the same name published between the check and the rename
+      // (ENOTEMPTY, or EEXIST): that is "it exists", and stage() removes this staging.
+      if (await Deno.lstat(final.dir).then(() => true, () => false)) {
+        await this.assertFree(name);
+      }
+      throw e;
+    }
     return final;
   }
 
@@ -416,7 +456,16 @@ export class Store {
         await Deno.remove(dir, { recursive: true }).catch(() => {});
         continue;
       }
-      if (!/^(create|clone)-/.test(ent.name)) continue;
+      const fresh = ent.name.startsWith(".new-");
+      if (!fresh && !/^(create|clone)-/.test(ent.name)) continue;
+      if (fresh) {
+        // Being locked by its maker right now, unless a kill -9 left it long ago.
+        const age = await Deno.stat(dir).then(
+          (st) => Date.now() - (st.mtime?.getTime() ?? Date.now()),
+          () => 0,
+        );
+        if (age < STAGING_GRACE_MS) continue;
+      }
       const lock = await new Bundle(ent.name, dir).tryLock().catch(() => null);
       if (!lock) continue;
       lock.release();
@@ -424,6 +473,9 @@ export class Store {
     }
   }
 }
+
+/** How old a `.new-` staging directory (made, not yet locked) must be before a sweep removes it. */
+const STAGING_GRACE_MS = 60_000;
 
 /** Creates or grows every writable raw disk of a spec to its size. */
 async function sizeDisks(b: Bundle, spec: VmSpec): Promise<void> {

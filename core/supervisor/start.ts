@@ -34,6 +34,30 @@ export interface StartOptions {
   graphics?: boolean;
 }
 
+/**
+ * The error a detached supervisor reported before the VM ran. It writes
+ * its error as `{"error": {code, message, hint, exit}}` (see cli/main.ts);
+ * anything else on its stderr is kept as the message of `vm.start_failed`.
+ */
+export function supervisorFailure(stderrText: string, status: number): CoveError {
+  const lines = stderrText.split("\n").map((l) => l.trim()).filter((l) => l);
+  for (const line of lines.toReversed()) {
+    if (!line.startsWith("{")) continue;
+    try {
+      const e = JSON.parse(line)?.error;
+      if (e && typeof e.code === "string" && typeof e.message === "string") {
+        return new CoveError(e.code, e.message, {
+          hint: typeof e.hint === "string" ? e.hint : undefined,
+          exit: (typeof e.exit === "number" ? e.exit : status || ExitCode.Failure) as ExitCode,
+        });
+      }
+    } catch { /* not the error line */ }
+  }
+  const msg = (lines.pop() ?? "").replace(/^cove: /, "") ||
+    `the supervisor exited with status ${status}`;
+  return new CoveError("vm.start_failed", msg, { exit: (status || ExitCode.Failure) as ExitCode });
+}
+
 /** How long a timed-out `cove start` waits after SIGTERM before SIGKILL. */
 const START_KILL_GRACE_MS = 5000;
 
@@ -84,11 +108,7 @@ export async function startDetached(
   while (true) {
     if (status) {
       await readErr;
-      const line = stderrText.split("\n").map((l) => l.trim()).filter((l) => l).pop() ?? "";
-      const msg = line.replace(/^cove: /, "") || `the supervisor exited with status ${status.code}`;
-      throw new CoveError("vm.start_failed", msg, {
-        exit: (status.code || ExitCode.Failure) as ExitCode,
-      });
+      throw supervisorFailure(stderrText, status.code);
     }
     if (Date.now() > deadline) {
       try {

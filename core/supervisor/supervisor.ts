@@ -31,6 +31,51 @@ import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from ".
 
 export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
 
+/**
+ * What happens in a supervised run, typed, so that a client (the CLI) can
+ * choose what to show without reading log text. Each is also written to
+ * `supervisor.log` as the line {@link describeEvent} gives.
+ */
+export type SupervisorEvent =
+  | { type: "starting"; pid: number; name: string }
+  | { type: "signal"; signal: string }
+  | { type: "stopping"; force: boolean; timeoutSeconds?: number }
+  | { type: "stop-failed"; message: string }
+  | { type: "stop-timeout"; timeoutSeconds: number }
+  | { type: "running"; info: Record<string, unknown> }
+  | { type: "state"; state: VmState }
+  | { type: "engine-log"; level: string; message: string }
+  | { type: "stopped"; reason: string; message?: string }
+  | { type: "failed"; message: string; code: string };
+
+/** The supervisor.log line of an event. */
+export function describeEvent(e: SupervisorEvent): string {
+  switch (e.type) {
+    case "starting":
+      return `supervisor ${e.pid} starting ${e.name}`;
+    case "signal":
+      return `received ${e.signal}`;
+    case "stopping":
+      return e.force
+        ? "stopping (power off)"
+        : `stopping (ACPI power button; power off after ${e.timeoutSeconds}s)`;
+    case "stop-failed":
+      return `graceful stop failed (${e.message}); powering off`;
+    case "stop-timeout":
+      return `the guest did not power off within ${e.timeoutSeconds}s; powering off`;
+    case "running":
+      return `running (${JSON.stringify(e.info, (k, v) => (k === "argv" ? undefined : v))})`;
+    case "state":
+      return `state ${e.state}`;
+    case "engine-log":
+      return `${e.level}: ${e.message}`;
+    case "stopped":
+      return `stopped (${e.reason}${e.message ? `: ${e.message}` : ""})`;
+    case "failed":
+      return `failed: ${e.message}`;
+  }
+}
+
 /** Options of {@link runSupervisor}. */
 export interface RunOptions {
   /** Run a copy-on-write clone and delete it afterwards. */
@@ -39,8 +84,8 @@ export interface RunOptions {
   graphics?: boolean;
   /** Seconds a graceful stop on SIGINT/SIGTERM may take. */
   stopTimeout?: number;
-  /** Log lines (state changes, engine messages); the supervisor also appends them to supervisor.log. */
-  log?: (line: string) => void;
+  /** Every event of the run (the supervisor also appends them to supervisor.log). */
+  onEvent?: (e: SupervisorEvent) => void;
   /** Called once the VM runs, with the live supervisor. */
   onRunning?: (sup: Supervisor) => void | Promise<void>;
 }
@@ -129,7 +174,7 @@ export class Supervisor {
     readonly bundle: Bundle,
     readonly engineId: string,
     hub: ConsoleHub,
-    readonly log: (line: string) => void,
+    readonly emit: (e: SupervisorEvent) => void,
   ) {
     this.hub = hub;
   }
@@ -168,11 +213,11 @@ export class Supervisor {
     }
     this.#stopping ??= (async () => {
       if (force) {
-        this.log("stopping (power off)");
+        this.emit({ type: "stopping", force: true });
         await vm.stop();
         return { exit: await vm.wait(), forced: true };
       }
-      this.log(`stopping (ACPI power button; power off after ${timeout}s)`);
+      this.emit({ type: "stopping", force: false, timeoutSeconds: timeout });
       // The timeout runs from the request on, so an engine that never answers cannot hang the stop.
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = new Promise<"timeout">((
@@ -186,13 +231,13 @@ export class Supervisor {
         ]);
       } catch (e) {
         clearTimeout(timer);
-        this.log(`graceful stop failed (${toCoveError(e).message}); powering off`);
+        this.emit({ type: "stop-failed", message: toCoveError(e).message });
         await vm.stop();
         return { exit: await vm.wait(), forced: true };
       }
       clearTimeout(timer);
       if (first === "timeout") {
-        this.log(`the guest did not power off within ${timeout}s; powering off`);
+        this.emit({ type: "stop-timeout", timeoutSeconds: timeout });
         await vm.stop();
         return { exit: await vm.wait(), forced: true };
       }
@@ -452,11 +497,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   try {
     logFile = await Deno.open(bundle.supervisorLog, { append: true, create: true, mode: 0o600 });
   } catch { /* logging is best effort */ }
-  const log = (line: string) => {
+  const log = (e: SupervisorEvent) => {
     try {
-      logFile?.writeSync(new TextEncoder().encode(nowLine(line)));
+      logFile?.writeSync(new TextEncoder().encode(nowLine(describeEvent(e))));
     } catch { /* ignore */ }
-    opts.log?.(line);
+    opts.onEvent?.(e);
   };
   const layout = await runtimeLayout(bundle);
   let hub: ConsoleHub | undefined;
@@ -464,7 +509,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
-    log(`supervisor ${Deno.pid} starting ${bundle.name}`);
+    log({ type: "starting", pid: Deno.pid, name: bundle.name });
     spec = await bundle.readSpec();
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
@@ -496,7 +541,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     let interrupts = 0;
     const onSignal = (sig: Deno.Signal) => () => {
       interrupts++;
-      log(`received ${sig}`);
+      log({ type: "signal", signal: sig });
       void sup.stop(interrupts > 1, timeout).catch(() => {});
     };
     for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as Deno.Signal[]) {
@@ -521,13 +566,15 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
     sup.attach(vm);
     sup.state = vm.state();
-    log(`running (${JSON.stringify(vm.info(), (k, v) => (k === "argv" ? undefined : v))})`);
+    log({ type: "running", info: { ...vm.info() } });
     const eventsDone = (async () => {
       for await (const ev of vm.events) {
         if (ev.type === "state") {
           sup.state = ev.state;
-          log(`state ${ev.state}`);
-        } else if (ev.type === "log") log(`${ev.level}: ${ev.message}`);
+          log({ type: "state", state: ev.state });
+        } else if (ev.type === "log") {
+          log({ type: "engine-log", level: ev.level, message: ev.message });
+        }
       }
     })().catch(() => {});
     const consoleDone = (async () => {
@@ -548,11 +595,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       consoleTail,
     };
     await writeLastExit(bundle, rec);
-    log(`stopped (${exit.reason}${exit.message ? `: ${exit.message}` : ""})`);
+    log({ type: "stopped", reason: exit.reason, message: exit.message });
     return { exit, consoleTail, name: bundle.name };
   } catch (e) {
     const ce = toCoveError(e);
-    log(`failed: ${ce.line()}`);
+    log({ type: "failed", message: ce.line(), code: ce.code });
     await writeLastExit(bundle, {
       time: new Date().toISOString(),
       reason: "failed",

@@ -2,7 +2,9 @@
  * Connects this process's terminal to a VM's serial console: guest output
  * to stdout, keystrokes to the guest, with the terminal in raw mode so that
  * the guest's shell gets every key (Ctrl-C included). Ctrl-] (0x1d, as in
- * telnet and virsh) detaches. When stdin is not a terminal, its bytes are
+ * telnet and virsh) detaches; Ctrl-A then x (as in QEMU's console) detaches
+ * and stops the VM; Ctrl-A Ctrl-A sends one Ctrl-A, and Ctrl-A followed by
+ * any other key sends both. When stdin is not a terminal, its bytes are
  * sent as they are, and at its end the console keeps printing until the
  * guest has been quiet for a second.
  * @module
@@ -13,8 +15,41 @@ export const ESCAPE_BYTE = 0x1d;
 /** How the detach key is shown to users. */
 export const ESCAPE_NAME = "Ctrl-]";
 
-/** Why an attachment ended. */
-export type AttachEnd = "detached" | "eof" | "closed";
+/** The prefix of console commands: Ctrl-A. */
+export const PREFIX_BYTE = 0x01;
+/** After the prefix, this key detaches and stops the VM. */
+export const STOP_KEY = 0x78; // "x"
+/** How the detach-and-stop keys are shown to users. */
+export const STOP_KEYS_NAME = "Ctrl-A x";
+
+/** Why an attachment ended: detached, detached to stop the VM, stdin's end, or the console closed. */
+export type AttachEnd = "detached" | "stop" | "eof" | "closed";
+
+/**
+ * Splits keystrokes into what goes to the guest and the console command
+ * they end with, if any. `pending` carries a Ctrl-A from one read to the next.
+ */
+export function scanKeys(
+  chunk: Uint8Array,
+  state: { pending: boolean },
+): { send: Uint8Array; end?: "detached" | "stop" } {
+  const send: number[] = [];
+  for (const b of chunk) {
+    if (state.pending) {
+      state.pending = false;
+      if (b === STOP_KEY) return { send: new Uint8Array(send), end: "stop" };
+      if (b === PREFIX_BYTE) {
+        send.push(PREFIX_BYTE);
+        continue;
+      }
+      send.push(PREFIX_BYTE);
+    }
+    if (b === ESCAPE_BYTE) return { send: new Uint8Array(send), end: "detached" };
+    if (b === PREFIX_BYTE) state.pending = true;
+    else send.push(b);
+  }
+  return { send: new Uint8Array(send) };
+}
 
 /** Options of {@link attachTerminal}. */
 export interface AttachOptions {
@@ -60,18 +95,17 @@ export async function attachTerminal(opts: AttachOptions): Promise<AttachEnd> {
   })();
   const inLoop = (async () => {
     const buf = new Uint8Array(4096);
+    const keys = { pending: false };
     try {
       while (true) {
         const n = await stdin.read(buf);
         if (n === null) break;
-        const chunk = buf.subarray(0, n);
-        const esc = chunk.indexOf(ESCAPE_BYTE);
-        if (esc >= 0) {
-          if (esc > 0) await opts.write(chunk.slice(0, esc));
-          ended?.("detached");
+        const { send, end } = scanKeys(buf.subarray(0, n), keys);
+        if (send.length) await opts.write(send);
+        if (end) {
+          ended?.(end);
           return;
         }
-        await opts.write(chunk.slice());
       }
     } catch {
       ended?.("closed");

@@ -45,13 +45,17 @@ for (const args of [["--help"], ["create", "--help"], ["list", "--help"]]) {
     }));
 }
 
-Deno.test("cli: help and completions run without FFI permission, so they never load a native library", () =>
+Deno.test("cli: help, completions and the TAB callback run without FFI permission, so they never load a native library", () =>
   withTempDir(async (home) => {
     for (
-      const args of [["--help"], ["completions", "bash"], ["completions", "zsh"], [
-        "completions",
-        "fish",
-      ]]
+      const args of [
+        ["--help"],
+        ["completions", "bash"],
+        ["completions", "zsh"],
+        ["completions", "fish"],
+        ["complete", "--", ""],
+        ["--version", "--debug"], // the full parser's path
+      ]
     ) {
       const p = await new Deno.Command(Deno.execPath(), {
         args: [
@@ -70,7 +74,7 @@ Deno.test("cli: help and completions run without FFI permission, so they never l
       }).output();
       const err = new TextDecoder().decode(p.stderr);
       assertEquals(p.code, 0, `${args.join(" ")}: ${err}`);
-      assert(p.stdout.length > 100, args.join(" "));
+      assert(p.stdout.length > (args[0] === "--version" ? 4 : 100), args.join(" "));
     }
   }));
 
@@ -81,7 +85,8 @@ Deno.test("cli: completion scripts name cove and complete commands and VM names"
       assertEquals(r.code, 0);
       assertMatch(r.stdout, /cove complete --/);
     }
-    await cove(home, ["create", "alpha", "--disk-size", "1GiB"]);
+    const madeAlpha = await cove(home, ["create", "alpha", "--disk-size", "1GiB"]);
+    assertEquals(madeAlpha.code, 0, madeAlpha.stderr);
     const cmds = await cove(home, ["complete", "--", "cr"]);
     assertMatch(cmds.stdout, /^create\t/m);
     const names = await cove(home, ["complete", "--", "delete", ""]);
@@ -166,7 +171,8 @@ Deno.test("cli: bad input gets one line, exit code 2 and changes nothing", () =>
     ];
     for (const [args, code, re] of cases) assertOneLineError(await cove(home, args), code, re);
     assertEquals(JSON.parse((await cove(home, ["list", "--format", "json"])).stdout), []);
-    await cove(home, ["create", "dup", "--disk-size", "1GiB"]);
+    const madeDup = await cove(home, ["create", "dup", "--disk-size", "1GiB"]);
+    assertEquals(madeDup.code, 0, madeDup.stderr);
     assertOneLineError(
       await cove(home, ["create", "dup"]),
       2,
@@ -176,7 +182,8 @@ Deno.test("cli: bad input gets one line, exit code 2 and changes nothing", () =>
 
 Deno.test("cli: deleting or renaming a running VM is refused with exit code 4", () =>
   withTempDir(async (home) => {
-    await cove(home, ["create", "run1", "--disk-size", "1GiB"]);
+    const madeRun1 = await cove(home, ["create", "run1", "--disk-size", "1GiB"]);
+    assertEquals(madeRun1.code, 0, madeRun1.stderr);
     const holder = new Deno.Command(Deno.execPath(), {
       args: [
         "run",

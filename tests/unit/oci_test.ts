@@ -78,6 +78,8 @@ Deno.test("looksLikeReference tells registry references from VM names and paths"
   assert(!looksLikeReference("dev"));
   assert(!looksLikeReference("./disk.img"));
   assert(!looksLikeReference("/tmp/disk.img"));
+  // No VM name has a '/': a malformed reference is still a reference, and says what is wrong.
+  assert(looksLikeReference("ghcr.io/Me/VM:bad tag"));
 });
 
 Deno.test("normalizeRegistry accepts URLs and Docker Hub aliases", () => {
