@@ -12,7 +12,24 @@
  * @module
  */
 export { CoveError, ExitCode, toCoveError, usageError } from "./core/errors.ts";
-export { formatSize, parseSize } from "./core/units.ts";
+export {
+  formatDuration,
+  formatSize,
+  parseCount,
+  parseDuration,
+  parseSize,
+  type Range,
+  type SizeRange,
+} from "./core/units.ts";
+export {
+  FLAG_RULES,
+  type FlagName,
+  flagRange,
+  MIN_DISK,
+  MIN_MEMORY,
+  parseFlag,
+} from "./core/flags.ts";
+export { checkPoolSize, type PoolTask, runPool } from "./core/pool.ts";
 export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
 export {

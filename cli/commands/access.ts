@@ -8,26 +8,19 @@ import type { Command } from "@commander-js/extra-typings";
 import { guestAddress } from "../../core/access/address.ts";
 import { readLiveStatus } from "../../core/access/status.ts";
 import { runSsh } from "../../core/access/ssh.ts";
-import { CoveError, ExitCode } from "../../core/errors.ts";
+import { parseFlag } from "../../core/flags.ts";
 import { Store } from "../../core/store/store.ts";
 import { out, outJson, parseFormat } from "../output.ts";
 
-function seconds(v: string): number {
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
-    throw new CoveError("usage.wait", `--wait: '${v}' is not a number of seconds`, {
-      exit: ExitCode.Usage,
-    });
-  }
-  return n;
-}
+/** `--wait DURATION` in seconds (the unit is required: 90s, 3m). */
+const seconds = (v: string): number => parseFlag("--wait", v) / 1000;
 
 /** Registers ip, ssh and exec. */
 export function register(program: Command): void {
   program.command("ip")
     .description("print where a running VM answers: its IP, or 127.0.0.1:PORT for user networking")
     .argument("<name>", "VM name")
-    .option("--wait <seconds>", "wait this long for an address", seconds, 0)
+    .option("--wait <duration>", "wait this long for an address, e.g. 30s", seconds, 0)
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
       const b = await new Store().get(name);
@@ -40,8 +33,8 @@ export function register(program: Command): void {
     });
 
   const waitOption = [
-    "--wait <seconds>",
-    "wait this long for the guest's SSH server (and cloud-init)",
+    "--wait <duration>",
+    "wait this long for the guest's SSH server (and cloud-init), e.g. 3m",
   ] as const;
   const runIn =
     (tty: "auto" | "never") => async (name: string, command: string[], opts: { wait: number }) => {

@@ -5,10 +5,10 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { parseDuration } from "../../core/images/cache.ts";
+import { parseFlag } from "../../core/flags.ts";
 import { listImageCache, pruneImageCache } from "../../core/images/caches.ts";
 import { knownNames, loadCatalog } from "../../core/images/catalog.ts";
-import { formatSize, parseSize } from "../../core/units.ts";
+import { formatSize } from "../../core/units.ts";
 import { log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
@@ -70,9 +70,9 @@ export function register(program: Command): void {
     .action(async (opts) => {
       const r = await pruneImageCache({
         olderThanMs: opts.olderThan !== undefined
-          ? parseDuration(opts.olderThan, "--older-than")
+          ? parseFlag("--older-than", opts.olderThan)
           : undefined,
-        budget: opts.budget !== undefined ? parseSize(opts.budget, "--budget") : undefined,
+        budget: opts.budget !== undefined ? parseFlag("--budget", opts.budget) : undefined,
         dryRun: !!opts.dryRun,
       });
       if (opts.format === "json") {

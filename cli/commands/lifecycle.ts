@@ -6,29 +6,15 @@
  */
 import { type Command, Option } from "@commander-js/extra-typings";
 import { CoveError, ExitCode } from "../../core/errors.ts";
+import { parseFlag } from "../../core/flags.ts";
 import { Store } from "../../core/store/store.ts";
 import { log, out, outJson, parseFormat } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
-/** The largest timeout setTimeout can wait for (2^31-1 ms), in whole seconds. */
-export const MAX_SECONDS = 2147483;
-
-/** Parses a non-negative number of seconds, at most {@link MAX_SECONDS}. */
-export function parseSeconds(v: string): number {
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new CoveError("usage.seconds", `'${v}' is not a number of seconds`, {
-      exit: ExitCode.Usage,
-    });
-  }
-  if (n > MAX_SECONDS) {
-    throw new CoveError("usage.seconds", `'${v}' seconds is too long (at most ${MAX_SECONDS})`, {
-      exit: ExitCode.Usage,
-    });
-  }
-  return n;
-}
+/** A duration flag (the unit is required: 30s, 2m), in seconds. */
+const seconds = (flag: "--timeout" | "--stop-timeout") => (v: string): number =>
+  parseFlag(flag, v) / 1000;
 
 /** Registers the lifecycle commands. */
 export function register(program: Command): void {
@@ -39,9 +25,9 @@ export function register(program: Command): void {
     .option("--ephemeral", "run a copy-on-write clone and delete it on exit")
     .option("--no-graphics", "headless: no window even if the VM has a display")
     .option(
-      "--stop-timeout <seconds>",
-      "seconds a graceful stop may take on Ctrl-C",
-      parseSeconds,
+      "--stop-timeout <duration>",
+      "how long a graceful stop may take on Ctrl-C, e.g. 30s",
+      seconds("--stop-timeout"),
       30,
     )
     .addOption(hiddenDetached())
@@ -127,7 +113,12 @@ export function register(program: Command): void {
     .description("start a VM in the background (a detached supervisor)")
     .argument("<name>", "VM name")
     .option("--no-graphics", "headless: no window even if the VM has a display")
-    .option("--timeout <seconds>", "how long to wait for the VM to run", parseSeconds, 120)
+    .option(
+      "--timeout <duration>",
+      "how long to wait for the VM to run, e.g. 2m",
+      seconds("--timeout"),
+      120,
+    )
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const { startDetached } = await import("../../core/supervisor/start.ts");
@@ -142,7 +133,12 @@ export function register(program: Command): void {
   program.command("stop")
     .description("stop a running VM: ACPI power button, then power off after a timeout")
     .argument("<name>", "VM name")
-    .option("--timeout <seconds>", "seconds to wait for the guest to shut down", parseSeconds, 30)
+    .option(
+      "--timeout <duration>",
+      "how long to wait for the guest to shut down, e.g. 30s",
+      seconds("--timeout"),
+      30,
+    )
     .option("-f, --force", "power off at once")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
@@ -191,17 +187,16 @@ export function register(program: Command): void {
   program.command("console")
     .description("attach to a running VM's serial console (Ctrl-] detaches)")
     .argument("<name>", "VM name")
-    .option("--replay <bytes>", "first show this many bytes of recent output", "4096")
+    .option(
+      "--replay <bytes>",
+      "first show this many bytes of recent output",
+      (v) => parseFlag("--replay", v),
+      4096,
+    )
     .action(async (name, opts) => {
       const { attachConsole } = await import("../../core/supervisor/client.ts");
       const { attachTerminal, ESCAPE_NAME } = await import("../../core/supervisor/terminal.ts");
-      const replay = Number(opts.replay);
-      if (!Number.isInteger(replay) || replay < 0) {
-        throw new CoveError("usage.replay", `--replay: '${opts.replay}' is not a byte count`, {
-          exit: ExitCode.Usage,
-        });
-      }
-      const c = await attachConsole(await new Store().get(name), { replay });
+      const c = await attachConsole(await new Store().get(name), { replay: opts.replay });
       const end = await attachTerminal({
         output: c.output,
         write: (b) => c.write(b),

@@ -7,18 +7,11 @@
 import type { Command } from "@commander-js/extra-typings";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { Store } from "../../core/store/store.ts";
-import { formatSize, parseSize } from "../../core/units.ts";
+import { formatSize } from "../../core/units.ts";
+import { parseFlag } from "../../core/flags.ts";
 import { log, out, outJson, parseFormat } from "../output.ts";
 
-function parseConcurrency(v: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 64) {
-    throw new CoveError("usage.concurrency", `--concurrency: '${v}' is not a number from 1 to 64`, {
-      exit: ExitCode.Usage,
-    });
-  }
-  return n;
-}
+const parseConcurrency = (v: string): number => parseFlag("--concurrency", v);
 
 /** A one-line progress display on stderr, only on a terminal. */
 /** A one-line progress display on stderr; `log` prints a line above it. */
@@ -160,9 +153,9 @@ export function register(program: Command): void {
       try {
         res = await pushVm(store, name, refs, {
           home: store.home,
-          chunkSize: parseSize(opts.chunkSize, "--chunk-size"),
+          chunkSize: parseFlag("--chunk-size", opts.chunkSize),
           uploadChunkSize: opts.uploadChunkSize
-            ? parseSize(opts.uploadChunkSize, "--upload-chunk-size")
+            ? parseFlag("--upload-chunk-size", opts.uploadChunkSize)
             : 0,
           insecure: opts.insecure,
           concurrency: opts.concurrency,

@@ -6,6 +6,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { stringify } from "yaml";
 import { CoveError, ExitCode } from "../../core/errors.ts";
+import { parseFlag } from "../../core/flags.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { Store, type VmSummary } from "../../core/store/store.ts";
 import { createVm, getVm, setVm, showSize } from "../../core/vm.ts";
@@ -141,7 +142,12 @@ export function register(program: Command): void {
     .argument("<src>", "a VM name, or a registry reference")
     .argument("<new>", "the new VM's name")
     .option("--insecure", "allow plain http to the registry")
-    .option("--concurrency <n>", "parallel layer transfers", "4")
+    .option(
+      "--concurrency <n>",
+      "parallel layer transfers (1 to 64)",
+      (v) => parseFlag("--concurrency", v),
+      4,
+    )
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (src, dst, opts) => {
       const store = new Store();
@@ -149,7 +155,7 @@ export function register(program: Command): void {
         const { createFromOci } = await import("../../core/oci/create.ts");
         await createFromOci(store, dst, src, {
           insecure: !!opts.insecure,
-          concurrency: Number(opts.concurrency),
+          concurrency: opts.concurrency,
         });
       } else {
         await store.clone(src, dst);

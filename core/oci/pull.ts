@@ -20,6 +20,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
@@ -339,31 +340,6 @@ async function pullDiskLayer(
   }
 }
 
-/** Runs tasks with at most `limit` at once; the first failure aborts the rest. */
-async function pool(
-  tasks: ((signal: AbortSignal) => Promise<void>)[],
-  limit: number,
-): Promise<void> {
-  const ctl = new AbortController();
-  let next = 0;
-  let failure: unknown;
-  const worker = async () => {
-    while (next < tasks.length && failure === undefined) {
-      const t = tasks[next++];
-      try {
-        await t(ctl.signal);
-      } catch (e) {
-        if (failure === undefined) {
-          failure = e;
-          ctl.abort(e);
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, tasks.length)) }, worker));
-  if (failure !== undefined) throw failure;
-}
-
 /**
  * Pulls `refText` into the cache (or finds it there) and returns the
  * complete image. Safe to interrupt at any point: rerunning resumes.
@@ -489,7 +465,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         )
         : undefined;
       try {
-        await pool(
+        await runPool(
           todo.map((l) => async (signal: AbortSignal) => {
             const onBytes = (n: number) => {
               progress.done += n;
@@ -521,7 +497,10 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         os: tart.os,
         arch: tart.arch,
       };
-      await cache.publish(digest, meta);
+      await cache.publish(digest, meta, [
+        ...image.disks.map((l) => ({ name: l.index, digest: l.digest })),
+        ...(image.nvram ? [{ name: "nvram", digest: image.nvram.digest }] : []),
+      ]);
       return await finish(false, progress.done, resumedLayers, reusedLayers);
     } catch (e) {
       const err = toCoveError(e, "pulling the image");

@@ -23,6 +23,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
+import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import type { Store } from "../store/store.ts";
 import type { MachineIdentity } from "../store/bundle.ts";
@@ -113,33 +114,6 @@ async function rememberPush(path: string, entry: IndexEntry): Promise<void> {
   await writeFileAtomic(path, JSON.stringify({ entries: entries.slice(0, 32) }) + "\n").catch(
     () => {},
   );
-}
-
-/** Runs tasks with at most `limit` at once; the first failure aborts the others. */
-async function pool<T>(
-  tasks: ((signal: AbortSignal) => Promise<T>)[],
-  limit: number,
-): Promise<T[]> {
-  const results: T[] = new Array(tasks.length);
-  const ctl = new AbortController();
-  let next = 0;
-  let failure: unknown;
-  const worker = async () => {
-    while (next < tasks.length && failure === undefined) {
-      const i = next++;
-      try {
-        results[i] = await tasks[i](ctl.signal);
-      } catch (e) {
-        if (failure === undefined) {
-          failure = e;
-          ctl.abort(e);
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, tasks.length)) }, worker));
-  if (failure !== undefined) throw failure;
-  return results;
 }
 
 /** Makes sure `client`'s repository has a small blob: HEAD, mount, or upload. */
@@ -304,7 +278,7 @@ export async function pushVm(
     try {
       for (const { client, tags, ref } of repos.values()) {
         const mountFrom = first && first.registry === ref.registry ? first.repository : undefined;
-        await pool(
+        await runPool(
           chunks.map((c) => async (signal: AbortSignal) => {
             const desc = diskDescs[c.index];
             if (desc && (await client.blobSize(desc.digest)) !== undefined) {

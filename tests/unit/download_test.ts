@@ -5,9 +5,9 @@ import {
   type CacheEntry,
   type CacheProvider,
   listCaches,
-  parseDuration,
   pruneCaches,
 } from "../../core/images/cache.ts";
+import { parseDuration } from "../../core/units.ts";
 import { download, type DownloadEvent, parseChecksum } from "../../core/images/download.ts";
 import { CoveError } from "../../core/errors.ts";
 import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
