@@ -20,6 +20,7 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import { parseFlag } from "../flags.ts";
 import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { defaultCredentialLookup } from "./auth.ts";
@@ -345,6 +346,7 @@ async function pullDiskLayer(
  * complete image. Safe to interrupt at any point: rerunning resumes.
  */
 export async function pullImage(refText: string, opts: PullOptions): Promise<PulledImage> {
+  const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
   const ref = parseReference(refText);
   const refName = formatReference(ref);
   const cache = new OciCache(join(opts.home, "cache"));
@@ -460,7 +462,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       opts.onProgress?.({ ...progress });
       const workers = todo.length
         ? WorkerPool.start(
-          WorkerPool.defaultSize(Math.min(todo.length, opts.concurrency ?? 4)),
+          WorkerPool.defaultSize(Math.min(todo.length, concurrency)),
           todo.reduce((n, l) => n + l.uncompressedSize, 0),
         )
         : undefined;
@@ -482,7 +484,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
             progress.layersDone++;
             opts.onProgress?.({ ...progress });
           }),
-          opts.concurrency ?? 4,
+          concurrency,
         );
       } finally {
         workers?.close();

@@ -23,6 +23,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
+import { parseFlag } from "../flags.ts";
 import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import type { Store } from "../store/store.ts";
@@ -153,6 +154,7 @@ export async function pushVm(
     }
     return p;
   });
+  const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
   const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < 64 * 1024) {
     throw usageError(
@@ -272,7 +274,7 @@ export async function pushVm(
     let manifest: Uint8Array<ArrayBuffer> | undefined;
     const pushed: string[] = [];
     const workers = WorkerPool.start(
-      WorkerPool.defaultSize(Math.min(chunks.length, opts.concurrency ?? 4)),
+      WorkerPool.defaultSize(Math.min(chunks.length, concurrency)),
       diskSize,
     );
     try {
@@ -347,7 +349,7 @@ export async function pushVm(
             progress.uploaded += diskDescs[c.index].size;
             report();
           }),
-          opts.concurrency ?? 4,
+          concurrency,
         );
         await ensureBytes(client, configDesc, configBytes, mountFrom);
         await ensureBytes(client, nvramDesc, nvramBytes, mountFrom);

@@ -6,10 +6,9 @@
  */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { allocatedBytes, cove, ROOT, withTempDir } from "../helpers/cli.ts";
 import { prng, startProxy, startRegistry, startTokenFront } from "../helpers/oci_registry.ts";
-import { CoveError } from "../../core/errors.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { Store } from "../../core/store/store.ts";
 import { pruneCaches } from "../../core/images/cache.ts";
@@ -72,16 +71,6 @@ async function makeVm(
 async function sameFile(path: string, want: Uint8Array): Promise<boolean> {
   const got = await Deno.readFile(path);
   return got.length === want.length && sha(got) === sha(want);
-}
-
-async function rejects(fn: () => Promise<unknown>): Promise<CoveError> {
-  try {
-    await fn();
-  } catch (e) {
-    if (e instanceof CoveError) return e;
-    throw e;
-  }
-  throw new Error("expected a CoveError");
 }
 
 /** Asserts one line on stderr, exit code, and no secret; returns the line. */
@@ -402,7 +391,7 @@ Deno.test("oci faults are one clear line and leave nothing partial", async (t) =
 
       await t.step("a layer whose digest does not match", async () => {
         proxy.fault = (path) => (path.endsWith(firstDisk) ? { flipAt: 5000 } : undefined);
-        const e = await rejects(() => createFromOci(store, "bad", viaProxy, opts));
+        const e = await assertCoveError(() => createFromOci(store, "bad", viaProxy, opts));
         assertEquals(e.code, "oci.digest_mismatch");
         assertMatch(e.line(), /does not match its digest/);
         await nothingPartial(home, "bad");
@@ -415,7 +404,7 @@ Deno.test("oci faults are one clear line and leave nothing partial", async (t) =
 
       await t.step("a truncated layer", async () => {
         proxy.fault = (path) => (path.endsWith(firstDisk) ? { truncateTo: 1000 } : undefined);
-        const e = await rejects(() => createFromOci(store, "bad", viaProxy, opts));
+        const e = await assertCoveError(() => createFromOci(store, "bad", viaProxy, opts));
         assertEquals(e.code, "oci.truncated");
         assertMatch(e.message, /is truncated \(1000 of \d+ bytes\)/);
         await nothingPartial(home, "bad");
@@ -447,7 +436,7 @@ Deno.test("oci faults are one clear line and leave nothing partial", async (t) =
 
       await t.step("a registry that keeps dropping connections", async () => {
         proxy.fault = (path) => (path.includes("/blobs/") ? { dropAfter: 3000 } : undefined);
-        const e = await rejects(() => createFromOci(store, "bad", viaProxy, opts));
+        const e = await assertCoveError(() => createFromOci(store, "bad", viaProxy, opts));
         assertEquals(e.code, "oci.dropped");
         assertMatch(e.line(), /^registry '127\.0\.0\.1:\d+' dropped the connection \(.*resumes/);
         await nothingPartial(home, "bad");
@@ -610,7 +599,7 @@ Deno.test("oci behind htpasswd: login hint, cove login, Docker config, logout, n
       const env = cliEnv(home);
 
       await t.step("push without credentials fails with a login hint", async () => {
-        const e = await rejects(() =>
+        const e = await assertCoveError(() =>
           pushVm(store, "src", [ref], {
             home,
             insecure: true,
@@ -710,7 +699,7 @@ Deno.test("oci Bearer token challenges: realm, service and scope, with and witho
       const ref = `${front.host}/team/vm:1`;
       const creds: CredentialLookup = () =>
         Promise.resolve({ username: "bob", secret: "tok-pass-42", source: "test" });
-      const anon = await rejects(() =>
+      const anon = await assertCoveError(() =>
         pushVm(store, "src", [ref], {
           home,
           insecure: true,
