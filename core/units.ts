@@ -115,8 +115,8 @@ export const MAX_DURATION_MS = 24 * 86_400_000;
 
 /**
  * Parses a duration such as `500ms`, `45s`, `90m`, `12h`, `30d` or `2w` into
- * milliseconds and checks it against `range` (default: 0 to
- * {@link MAX_DURATION_MS}). The unit is required: `30` and `''` are refused.
+ * milliseconds and checks it against `range` (default: at least 0; timers' flags cap
+ * it at {@link MAX_DURATION_MS}). The unit is required: `30` and `''` are refused.
  *
  * @param input what the user typed
  * @param what the flag, named in the message
@@ -144,7 +144,7 @@ export function parseDuration(input: string, what = "duration", range: Range = {
   checkRange(
     ms,
     what,
-    { min: range.min ?? 0, max: range.max ?? MAX_DURATION_MS },
+    { min: range.min ?? 0, max: range.max },
     formatDuration,
     "usage.duration",
   );

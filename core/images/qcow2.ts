@@ -49,6 +49,13 @@ import {
 } from "node:zlib";
 import { basename, dirname, join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import {
+  bytesAt,
+  isoKind,
+  otherFormat,
+  QCOW_MAGIC as QCOW_SIGNATURE,
+  rawContent,
+} from "../magic.ts";
 import { formatSize } from "../units.ts";
 
 /** What {@link probeImage} recognised. */
@@ -365,31 +372,8 @@ export async function probeImage(path: string): Promise<ImageProbe> {
 
 const PROBE_BYTES = 72 << 10;
 
-function startsWith(b: Uint8Array, at: number, sig: number[] | string): boolean {
-  const s = typeof sig === "string" ? Array.from(sig, (c) => c.charCodeAt(0)) : sig;
-  if (b.length < at + s.length) return false;
-  for (let i = 0; i < s.length; i++) if (b[at + i] !== s[i]) return false;
-  return true;
-}
-
-const OTHER_SIGNATURES: Array<[number, number[] | string, string]> = [
-  [0, [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], "xz-compressed data"],
-  [0, [0x1f, 0x8b], "gzip-compressed data"],
-  [0, [0x28, 0xb5, 0x2f, 0xfd], "zstd-compressed data"],
-  [0, "BZh", "bzip2-compressed data"],
-  [0, [0x50, 0x4b, 0x03, 0x04], "a zip archive"],
-  [0, "KDMV", "a VMDK image"],
-  [0, "# Disk DescriptorFile", "a VMDK descriptor"],
-  [0, "vhdxfile", "a VHDX image"],
-  [0, "conectix", "a VHD image"],
-  [64, [0x7f, 0x10, 0xda, 0xbe], "a VDI image"],
-  [0, "QFI\xfb", "a qcow image"],
-  [0, "QEVM", "a QEMU saved state"],
-  [257, "ustar", "a tar archive"],
-];
-
 function classify(head: Uint8Array, size: number, path: string): ImageProbe {
-  if (startsWith(head, 0, "QFI\xfb") && head.length >= 8) {
+  if (bytesAt(head, 0, QCOW_SIGNATURE) && head.length >= 8) {
     const version = new DataView(head.buffer, head.byteOffset).getUint32(4);
     if (version === 2 || version === 3) {
       const h = parseHeader(head, path);
@@ -408,29 +392,16 @@ function classify(head: Uint8Array, size: number, path: string): ImageProbe {
     return { format: "other", virtualSize: size, detail: `a qcow version ${version} image` };
   }
   // ISO 9660 (also hybrid ISOs, which carry an MBR too): "CD001" in the first volume descriptor.
-  if (startsWith(head, 0x8001, "CD001")) return { format: "iso", virtualSize: size };
-  if (startsWith(head, 0x8001, "BEA01")) {
-    return { format: "iso", virtualSize: size, detail: "UDF" };
-  }
-  for (const [at, sig, detail] of OTHER_SIGNATURES) {
-    if (startsWith(head, at, sig)) return { format: "other", virtualSize: size, detail };
-  }
+  const iso = isoKind(head);
+  if (iso === "iso9660") return { format: "iso", virtualSize: size };
+  if (iso === "udf") return { format: "iso", virtualSize: size, detail: "UDF" };
+  const other = otherFormat(head);
+  if (other) return { format: "other", virtualSize: size, detail: other };
   if (looksLikeText(head)) {
     return { format: "other", virtualSize: size, detail: "text (an HTML page or a document?)" };
   }
-  if (startsWith(head, 512, "EFI PART")) {
-    return { format: "raw", virtualSize: size, detail: "GPT partition table" };
-  }
-  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) {
-    return { format: "raw", virtualSize: size, detail: "MBR / boot sector" };
-  }
-  if (startsWith(head, 1080, [0x53, 0xef])) {
-    return { format: "raw", virtualSize: size, detail: "ext2/3/4 file system" };
-  }
-  if (startsWith(head, 0, "XFSB")) return { format: "raw", virtualSize: size, detail: "XFS" };
-  if (startsWith(head, 0x10040, "_BHRfS_M")) {
-    return { format: "raw", virtualSize: size, detail: "Btrfs" };
-  }
+  const raw = rawContent(head);
+  if (raw) return { format: "raw", virtualSize: size, detail: raw };
   if (head.length > 0 && head.every((b) => b === 0)) {
     return { format: "raw", virtualSize: size, detail: "blank" };
   }
@@ -1216,7 +1187,7 @@ export async function convertQcow2ToRaw(
     const fileSize = st.size;
     const head = new Uint8Array(Math.min(fileSize, 4096));
     await readFully(src, 0, head);
-    if (!startsWith(head, 0, "QFI\xfb")) {
+    if (!bytesAt(head, 0, QCOW_SIGNATURE)) {
       throw new CoveError("image.not_qcow2", `${basename(srcPath)} is not a qcow2 image`, {
         exit: ExitCode.Usage,
       });
