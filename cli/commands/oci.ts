@@ -9,40 +9,10 @@ import { CoveError, ExitCode } from "../../core/errors.ts";
 import { Store } from "../../core/store/store.ts";
 import { formatSize } from "../../core/units.ts";
 import { parseFlag } from "../../core/flags.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { out, outJson, parseFormat } from "../output.ts";
+import { pct, progressLine } from "../progress.ts";
 
 const parseConcurrency = (v: string): number => parseFlag("--concurrency", v);
-
-/** A one-line progress display on stderr, only on a terminal. */
-/** A one-line progress display on stderr; `log` prints a line above it. */
-function progressLine(): { update(text: string): void; done(): void; log(line: string): void } {
-  const tty = Deno.stderr.isTerminal();
-  let last = 0;
-  let shown = false;
-  const enc = new TextEncoder();
-  const done = () => {
-    if (tty && shown) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
-  };
-  return {
-    update(text: string) {
-      if (!tty) return;
-      const now = Date.now();
-      if (now - last < 150) return;
-      last = now;
-      shown = true;
-      Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${text}`));
-    },
-    done,
-    log(line: string) {
-      done();
-      log(`cove: ${line}`);
-    },
-  };
-}
-
-function pct(done: number, total: number): string {
-  return total > 0 ? `${Math.floor((done / total) * 100)}%` : "100%";
-}
 
 /** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
 async function readSecret(promptText: string): Promise<string> {
@@ -112,7 +82,7 @@ export function register(program: Command): void {
             ),
         });
       } finally {
-        bar.done();
+        bar.end();
       }
       const name = `${img.ref.registry}/${img.ref.repository}@${img.digest}`;
       if (opts.format === "json") {
@@ -168,7 +138,7 @@ export function register(program: Command): void {
             ),
         });
       } finally {
-        bar.done();
+        bar.end();
       }
       if (opts.format === "json") outJson(res);
       else for (const p of res.pushed) out(`pushed ${p}`);
