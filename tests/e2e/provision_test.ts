@@ -111,7 +111,7 @@ Deno.test({
           "ssh",
           name,
           "--wait",
-          String(BOOT_WAIT_S),
+          `${BOOT_WAIT_S}s`,
           "--",
           "cat",
           "/etc/hostname",
