@@ -1195,7 +1195,11 @@ export async function convertQcow2ToRaw(
     const h = parseHeader(head, srcPath);
     checkConvertible(h, fileSize, srcPath);
 
-    const outSize = Math.ceil(h.virtualSize / 512) * 512;
+    // QEMU's block layer sees whole 512-byte sectors, rounded down (total_sectors =
+    // size / 512), and so does qemu-img convert: the raw disk is that long. The last
+    // partial sector is written below (the planner works in clusters), then cut off.
+    const outSize = Math.floor(h.virtualSize / 512) * 512;
+    const workSize = Math.ceil(h.virtualSize / 512) * 512;
     try {
       const f = await Deno.open(tmpPath, {
         write: true,
@@ -1204,7 +1208,7 @@ export async function convertQcow2ToRaw(
       });
       created = true;
       try {
-        await f.truncate(outSize); // sparse: only data is written below
+        await f.truncate(workSize); // sparse: only data is written below
       } finally {
         f.close();
       }
@@ -1230,6 +1234,7 @@ export async function convertQcow2ToRaw(
     await sink.ready;
     await new Planner(src, sink, h, fileSize, srcPath, opts).run();
     const dataBytes = await sink.finish();
+    if (workSize !== outSize) await Deno.truncate(tmpPath, outSize);
     await Deno.rename(tmpPath, dstPath);
     return { size: outSize, dataBytes };
   } catch (e) {

@@ -638,7 +638,9 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
     });
     const rnd = prng(0xc0ffee);
     const pick = <T>(xs: T[]): T => xs[(rnd() * xs.length) | 0];
-    const outcomes = { converted: 0, refused: 0 };
+    const outcomes = { converted: 0, refused: 0, sameAsQemu: 0, qemuRefused: 0 };
+    const qemuRefusedLabels: string[] = [];
+    await requireTool("qemu-img", "qemu-utils");
     try {
       for (let i = 0; i < FUZZ_CASES; i++) {
         const base = bases[i % bases.length];
@@ -685,7 +687,7 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
         }
         const src = join(dir, `case.qcow2`);
         await Deno.writeFile(src, b);
-        const req: FuzzRequest = { src, dst: join(dir, "case.raw") };
+        const req: FuzzRequest = { src, dst: join(dir, "case.raw"), keep: true };
         let timer: ReturnType<typeof setTimeout> | undefined;
         const reply = await Promise.race([
           new Promise<FuzzReply>((resolve) => {
@@ -699,8 +701,27 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
         clearTimeout(timer);
         const label = `case ${i} (base ${i % bases.length}: ${what.join(", ")})`;
         if (reply === "timeout") throw new Error(`${label} did not finish in time`);
-        if (reply.ok) outcomes.converted++;
-        else {
+        if (reply.ok) {
+          outcomes.converted++;
+          // What cove converted, qemu-img must read the same: byte for byte, or refuse it too.
+          const ref = join(dir, "case.ref.raw");
+          const q = await new Deno.Command("qemu-img", {
+            args: ["convert", "-f", "qcow2", "-O", "raw", src, ref],
+            stdout: "null",
+            stderr: "piped",
+          }).output();
+          if (q.success) {
+            await sameBytes(ref, req.dst).catch((e) => {
+              throw new Error(`${label}: cove's output differs from qemu-img's: ${e.message}`);
+            });
+            outcomes.sameAsQemu++;
+          } else {
+            outcomes.qemuRefused++;
+            qemuRefusedLabels.push(`${label}: ${new TextDecoder().decode(q.stderr).trim()}`);
+          }
+          await Deno.remove(ref).catch(() => {});
+          await Deno.remove(req.dst).catch(() => {});
+        } else {
           assert(reply.cove, `${label} threw a non-CoveError: ${reply.message}`);
           assert(reply.code !== "internal", `${label} threw an internal error: ${reply.message}`);
           outcomes.refused++;
@@ -711,6 +732,8 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
     }
     // Both outcomes occur: the mutations reach past the first sanity check.
     assert(outcomes.converted > 0 && outcomes.refused > 0, JSON.stringify(outcomes));
+    console.log(`qcow2 fuzz outcomes: ${JSON.stringify(outcomes)}`);
+    for (const l of qemuRefusedLabels) console.log(`  cove converted, qemu-img refused: ${l}`);
   });
 });
 
