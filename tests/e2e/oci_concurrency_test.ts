@@ -15,6 +15,10 @@ import { parseSpec } from "../../core/spec/load.ts";
 import { Store } from "../../core/store/store.ts";
 import { OciCache, ociCache, pullImage, pushVm } from "../../core/oci/mod.ts";
 import type { CredentialLookup } from "../../core/oci/auth.ts";
+import { linuxTest } from "../helpers/guard.ts";
+
+/** Why these tests run on Linux only. */
+const LINUX_REGISTRY = "runs Debian's docker-registry (the CNCF distribution registry) on loopback";
 
 const MiB = 2 ** 20;
 const NO_CREDS: CredentialLookup = () => Promise.resolve(undefined);
@@ -41,55 +45,63 @@ async function pushed(home: string, ref: string): Promise<void> {
   });
 }
 
-Deno.test("cove clone REF NEW --concurrency x, -1, 1.5, 0 or 1000 is refused (exit 2) before any request, and caches nothing", async () => {
-  const reg = await startRegistry();
-  const proxy = startProxy(reg.host);
-  try {
-    await withTempDir(async (home) => {
-      const ref = `${proxy.host}/test/conc:1`;
-      await pushed(home, ref);
-      const before = proxy.seen.length;
-      for (const bad of ["x", "-1", "1.5", "0", "1000", ""]) {
-        const r = await cove(home, ["clone", ref, "new", "--insecure", "--concurrency", bad]);
-        assertEquals(r.code, 2, r.stderr);
-        const lines = r.stderr.trimEnd().split("\n");
-        assertEquals(lines.length, 1, r.stderr);
-        assertMatch(lines[0], /^cove: --concurrency: .*\(use 1 to 64\)$/);
-      }
-      assertEquals(proxy.seen.length, before, "no request reached the registry");
-      assertEquals(await ociCache(home).list(), [], "nothing was cached");
-      assert(!(await new Store(home).exists("new")));
-      // The same clone with a good value pulls a complete image.
-      const ok = await cove(home, ["clone", ref, "new", "--insecure", "--concurrency", "2"]);
-      assertEquals(ok.code, 0, ok.stderr);
-      const entries = await ociCache(home).list();
-      assertEquals(entries.filter((e) => !e.partial).length, 1);
-    });
-  } finally {
-    await proxy.stop();
-    await reg.stop();
-  }
-});
+linuxTest(
+  LINUX_REGISTRY,
+  "cove clone REF NEW --concurrency x, -1, 1.5, 0 or 1000 is refused (exit 2) before any request, and caches nothing",
+  async () => {
+    const reg = await startRegistry();
+    const proxy = startProxy(reg.host);
+    try {
+      await withTempDir(async (home) => {
+        const ref = `${proxy.host}/test/conc:1`;
+        await pushed(home, ref);
+        const before = proxy.seen.length;
+        for (const bad of ["x", "-1", "1.5", "0", "1000", ""]) {
+          const r = await cove(home, ["clone", ref, "new", "--insecure", "--concurrency", bad]);
+          assertEquals(r.code, 2, r.stderr);
+          const lines = r.stderr.trimEnd().split("\n");
+          assertEquals(lines.length, 1, r.stderr);
+          assertMatch(lines[0], /^cove: --concurrency: .*\(use 1 to 64\)$/);
+        }
+        assertEquals(proxy.seen.length, before, "no request reached the registry");
+        assertEquals(await ociCache(home).list(), [], "nothing was cached");
+        assert(!(await new Store(home).exists("new")));
+        // The same clone with a good value pulls a complete image.
+        const ok = await cove(home, ["clone", ref, "new", "--insecure", "--concurrency", "2"]);
+        assertEquals(ok.code, 0, ok.stderr);
+        const entries = await ociCache(home).list();
+        assertEquals(entries.filter((e) => !e.partial).length, 1);
+      });
+    } finally {
+      await proxy.stop();
+      await reg.stop();
+    }
+  },
+);
 
-Deno.test("pullImage with a NaN or zero concurrency is refused and publishes nothing", async () => {
-  const reg = await startRegistry();
-  try {
-    await withTempDir(async (home) => {
-      const ref = `${reg.host}/test/nan:1`;
-      await pushed(home, ref);
-      for (const concurrency of [NaN, 0, 2.5]) {
-        await assertCoveError(
-          () =>
-            pullImage(ref, { home, insecure: true, credentials: NO_CREDS, concurrency, ...FAST }),
-          { code: "usage.number", exit: 2 },
-        );
-      }
-      assertEquals(await ociCache(home).list(), []);
-    });
-  } finally {
-    await reg.stop();
-  }
-});
+linuxTest(
+  LINUX_REGISTRY,
+  "pullImage with a NaN or zero concurrency is refused and publishes nothing",
+  async () => {
+    const reg = await startRegistry();
+    try {
+      await withTempDir(async (home) => {
+        const ref = `${reg.host}/test/nan:1`;
+        await pushed(home, ref);
+        for (const concurrency of [NaN, 0, 2.5]) {
+          await assertCoveError(
+            () =>
+              pullImage(ref, { home, insecure: true, credentials: NO_CREDS, concurrency, ...FAST }),
+            { code: "usage.number", exit: 2 },
+          );
+        }
+        assertEquals(await ociCache(home).list(), []);
+      });
+    } finally {
+      await reg.stop();
+    }
+  },
+);
 
 Deno.test("OciCache.publish refuses a staging directory where a layer lacks its done record, and keeps it to resume", () =>
   withTempDir(async (home) => {

@@ -5,6 +5,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { CLI, cove, ROOT, withTempDir } from "../helpers/cli.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const GOLDEN = join(ROOT, "tests", "unit", "golden");
 
@@ -215,10 +216,14 @@ Deno.test("cli: deleting or renaming a running VM is refused with exit code 4", 
     assertEquals((await cove(home, ["delete", "run2"])).code, 0);
   }));
 
-Deno.test("cli: an unwritable COVE_HOME is one line", async () => {
-  const r = await cove("/proc/nope", ["create", "x"]);
-  assertOneLineError(r, 5, /^cove: COVE_HOME '\/proc\/nope' is not writable/);
-});
+linuxTest(
+  "uses /proc, which no one can write to, as COVE_HOME",
+  "cli: an unwritable COVE_HOME is one line",
+  async () => {
+    const r = await cove("/proc/nope", ["create", "x"]);
+    assertOneLineError(r, 5, /^cove: COVE_HOME '\/proc\/nope' is not writable/);
+  },
+);
 
 Deno.test("cli: 'cove schema' prints a JSON Schema of cove.yaml", () =>
   withTempDir(async (home) => {

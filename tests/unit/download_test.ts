@@ -11,6 +11,7 @@ import { parseDuration } from "../../core/units.ts";
 import { download, type DownloadEvent, parseChecksum } from "../../core/images/download.ts";
 import { CoveError } from "../../core/errors.ts";
 import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const SIZE = 3 * 1024 * 1024 + 123;
 
@@ -267,37 +268,41 @@ Deno.test("prune removes entries older than a duration, then least recently used
   assertEquals(r.keptSize, 500);
 });
 
-Deno.test("a full disk gives one line and leaves no cache entry", async () => {
-  const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
-  const mount = await new Deno.Command("mount", {
-    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
-  }).output();
-  if (!mount.success) {
-    await Deno.remove(mnt);
-    throw new Error(
-      `this test needs root to mount a 1 MiB tmpfs: ${
-        new TextDecoder().decode(mount.stderr).trim()
-      }`,
-    );
-  }
-  const srv = startLoopbackServer();
-  try {
-    srv.files.set("/big.img", { body: pseudoRandomBytes(SIZE, 3) });
-    const cache = new BlobCache(`${mnt}/cache`);
-    const err = await assertRejects(
-      () => download(`${srv.base}/big.img`, { cache, retries: 0 }),
-      CoveError,
-    );
-    assertEquals(err.code, "io.no_space");
-    assert(err.line().includes("the disk is full"));
-    assertEquals((await cache.list()).filter((e) => !e.partial), []);
-    assertEquals(await files(cache.blobsDir), []);
-  } finally {
-    await srv.close();
-    await new Deno.Command("umount", { args: [mnt] }).output();
-    await Deno.remove(mnt, { recursive: true });
-  }
-});
+linuxTest(
+  { needs: "mounts a 1 MiB tmpfs (mount -t tmpfs)", root: true },
+  "a full disk gives one line and leaves no cache entry",
+  async () => {
+    const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
+    const mount = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+    }).output();
+    if (!mount.success) {
+      await Deno.remove(mnt);
+      throw new Error(
+        `this test needs root to mount a 1 MiB tmpfs: ${
+          new TextDecoder().decode(mount.stderr).trim()
+        }`,
+      );
+    }
+    const srv = startLoopbackServer();
+    try {
+      srv.files.set("/big.img", { body: pseudoRandomBytes(SIZE, 3) });
+      const cache = new BlobCache(`${mnt}/cache`);
+      const err = await assertRejects(
+        () => download(`${srv.base}/big.img`, { cache, retries: 0 }),
+        CoveError,
+      );
+      assertEquals(err.code, "io.no_space");
+      assert(err.line().includes("the disk is full"));
+      assertEquals((await cache.list()).filter((e) => !e.partial), []);
+      assertEquals(await files(cache.blobsDir), []);
+    } finally {
+      await srv.close();
+      await new Deno.Command("umount", { args: [mnt] }).output();
+      await Deno.remove(mnt, { recursive: true });
+    }
+  },
+);
 
 Deno.test("a URL's token never reaches errors, progress, listings or index.json, yet the exact URL still hits the cache", async () => {
   await withEnv(async ({ cache, srv, body }) => {

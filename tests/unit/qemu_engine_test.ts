@@ -15,6 +15,7 @@ import { shareTag } from "../../engines/qemu/mod.ts";
 import { Qmp, QmpError, withTimeout } from "../../engines/qemu/qmp.ts";
 import type { HostInfo } from "../../engines/engine.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 function header(at: number, s: string, size = 0x400): Uint8Array {
   const b = new Uint8Array(size);
@@ -180,24 +181,28 @@ Deno.test("QEMU is wrapped so that it dies with its parent: setpriv on Linux, el
   });
 });
 
-Deno.test("the sh watchdog kills its command when its stdin closes", async () => {
-  await withEnv({ COVE_REAPER: "sh" }, async () => {
-    const r = reaped("sleep", ["300"]);
-    const child = new Deno.Command(r.command, {
-      args: r.args,
-      stdin: "piped",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    await new Promise((res) => setTimeout(res, 300));
-    const sleeper = findChild(child.pid, "sleep");
-    assert(sleeper, "the watchdog started its command");
-    await child.stdin.close();
-    const st = await child.status;
-    assert(!st.success, "the command was killed, not finished");
-    assert(!alive(sleeper), "no orphan is left");
-  });
-});
+linuxTest(
+  "finds the watchdog's children through /proc",
+  "the sh watchdog kills its command when its stdin closes",
+  async () => {
+    await withEnv({ COVE_REAPER: "sh" }, async () => {
+      const r = reaped("sleep", ["300"]);
+      const child = new Deno.Command(r.command, {
+        args: r.args,
+        stdin: "piped",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await new Promise((res) => setTimeout(res, 300));
+      const sleeper = findChild(child.pid, "sleep");
+      assert(sleeper, "the watchdog started its command");
+      await child.stdin.close();
+      const st = await child.status;
+      assert(!st.success, "the command was killed, not finished");
+      assert(!alive(sleeper), "no orphan is left");
+    });
+  },
+);
 
 function findChild(ppid: number, comm: string): number | undefined {
   for (const e of Deno.readDirSync("/proc")) {

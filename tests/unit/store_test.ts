@@ -6,6 +6,7 @@ import { Store, validateName } from "../../core/store/store.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { CoveError } from "../../core/errors.ts";
 import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -179,11 +180,15 @@ Deno.test("store: disks only grow", () =>
     assertMatch(e.message, /1GiB is smaller than the image \(3GiB\); disks only grow/);
   }));
 
-Deno.test("store: an unwritable COVE_HOME gets one clear line", async () => {
-  const e = await assertCoveError(() => new Store("/proc/cove-home").ensure());
-  assertEquals(e.code, "home.unwritable");
-  assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
-});
+linuxTest(
+  "uses /proc, which no one can write to, as COVE_HOME",
+  "store: an unwritable COVE_HOME gets one clear line",
+  async () => {
+    const e = await assertCoveError(() => new Store("/proc/cove-home").ensure());
+    assertEquals(e.code, "home.unwritable");
+    assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
+  },
+);
 
 Deno.test("store: an ephemeral clone comes back locked, and once its supervisor is gone the next list deletes it", () =>
   withTempDir(async (home) => {
