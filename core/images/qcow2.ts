@@ -219,6 +219,16 @@ function parseHeader(head: Uint8Array, path: string): Header {
       compressionType = head[104];
     }
   }
+  checkTables(dv, version, clusterBits, backingOffset, l1Size, l1TableOffset, path);
+  checkExtensions(
+    head,
+    dv,
+    version === 3 ? dv.getUint32(100) : 72,
+    clusterSize,
+    backingOffset,
+    path,
+  );
+
   const unknownFeatures: number[] = [];
   for (let b = 5; b < 32; b++) if (incompatLo & (1 << b)) unknownFeatures.push(b);
   for (let b = 0; b < 32; b++) if (incompatHi & (1 << b)) unknownFeatures.push(32 + b);
@@ -262,6 +272,92 @@ function parseHeader(head: Uint8Array, path: string): Header {
     unknownCompression: compressionType > 1 ? compressionType : undefined,
   };
   return info;
+}
+
+/** QEMU's limits on a qcow2's tables (block/qcow2.h), which it checks when it opens one. */
+const QEMU_MAX_L1_BYTES = 32 * 2 ** 20;
+const QEMU_MAX_REFTABLE_BYTES = 8 * 2 ** 20;
+const QEMU_MAX_SNAPSHOTS = 65536;
+const SNAPSHOT_HEADER_BYTES = 40;
+
+/**
+ * The table checks QEMU makes when it opens a qcow2 (qcow2_do_open), so that
+ * cove refuses what qemu-img refuses: a table is cluster aligned and its end
+ * fits in a signed 64-bit offset; the refcount, snapshot and L1 tables have
+ * QEMU's sizes; the backing file name starts inside the first cluster.
+ */
+function checkTables(
+  dv: DataView,
+  version: number,
+  clusterBits: number,
+  backingOffset: number,
+  l1Size: number,
+  l1TableOffset: number,
+  path: string,
+): void {
+  const cs = 2 ** clusterBits;
+  if (backingOffset > cs) {
+    throw corrupt(
+      path,
+      `the backing file name offset ${hex(backingOffset)} is past the first cluster`,
+    );
+  }
+  const table = (what: string, offset: number, entries: number, entryBytes: number) => {
+    // Offsets above 2^53 are not exact here: for those only the end is checked.
+    const unaligned = offset <= Number.MAX_SAFE_INTEGER && offset % cs !== 0;
+    if (unaligned || offset + entries * entryBytes > 2 ** 63) {
+      throw corrupt(path, `the ${what} offset ${hex(offset)} is invalid`);
+    }
+  };
+  if (version === 3 && dv.byteLength >= 100) {
+    const refcountOrder = dv.getUint32(96);
+    if (refcountOrder > 6) {
+      throw corrupt(path, `refcount_order ${refcountOrder} is above 6 (64-bit refcounts)`);
+    }
+  }
+  const refcountOffset = u64(dv, 48);
+  const refcountClusters = dv.getUint32(56);
+  if (refcountClusters === 0) throw corrupt(path, "there is no refcount table");
+  if (refcountClusters > QEMU_MAX_REFTABLE_BYTES / cs) {
+    throw corrupt(path, `the refcount table (${refcountClusters} clusters) is too large`);
+  }
+  table("refcount table", refcountOffset, refcountClusters, cs);
+  const snapshots = dv.getUint32(60);
+  if (snapshots > QEMU_MAX_SNAPSHOTS) {
+    throw corrupt(path, `${snapshots} snapshots is more than ${QEMU_MAX_SNAPSHOTS}`);
+  }
+  table("snapshot table", u64(dv, 64), snapshots, SNAPSHOT_HEADER_BYTES);
+  if (l1Size > QEMU_MAX_L1_BYTES / 8) {
+    throw corrupt(path, `the L1 table (${l1Size} entries) is too large`);
+  }
+  table("L1 table", l1TableOffset, l1Size, 8);
+}
+
+/**
+ * Walks the header extensions (from the header's end, `start`, up to the
+ * backing file name or the end of the first cluster) as QEMU does: each
+ * must fit in that space. Extensions past what was read are not checked.
+ */
+function checkExtensions(
+  head: Uint8Array,
+  dv: DataView,
+  start: number,
+  cs: number,
+  backingOffset: number,
+  path: string,
+): void {
+  const end = backingOffset !== 0 ? backingOffset : cs;
+  let at = start;
+  while (at + 8 <= end && at + 8 <= head.length) {
+    const type = dv.getUint32(at);
+    const len = dv.getUint32(at + 4);
+    at += 8;
+    if (len > end - at) {
+      throw corrupt(path, `a header extension (type ${hex(type)}) runs past the header`);
+    }
+    if (type === 0) return;
+    at += Math.ceil(len / 8) * 8;
+  }
 }
 
 /** Throws the refusal for anything cove cannot convert, then checks the geometry. */
@@ -1342,6 +1438,11 @@ class Planner {
             continue;
           }
           const host = (ehi & 0x00ffffff) * TWO32 + ((elo & 0xfffffe00) >>> 0);
+          // Any host offset must be cluster aligned, also on zero and unallocated entries
+          // (QEMU refuses such an image as corrupt when it reads the cluster).
+          if (host % cs !== 0) {
+            throw corrupt(this.path, `data cluster offset ${hex(host)} is not cluster aligned`);
+          }
           if (!h.extendedL2) {
             if (elo & 1) {
               if (h.version === 2) throw corrupt(this.path, "a zero cluster in a version 2 image");
