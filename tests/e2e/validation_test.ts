@@ -8,7 +8,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { type CliResult, cove, withTempDir } from "../helpers/cli.ts";
+import { assertOneLineError, type CliResult, cove, withTempDir } from "../helpers/cli.ts";
 import { startLoopbackServer } from "../helpers/loopback_http.ts";
 import { formatSize } from "../../core/units.ts";
 import { detectHost } from "../../core/host.ts";
@@ -16,13 +16,10 @@ import { MAX_NESTING } from "../../core/spec/load.ts";
 
 const MiB = 2 ** 20;
 
-/** One `cove:` line on stderr, nothing on stdout, exit 2. */
+/** Refused as bad input: one `cove:` line, exit 2, nothing on stdout. */
 function refused(r: CliResult, re: RegExp): void {
-  assertEquals(r.code, 2, r.stderr);
-  assertEquals(r.stdout, "");
-  const lines = r.stderr.trimEnd().split("\n");
-  assertEquals(lines.length, 1, r.stderr);
-  assertMatch(lines[0], re);
+  assertOneLineError(r, 2, re);
+  assertMatch(r.stderr, /^cove: /);
 }
 
 async function vmNames(home: string): Promise<string[]> {

@@ -4,7 +4,7 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { CLI, cove, ROOT, withTempDir } from "../helpers/cli.ts";
+import { assertOneLineError, CLI, cove, ROOT, withTempDir } from "../helpers/cli.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
 const GOLDEN = join(ROOT, "tests", "unit", "golden");
@@ -21,20 +21,6 @@ async function golden(name: string, actual: string): Promise<void> {
     await Deno.readTextFile(path),
     `golden ${name} (UPDATE_GOLDEN=1 rewrites it)`,
   );
-}
-
-/** One line on stderr, nothing on stdout, and the given exit code. */
-function assertOneLineError(
-  r: { code: number; stdout: string; stderr: string },
-  code: number,
-  re: RegExp,
-) {
-  assertEquals(r.code, code, r.stderr);
-  assertEquals(r.stdout, "");
-  const lines = r.stderr.trimEnd().split("\n");
-  assertEquals(lines.length, 1, `expected one line, got:\n${r.stderr}`);
-  assertMatch(lines[0], re);
-  assert(!/\bat .*\.ts:\d+/.test(r.stderr), "no stack trace");
 }
 
 for (const args of [["--help"], ["create", "--help"], ["list", "--help"]]) {
