@@ -42,7 +42,7 @@ export const FLAG_RULES = {
   "--replay": { kind: "count", min: 0, max: 16 * MiB },
   "--memory": { kind: "size", min: MIN_MEMORY, max: () => detectHost().memory },
   "--disk-size": { kind: "size", min: MIN_DISK },
-  "--chunk-size": { kind: "size", min: 1 * MiB, max: 2 ** 40 },
+  "--chunk-size": { kind: "size", min: 64 * 1024, max: 2 ** 40 },
   "--upload-chunk-size": { kind: "size", min: 64 * 1024, max: 2 ** 40 },
   "--budget": { kind: "size", min: 0, max: 2 ** 50 },
   "--older-than": { kind: "duration", min: 0, max: 3650 * 86_400_000 },

@@ -155,14 +155,7 @@ export async function pushVm(
     return p;
   });
   const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
-  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 64 * 1024) {
-    throw usageError(
-      "oci.chunk_size",
-      "--chunk-size must be at least 64KiB",
-      "the default is 512MiB, like Tart",
-    );
-  }
+  const chunkSize = parseFlag("--chunk-size", opts.chunkSize ?? DEFAULT_CHUNK);
   const bundle = await store.get(name);
   const lock = await bundle.tryLock();
   if (!lock) {
