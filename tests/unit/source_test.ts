@@ -17,7 +17,7 @@ import {
 import { materializeSource, prepareSource, resolveSource } from "../../core/images/source.ts";
 import { SEED_DISK } from "../../core/provision/seed.ts";
 import { applyDefaults } from "../../core/spec/defaults.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { SpecSchema, type VmSpec } from "../../core/spec/schema.ts";
 import { Bundle } from "../../core/store/bundle.ts";
 import { CoveError } from "../../core/errors.ts";
 import { startLoopbackServer } from "../helpers/loopback_http.ts";
@@ -26,21 +26,7 @@ const HOST = { os: "linux" as const, arch: "x86_64" as const, cpus: 2, memory: 8
 
 function baseSpec(arch: "x86_64" | "arm64" = "x86_64"): VmSpec {
   return applyDefaults(
-    {
-      engine: "auto",
-      shares: [],
-      rosetta: false,
-      nested: false,
-      audio: false,
-      keyboard: "auto",
-      pointing: "auto",
-      clipboard: false,
-      vsock: true,
-      entropy: true,
-      balloon: true,
-      arch,
-      networks: [{ mode: "user", mac: "52:54:00:12:34:56", forwards: [] }],
-    },
+    SpecSchema.parse({ arch, networks: [{ mode: "user", mac: "52:54:00:12:34:56" }] }),
     HOST,
     "dev",
   );
