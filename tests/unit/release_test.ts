@@ -1,5 +1,5 @@
 /** Packaging: the Homebrew formula, the release workflow, and `make build` failing clearly offline. */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { parse } from "yaml";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { ROOT, withTempDir } from "../helpers/cli.ts";
@@ -90,7 +90,8 @@ Deno.test("release: make build type-checks, then fails with one clear line when 
       DIST_DIR: dist,
       HTTPS_PROXY: closed,
       HTTP_PROXY: closed,
-      PATH: Deno.env.get("PATH") ?? "",
+      // The deno running this test, for when .tools/ has no pinned copy.
+      PATH: `${dirname(Deno.execPath())}:${Deno.env.get("PATH") ?? ""}`,
       HOME: Deno.env.get("HOME") ?? "",
     });
     assertEquals(r.code, 1, r.stderr);
