@@ -6,7 +6,8 @@
  */
 import { parse } from "yaml";
 import { CoveError, ExitCode } from "../errors.ts";
-import { parseFlag } from "../flags.ts";
+import { flagRange, parseFlag } from "../flags.ts";
+import { parseSize } from "../units.ts";
 import { parseSpec, SpecError, validateSpec } from "./load.ts";
 import type { SpecParsed } from "./schema.ts";
 
@@ -44,7 +45,10 @@ export async function readConfigFile(path: string): Promise<SpecParsed> {
     }
     throw e;
   }
-  return parseSpec(text, path);
+  const spec = parseSpec(text, path);
+  // The same floor and ceiling as --memory.
+  if (spec.memory !== undefined) parseSize(spec.memory, `${path}: memory`, flagRange("--memory"));
+  return spec;
 }
 
 /** Lays flags over a base spec and validates the result. */

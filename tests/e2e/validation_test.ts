@@ -68,6 +68,12 @@ Deno.test("validation: memory has a floor of 128MiB and the host's memory as its
       0,
     );
     refused(await cove(home, ["set", "a", "--memory", "100MiB"]), /less than 128MiB/);
+    const cfg = join(home, "small.yaml");
+    await Deno.writeTextFile(cfg, "memory: 64MiB\n");
+    refused(
+      await cove(home, ["create", "b", "--config", cfg]),
+      /small\.yaml: memory: 64MiB is less than 128MiB/,
+    );
   }));
 
 Deno.test("validation: a disk is at least 1MiB and never smaller than the image it comes from, at create as at set", () =>
