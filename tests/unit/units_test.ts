@@ -133,3 +133,9 @@ Deno.test("the pool's first failure aborts the others' signal and starts no more
   assertEquals(started, [0, 1], "no task started after the failure");
   assertEquals(abortedSeen, 1);
 });
+
+Deno.test("the OCI layer worker pool refuses NaN and fractional sizes; 0 means no workers", async () => {
+  const { WorkerPool } = await import("../../core/oci/workers.ts");
+  assertEquals(WorkerPool.start(0, 2 ** 30), undefined);
+  for (const bad of [NaN, 1.5, -1]) assertCoveError(() => WorkerPool.start(bad, 2 ** 30));
+});
