@@ -46,7 +46,24 @@ export {
   toCoveError,
   usageError,
 } from "./core/errors.ts";
-export { formatSize, parseSize } from "./core/units.ts";
+export {
+  formatDuration,
+  formatSize,
+  parseCount,
+  parseDuration,
+  parseSize,
+  type Range,
+  type SizeRange,
+} from "./core/units.ts";
+export {
+  FLAG_RULES,
+  type FlagName,
+  flagRange,
+  MIN_DISK,
+  MIN_MEMORY,
+  parseFlag,
+} from "./core/flags.ts";
+export { checkPoolSize, type PoolTask, runPool } from "./core/pool.ts";
 export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
 export type { SpecInput, SpecParsed, VmSpec } from "./core/spec/schema.ts";
@@ -171,16 +188,6 @@ export async function imageCatalog(): Promise<CatalogRow[]> {
     arch: Object.keys(cat.images[n].arch),
     aliases: Object.entries(cat.aliases).filter(([, t]) => t === n).map(([a]) => a),
   }));
-}
-
-/**
- * Parses a duration flag (`30d`, `12h`, `90m`) into milliseconds.
- *
- * @param input What the user typed.
- * @param what The flag, for the error message.
- */
-export async function parseDuration(input: string, what: string): Promise<number> {
-  return (await import("./core/images/cache.ts")).parseDuration(input, what);
 }
 
 /** The download and OCI image caches' entries, most recently used first. */

@@ -29,15 +29,6 @@ export function parseFormat(v: string): Format {
   throw new FlagError("usage.format", `--format: '${v}' is not a format`, "use text or json");
 }
 
-/** Validates a --concurrency value: a whole number from 1 to 64. */
-export function parseConcurrency(v: string): number {
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isInteger(n) || n < 1 || n > 64) {
-    throw new FlagError("usage.concurrency", `--concurrency: '${v}' is not a number from 1 to 64`);
-  }
-  return n;
-}
-
 /**
  * The output format the command line asks for, read before parsing, so a
  * failure to parse is reported in it too. `--detached` (the supervisor that

@@ -6,9 +6,58 @@
  * @module
  */
 import { formatSize, type SourceEvent } from "../mod.ts";
-import type { Format } from "./output.ts";
+import { type Format, log } from "./output.ts";
 
 const enc = new TextEncoder();
+
+/** A one-line status on stderr: drawn over itself, cleared, with log lines printed above it. */
+export interface ProgressLine {
+  /** Draws `text` now. */
+  show(text: string): void;
+  /** Draws `text` unless the line was drawn in the last 150 ms (for frequent updates). */
+  update(text: string): void;
+  /** Clears the line. */
+  end(): void;
+  /** Prints `cove: LINE` above the status line. */
+  log(line: string): void;
+}
+
+/**
+ * The one progress renderer: a line on stderr when it is a terminal (cut to
+ * its width), nothing otherwise; log lines go above it.
+ */
+export function progressLine(): ProgressLine {
+  const tty = Deno.stderr.isTerminal();
+  let drawn = false;
+  let last = 0;
+  const show = (text: string) => {
+    if (!tty) return;
+    const width = Math.max(20, (safeColumns() ?? 80) - 1);
+    Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${text.slice(0, width)}`));
+    drawn = true;
+    last = Date.now();
+  };
+  const end = () => {
+    if (drawn) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
+    drawn = false;
+  };
+  return {
+    show,
+    update(text) {
+      if (Date.now() - last >= 150) show(text);
+    },
+    end,
+    log(line) {
+      end();
+      log(`cove: ${line}`);
+    },
+  };
+}
+
+/** "37%" of done over total (100% when the total is 0). */
+export function pct(done: number, total: number): string {
+  return total > 0 ? `${Math.floor((done / total) * 100)}%` : "100%";
+}
 
 /** Returns the onProgress callback for a format, or undefined to stay quiet. */
 export function progressReporter(format: Format): ((e: SourceEvent) => void) | undefined {
@@ -19,21 +68,14 @@ export function progressReporter(format: Format): ((e: SourceEvent) => void) | u
   if (!Deno.stderr.isTerminal()) return undefined;
   let started = 0;
   let label = "";
-  let drawn = false;
-  const draw = (text: string) => {
-    const width = Math.max(20, (safeColumns() ?? 80) - 1);
-    Deno.stderr.writeSync(enc.encode(`\r\x1b[K${text.slice(0, width)}`));
-    drawn = true;
-  };
-  const end = () => {
-    if (drawn) Deno.stderr.writeSync(enc.encode("\r\x1b[K"));
-    drawn = false;
-  };
+  const line = progressLine();
+  const draw = line.show;
+  const end = line.end;
   return (e) => {
     switch (e.type) {
       case "resolve":
         end();
-        Deno.stderr.writeSync(enc.encode(`${e.source}: ${e.description}\n`));
+        log(`${e.source}: ${e.description}`);
         break;
       case "start":
         started = Date.now();
@@ -76,7 +118,7 @@ function bar(done: number, total: number | undefined): string {
   if (!total) return "";
   const w = 24;
   const f = Math.min(w, Math.round((done / total) * w));
-  return `[${"#".repeat(f)}${" ".repeat(w - f)}] ${Math.floor((done / total) * 100)}%`;
+  return `[${"#".repeat(f)}${" ".repeat(w - f)}] ${pct(done, total)}`;
 }
 
 function basename(url: string): string {

@@ -14,6 +14,7 @@ import { looksLikeReference } from "./oci/reference.ts";
 import type { SpecParsed, VmSpec } from "./spec/schema.ts";
 import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
+import { parseFlag } from "./flags.ts";
 import { formatSize, parseSize } from "./units.ts";
 
 /** Registry options, for sources and clones from `oci://` references. */
@@ -74,7 +75,10 @@ export async function createVm(store: Store, name: string, opts: CreateVmOptions
     spec,
     populate: async (staging, full) => {
       let s = full;
-      if (fromSource) s = (await fromSource(staging, s)) ?? s;
+      if (fromSource) {
+        s = (await fromSource(staging, s)) ?? s;
+        if (opts.diskSize !== undefined) refuseSmallerThanImage(opts.diskSize, s);
+      }
       return await importBootFiles(staging, s);
     },
   });
@@ -140,6 +144,26 @@ export async function cloneVm(
     return (await createFromOci(store, dst, src, opts)).bundle;
   }
   return (await store.clone(src, dst)).bundle;
+}
+
+/**
+ * A source's image sets the smallest root disk: `--disk-size` below it is
+ * refused, as `cove set --disk-size` refuses to shrink (the source grew the
+ * disk to the image's size, so a root disk bigger than asked means that).
+ */
+function refuseSmallerThanImage(diskSize: string, spec: VmSpec): void {
+  const want = parseFlag("--disk-size", diskSize);
+  const root = spec.disks.find((d) => d.media === "disk");
+  const got = root?.size === undefined ? undefined : parseSize(root.size, "disk size");
+  if (got !== undefined && got > want) {
+    throw new CoveError(
+      "disk.shrink",
+      `--disk-size: ${formatSize(want)} is smaller than the image (${
+        formatSize(got)
+      }); disks only grow`,
+      { hint: `use a size of at least ${formatSize(got)}`, exit: ExitCode.Usage },
+    );
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -214,7 +238,7 @@ export async function setVm(store: Store, name: string, opts: SetVmOptions): Pro
   const { applyFlags } = await import("./spec/compose.ts");
   const next = applyFlags(current, { cpus: opts.cpus, memory: opts.memory, display: opts.display });
   if (opts.diskSize !== undefined) {
-    await store.resizeRootDisk(name, parseSize(opts.diskSize, "--disk-size"));
+    await store.resizeRootDisk(name, parseFlag("--disk-size", opts.diskSize));
     const resized = await b.readParsedSpec();
     next.disks = resized.disks;
   }

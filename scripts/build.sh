@@ -2,7 +2,7 @@
 # make build: compile cove into single executables under dist/.
 #   dist/cove-VERSION-aarch64-apple-darwin   (vz + qemu; embeds libcove_vz.dylib; signed)
 #   dist/cove-VERSION-x86_64-unknown-linux-gnu, -aarch64-unknown-linux-gnu (qemu engine)
-# TARGETS overrides the list. Everything that can be checked before deno compile
+# TARGETS overrides the list; DIST_DIR the output directory (default dist). Everything that can be checked before deno compile
 # downloads its runtime (type-check, the include list) is checked first; where the
 # runtime cannot be downloaded, the build stops with one line saying so.
 set -euo pipefail
@@ -24,9 +24,10 @@ for f in "${WORKERS[@]}"; do
   [ -f "$f" ] || { echo "build: include list: $f is missing" >&2; exit 1; }
 done
 
-mkdir -p dist
+DIST=${DIST_DIR:-dist}
+mkdir -p "$DIST"
 for target in $TARGETS; do
-  out="dist/cove-${VERSION}-${target}"
+  out="$DIST/cove-${VERSION}-${target}"
   include=()
   for f in "${WORKERS[@]}"; do include+=(--include "$f"); done
   if [[ $target == *apple-darwin ]]; then

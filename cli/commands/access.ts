@@ -5,28 +5,21 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { FlagError, out, outJson, parseFormat } from "../output.ts";
-
-function seconds(v: string): number {
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new FlagError("usage.wait", `--wait: '${v}' is not a number of seconds`);
-  }
-  return n;
-}
+import { out, outJson, parseFormat } from "../output.ts";
 
 /** Registers ip, ssh and exec. */
 export function register(program: Command): void {
   program.command("ip")
     .description("print where a running VM answers: its IP, or 127.0.0.1:PORT for user networking")
     .argument("<name>", "VM name")
-    .option("--wait <seconds>", "wait this long for an address", seconds, 0)
+    .option("--wait <duration>", "wait this long for an address, e.g. 30s", "0s")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, guestAddress, readLiveStatus } = await import("../../mod.ts");
+      const { Store, guestAddress, parseFlag, readLiveStatus } = await import("../../mod.ts");
+      const waitSeconds = parseFlag("--wait", opts.wait) / 1000;
       const b = await new Store().get(name);
       const addr = await guestAddress(b, await b.readSpec(), {
-        waitSeconds: opts.wait,
+        waitSeconds,
         status: readLiveStatus,
       });
       if (opts.format === "json") outJson({ name, ...addr });
@@ -34,17 +27,18 @@ export function register(program: Command): void {
     });
 
   const waitOption = [
-    "--wait <seconds>",
-    "wait this long for the guest's SSH server (and cloud-init)",
+    "--wait <duration>",
+    "wait this long for the guest's SSH server (and cloud-init), e.g. 2m",
   ] as const;
   const runIn =
-    (tty: "auto" | "never") => async (name: string, command: string[], opts: { wait: number }) => {
-      const { Store, runSsh, readLiveStatus } = await import("../../mod.ts");
+    (tty: "auto" | "never") => async (name: string, command: string[], opts: { wait: string }) => {
+      const { Store, parseFlag, runSsh, readLiveStatus } = await import("../../mod.ts");
+      const waitSeconds = parseFlag("--wait", opts.wait) / 1000;
       const b = await new Store().get(name);
       const code = await runSsh(b, await b.readSpec(), {
         command,
         tty,
-        waitSeconds: opts.wait,
+        waitSeconds,
         status: readLiveStatus,
       });
       Deno.exit(code);
@@ -54,7 +48,7 @@ export function register(program: Command): void {
     .description("open a shell in a running VM, or run a command (cove ssh NAME -- CMD...)")
     .argument("<name>", "VM name")
     .argument("[command...]", "command to run in the guest (after --)")
-    .option(...waitOption, seconds, 0)
+    .option(...waitOption, "0s")
     .action(runIn("auto"));
 
   program.command("exec")
@@ -63,6 +57,6 @@ export function register(program: Command): void {
     )
     .argument("<name>", "VM name")
     .argument("<command...>", "command to run in the guest (after --)")
-    .option(...waitOption, seconds, 0)
+    .option(...waitOption, "0s")
     .action(runIn("never"));
 }

@@ -65,14 +65,12 @@ export function register(program: Command): void {
     .option("--dry-run", "only show what would be removed")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
-      const { pruneImageCache, parseDuration, parseSize, formatSize } = await import(
-        "../../mod.ts"
-      );
+      const { pruneImageCache, parseFlag, formatSize } = await import("../../mod.ts");
       const r = await pruneImageCache({
         olderThanMs: opts.olderThan !== undefined
-          ? await parseDuration(opts.olderThan, "--older-than")
+          ? parseFlag("--older-than", opts.olderThan)
           : undefined,
-        budget: opts.budget !== undefined ? parseSize(opts.budget, "--budget") : undefined,
+        budget: opts.budget !== undefined ? parseFlag("--budget", opts.budget) : undefined,
         dryRun: !!opts.dryRun,
       });
       if (opts.format === "json") {

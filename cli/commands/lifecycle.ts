@@ -10,7 +10,7 @@
  */
 import { type Command, Option } from "@commander-js/extra-typings";
 import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
-import { FlagError, log, out, outJson, parseFormat } from "../output.ts";
+import { log, out, outJson, parseFormat } from "../output.ts";
 
 /** The events `cove run` shows the user: how a stop is going. The rest go to supervisor.log only. */
 function shownEvent(e: SupervisorEvent): string | undefined {
@@ -32,21 +32,6 @@ function shownEvent(e: SupervisorEvent): string | undefined {
 
 const FORMAT_HELP = "output format: text or json";
 
-/** The largest timeout setTimeout can wait for (2^31-1 ms), in whole seconds. */
-export const MAX_SECONDS = 2147483;
-
-/** Parses a non-negative number of seconds, at most {@link MAX_SECONDS}. */
-export function parseSeconds(v: string): number {
-  const n = Number(v);
-  if (v.trim() === "" || !Number.isFinite(n) || n < 0) {
-    throw new FlagError("usage.seconds", `'${v}' is not a number of seconds`);
-  }
-  if (n > MAX_SECONDS) {
-    throw new FlagError("usage.seconds", `'${v}' seconds is too long (at most ${MAX_SECONDS})`);
-  }
-  return n;
-}
-
 /** Registers the lifecycle commands. */
 export function register(program: Command): void {
   program.command("run")
@@ -59,10 +44,9 @@ export function register(program: Command): void {
     .option("--ephemeral", "run a copy-on-write clone and delete it on exit")
     .option("--no-graphics", "headless: no window even if the VM has a display")
     .option(
-      "--stop-timeout <seconds>",
-      "seconds a graceful stop may take on Ctrl-C",
-      parseSeconds,
-      30,
+      "--stop-timeout <duration>",
+      "how long a graceful stop may take on Ctrl-C, e.g. 30s",
+      "30s",
     )
     .addOption(hiddenDetached())
     .action(async (name, opts) => {
@@ -74,10 +58,11 @@ export function register(program: Command): void {
         if (!quiet && !detached) log(`cove: ${line}`);
       };
       let attached: Promise<void> | undefined; // the `--console` attachment, if any
+      const stopTimeout = cove.parseFlag("--stop-timeout", opts.stopTimeout) / 1000;
       const result = await cove.runSupervisor(new cove.Store(), name, {
         ephemeral: opts.ephemeral,
         graphics: opts.graphics,
-        stopTimeout: opts.stopTimeout,
+        stopTimeout,
         onEvent: (e) => {
           const line = shownEvent(e);
           if (line) say(line);
@@ -120,7 +105,7 @@ export function register(program: Command): void {
                   ),
               }),
             say,
-            stop: () => sup.stop(false, opts.stopTimeout),
+            stop: () => sup.stop(false, stopTimeout),
             describe: (e) => cove.toCoveError(e).line(),
             name,
           }).finally(unsubscribe);
@@ -152,12 +137,12 @@ export function register(program: Command): void {
     .description("start a VM in the background (a detached supervisor)")
     .argument("<name>", "VM name")
     .option("--no-graphics", "headless: no window even if the VM has a display")
-    .option("--timeout <seconds>", "how long to wait for the VM to run", parseSeconds, 120)
+    .option("--timeout <duration>", "how long to wait for the VM to run, e.g. 2m", "2m")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, startDetached } = await import("../../mod.ts");
+      const { Store, parseFlag, startDetached } = await import("../../mod.ts");
       const s = await startDetached(new Store(), name, {
-        timeoutMs: opts.timeout * 1000,
+        timeoutMs: parseFlag("--timeout", opts.timeout),
         graphics: opts.graphics,
       });
       if (opts.format === "json") outJson(s);
@@ -167,13 +152,14 @@ export function register(program: Command): void {
   program.command("stop")
     .description("stop a running VM: ACPI power button, then power off after a timeout")
     .argument("<name>", "VM name")
-    .option("--timeout <seconds>", "seconds to wait for the guest to shut down", parseSeconds, 30)
+    .option("--timeout <duration>", "how long to wait for the guest to shut down, e.g. 30s", "30s")
     .option("-f, --force", "power off at once")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, stopVm } = await import("../../mod.ts");
+      const { Store, parseFlag, stopVm } = await import("../../mod.ts");
+      const timeoutSeconds = parseFlag("--timeout", opts.timeout) / 1000;
       const b = await new Store().get(name);
-      const r = await stopVm(b, { force: opts.force, timeoutSeconds: opts.timeout });
+      const r = await stopVm(b, { force: opts.force, timeoutSeconds });
       if (opts.format === "json") outJson(r);
       else out(`stopped ${name}${r.forced ? " (powered off)" : ""}`);
     });
@@ -218,14 +204,17 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--replay <bytes>", "first show this many bytes of recent output", "4096")
     .action(async (name, opts) => {
-      const replay = Number(opts.replay);
-      if (!Number.isInteger(replay) || replay < 0) {
-        throw new FlagError("usage.replay", `--replay: '${opts.replay}' is not a byte count`);
-      }
-      const { Store, attachConsole, attachTerminal, ESCAPE_NAME, STOP_KEYS_NAME, stopVm } =
-        await import("../../mod.ts");
+      const {
+        parseFlag,
+        Store,
+        attachConsole,
+        attachTerminal,
+        ESCAPE_NAME,
+        STOP_KEYS_NAME,
+        stopVm,
+      } = await import("../../mod.ts");
       const b = await new Store().get(name);
-      const c = await attachConsole(b, { replay });
+      const c = await attachConsole(b, { replay: parseFlag("--replay", opts.replay) });
       const end = await attachTerminal({
         output: c.output,
         write: (b) => c.write(b),

@@ -5,37 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { FlagError, log, out, outJson, parseConcurrency, parseFormat } from "../output.ts";
-
-/** A one-line progress display on stderr; `log` prints a line above it. */
-function progressLine(): { update(text: string): void; done(): void; log(line: string): void } {
-  const tty = Deno.stderr.isTerminal();
-  let last = 0;
-  let shown = false;
-  const enc = new TextEncoder();
-  const done = () => {
-    if (tty && shown) Deno.stderr.writeSync(enc.encode("\r\x1b[2K"));
-  };
-  return {
-    update(text: string) {
-      if (!tty) return;
-      const now = Date.now();
-      if (now - last < 150) return;
-      last = now;
-      shown = true;
-      Deno.stderr.writeSync(enc.encode(`\r\x1b[2K${text}`));
-    },
-    done,
-    log(line: string) {
-      done();
-      log(`cove: ${line}`);
-    },
-  };
-}
-
-function pct(done: number, total: number): string {
-  return total > 0 ? `${Math.floor((done / total) * 100)}%` : "100%";
-}
+import { FlagError, out, outJson, parseFormat } from "../output.ts";
 
 /** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
 async function readSecret(promptText: string): Promise<string> {
@@ -84,10 +54,12 @@ export function register(program: Command): void {
     .description("download a VM image (Tart's OCI format) into the cache")
     .argument("<ref>", "image reference, e.g. ghcr.io/cirruslabs/macos-sequoia-base:latest")
     .option("--insecure", "allow plain http to the registry")
-    .option("--concurrency <n>", "layers downloaded at once", parseConcurrency, 4)
+    .option("--concurrency <n>", "layers downloaded at once (1 to 64)", "4")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (ref, opts) => {
-      const { Store, pullImage, formatSize } = await import("../../mod.ts");
+      const { Store, pullImage, formatSize, parseFlag } = await import("../../mod.ts");
+      const { pct, progressLine } = await import("../progress.ts");
+      const concurrency = parseFlag("--concurrency", opts.concurrency);
       const store = new Store();
       await store.ensure();
       const bar = progressLine();
@@ -96,7 +68,7 @@ export function register(program: Command): void {
         img = await pullImage(ref, {
           home: store.home,
           insecure: opts.insecure,
-          concurrency: opts.concurrency,
+          concurrency,
           log: bar.log,
           onProgress: (p) =>
             bar.update(
@@ -106,7 +78,7 @@ export function register(program: Command): void {
             ),
         });
       } finally {
-        bar.done();
+        bar.end();
       }
       const name = `${img.ref.registry}/${img.ref.repository}@${img.digest}`;
       if (opts.format === "json") {
@@ -137,22 +109,24 @@ export function register(program: Command): void {
       "upload each layer in PATCH requests of this size (default: one streamed request)",
     )
     .option("--insecure", "allow plain http to the registry")
-    .option("--concurrency <n>", "layers compressed and uploaded at once", parseConcurrency, 4)
+    .option("--concurrency <n>", "layers compressed and uploaded at once (1 to 64)", "4")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, refs, opts) => {
-      const { Store, pushVm, formatSize, parseSize } = await import("../../mod.ts");
+      const { Store, pushVm, formatSize, parseFlag } = await import("../../mod.ts");
+      const { pct, progressLine } = await import("../progress.ts");
+      const concurrency = parseFlag("--concurrency", opts.concurrency);
       const store = new Store();
       const bar = progressLine();
       let res;
       try {
         res = await pushVm(store, name, refs, {
           home: store.home,
-          chunkSize: parseSize(opts.chunkSize, "--chunk-size"),
+          chunkSize: parseFlag("--chunk-size", opts.chunkSize),
           uploadChunkSize: opts.uploadChunkSize
-            ? parseSize(opts.uploadChunkSize, "--upload-chunk-size")
+            ? parseFlag("--upload-chunk-size", opts.uploadChunkSize)
             : 0,
           insecure: opts.insecure,
-          concurrency: opts.concurrency,
+          concurrency,
           log: bar.log,
           onProgress: (p) =>
             bar.update(
@@ -162,7 +136,7 @@ export function register(program: Command): void {
             ),
         });
       } finally {
-        bar.done();
+        bar.end();
       }
       if (opts.format === "json") outJson(res);
       else for (const p of res.pushed) out(`pushed ${p}`);

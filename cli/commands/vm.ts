@@ -6,7 +6,7 @@
  */
 import type { Command } from "@commander-js/extra-typings";
 import type { VmSummary } from "../../mod.ts";
-import { log, out, outJson, parseConcurrency, parseFormat, table } from "../output.ts";
+import { log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -40,7 +40,7 @@ export function register(program: Command): void {
     .option("--initrd <file>", "initial ramdisk for --kernel")
     .option("--cmdline <args>", "kernel command line for --kernel")
     .option("--insecure", "oci:// sources: allow plain http to the registry")
-    .option("--concurrency <n>", "oci:// sources: parallel layer transfers", parseConcurrency, 4)
+    .option("--concurrency <n>", "oci:// sources: parallel layer transfers (1 to 64)", "4")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
@@ -49,6 +49,7 @@ export function register(program: Command): void {
       const { format, ...flags } = opts;
       const b = await cove.createVm(store, name, {
         ...flags,
+        concurrency: cove.parseFlag("--concurrency", flags.concurrency),
         onProgress: opts.from ? progressReporter(format) : undefined,
       });
       if (format === "json") outJson(await cove.getVm(store, b.name));
@@ -135,12 +136,13 @@ export function register(program: Command): void {
     .argument("<src>", "a VM name, or a registry reference")
     .argument("<new>", "the new VM's name")
     .option("--insecure", "allow plain http to the registry")
-    .option("--concurrency <n>", "parallel layer transfers", parseConcurrency, 4)
+    .option("--concurrency <n>", "parallel layer transfers (1 to 64)", "4")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (src, dst, opts) => {
-      const { Store, cloneVm, getVm } = await import("../../mod.ts");
+      const { Store, cloneVm, getVm, parseFlag } = await import("../../mod.ts");
       const store = new Store();
-      await cloneVm(store, src, dst, { insecure: !!opts.insecure, concurrency: opts.concurrency });
+      const concurrency = parseFlag("--concurrency", opts.concurrency);
+      await cloneVm(store, src, dst, { insecure: !!opts.insecure, concurrency });
       if (opts.format === "json") outJson(await getVm(store, dst));
       else out(`cloned ${src} to ${dst}`);
     });

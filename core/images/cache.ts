@@ -19,7 +19,7 @@
  * @module
  */
 import { join } from "node:path";
-import { CoveError, ExitCode } from "../errors.ts";
+import { CoveError } from "../errors.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { coveHome } from "../store/store.ts";
 import { displayUrl, urlKey } from "./url.ts";
@@ -405,25 +405,4 @@ export async function pruneCaches(
     kept: kept.length,
     keptSize: kept.reduce((s, e) => s + e.size, 0),
   };
-}
-
-/** Parses a duration such as `30d`, `12h`, `90m`, `2w`, `45s` into milliseconds. */
-export function parseDuration(input: string, what = "duration"): number {
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$/i.exec(input);
-  if (!m) {
-    throw new CoveError("usage.duration", `${what}: '${input}' is not a duration`, {
-      hint: "use a number with a unit: 45s, 90m, 12h, 30d or 2w",
-      exit: ExitCode.Usage,
-    });
-  }
-  const unit = (m[2] ?? "s").toLowerCase();
-  const mult: Record<string, number> = {
-    ms: 1,
-    s: 1000,
-    m: 60_000,
-    h: 3_600_000,
-    d: 86_400_000,
-    w: 604_800_000,
-  };
-  return Math.round(Number(m[1]) * mult[unit]);
 }

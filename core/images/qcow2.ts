@@ -49,6 +49,13 @@ import {
 } from "node:zlib";
 import { basename, dirname, join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import {
+  bytesAt,
+  isoKind,
+  otherFormat,
+  QCOW_MAGIC as QCOW_SIGNATURE,
+  rawContent,
+} from "../magic.ts";
 import { formatSize } from "../units.ts";
 
 /** What {@link probeImage} recognised. */
@@ -212,6 +219,16 @@ function parseHeader(head: Uint8Array, path: string): Header {
       compressionType = head[104];
     }
   }
+  checkTables(dv, version, clusterBits, backingOffset, l1Size, l1TableOffset, path);
+  checkExtensions(
+    head,
+    dv,
+    version === 3 ? dv.getUint32(100) : 72,
+    clusterSize,
+    backingOffset,
+    path,
+  );
+
   const unknownFeatures: number[] = [];
   for (let b = 5; b < 32; b++) if (incompatLo & (1 << b)) unknownFeatures.push(b);
   for (let b = 0; b < 32; b++) if (incompatHi & (1 << b)) unknownFeatures.push(32 + b);
@@ -255,6 +272,92 @@ function parseHeader(head: Uint8Array, path: string): Header {
     unknownCompression: compressionType > 1 ? compressionType : undefined,
   };
   return info;
+}
+
+/** QEMU's limits on a qcow2's tables (block/qcow2.h), which it checks when it opens one. */
+const QEMU_MAX_L1_BYTES = 32 * 2 ** 20;
+const QEMU_MAX_REFTABLE_BYTES = 8 * 2 ** 20;
+const QEMU_MAX_SNAPSHOTS = 65536;
+const SNAPSHOT_HEADER_BYTES = 40;
+
+/**
+ * The table checks QEMU makes when it opens a qcow2 (qcow2_do_open), so that
+ * cove refuses what qemu-img refuses: a table is cluster aligned and its end
+ * fits in a signed 64-bit offset; the refcount, snapshot and L1 tables have
+ * QEMU's sizes; the backing file name starts inside the first cluster.
+ */
+function checkTables(
+  dv: DataView,
+  version: number,
+  clusterBits: number,
+  backingOffset: number,
+  l1Size: number,
+  l1TableOffset: number,
+  path: string,
+): void {
+  const cs = 2 ** clusterBits;
+  if (backingOffset > cs) {
+    throw corrupt(
+      path,
+      `the backing file name offset ${hex(backingOffset)} is past the first cluster`,
+    );
+  }
+  const table = (what: string, offset: number, entries: number, entryBytes: number) => {
+    // Offsets above 2^53 are not exact here: for those only the end is checked.
+    const unaligned = offset <= Number.MAX_SAFE_INTEGER && offset % cs !== 0;
+    if (unaligned || offset + entries * entryBytes > 2 ** 63) {
+      throw corrupt(path, `the ${what} offset ${hex(offset)} is invalid`);
+    }
+  };
+  if (version === 3 && dv.byteLength >= 100) {
+    const refcountOrder = dv.getUint32(96);
+    if (refcountOrder > 6) {
+      throw corrupt(path, `refcount_order ${refcountOrder} is above 6 (64-bit refcounts)`);
+    }
+  }
+  const refcountOffset = u64(dv, 48);
+  const refcountClusters = dv.getUint32(56);
+  if (refcountClusters === 0) throw corrupt(path, "there is no refcount table");
+  if (refcountClusters > QEMU_MAX_REFTABLE_BYTES / cs) {
+    throw corrupt(path, `the refcount table (${refcountClusters} clusters) is too large`);
+  }
+  table("refcount table", refcountOffset, refcountClusters, cs);
+  const snapshots = dv.getUint32(60);
+  if (snapshots > QEMU_MAX_SNAPSHOTS) {
+    throw corrupt(path, `${snapshots} snapshots is more than ${QEMU_MAX_SNAPSHOTS}`);
+  }
+  table("snapshot table", u64(dv, 64), snapshots, SNAPSHOT_HEADER_BYTES);
+  if (l1Size > QEMU_MAX_L1_BYTES / 8) {
+    throw corrupt(path, `the L1 table (${l1Size} entries) is too large`);
+  }
+  table("L1 table", l1TableOffset, l1Size, 8);
+}
+
+/**
+ * Walks the header extensions (from the header's end, `start`, up to the
+ * backing file name or the end of the first cluster) as QEMU does: each
+ * must fit in that space. Extensions past what was read are not checked.
+ */
+function checkExtensions(
+  head: Uint8Array,
+  dv: DataView,
+  start: number,
+  cs: number,
+  backingOffset: number,
+  path: string,
+): void {
+  const end = backingOffset !== 0 ? backingOffset : cs;
+  let at = start;
+  while (at + 8 <= end && at + 8 <= head.length) {
+    const type = dv.getUint32(at);
+    const len = dv.getUint32(at + 4);
+    at += 8;
+    if (len > end - at) {
+      throw corrupt(path, `a header extension (type ${hex(type)}) runs past the header`);
+    }
+    if (type === 0) return;
+    at += Math.ceil(len / 8) * 8;
+  }
 }
 
 /** Throws the refusal for anything cove cannot convert, then checks the geometry. */
@@ -365,31 +468,8 @@ export async function probeImage(path: string): Promise<ImageProbe> {
 
 const PROBE_BYTES = 72 << 10;
 
-function startsWith(b: Uint8Array, at: number, sig: number[] | string): boolean {
-  const s = typeof sig === "string" ? Array.from(sig, (c) => c.charCodeAt(0)) : sig;
-  if (b.length < at + s.length) return false;
-  for (let i = 0; i < s.length; i++) if (b[at + i] !== s[i]) return false;
-  return true;
-}
-
-const OTHER_SIGNATURES: Array<[number, number[] | string, string]> = [
-  [0, [0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00], "xz-compressed data"],
-  [0, [0x1f, 0x8b], "gzip-compressed data"],
-  [0, [0x28, 0xb5, 0x2f, 0xfd], "zstd-compressed data"],
-  [0, "BZh", "bzip2-compressed data"],
-  [0, [0x50, 0x4b, 0x03, 0x04], "a zip archive"],
-  [0, "KDMV", "a VMDK image"],
-  [0, "# Disk DescriptorFile", "a VMDK descriptor"],
-  [0, "vhdxfile", "a VHDX image"],
-  [0, "conectix", "a VHD image"],
-  [64, [0x7f, 0x10, 0xda, 0xbe], "a VDI image"],
-  [0, "QFI\xfb", "a qcow image"],
-  [0, "QEVM", "a QEMU saved state"],
-  [257, "ustar", "a tar archive"],
-];
-
 function classify(head: Uint8Array, size: number, path: string): ImageProbe {
-  if (startsWith(head, 0, "QFI\xfb") && head.length >= 8) {
+  if (bytesAt(head, 0, QCOW_SIGNATURE) && head.length >= 8) {
     const version = new DataView(head.buffer, head.byteOffset).getUint32(4);
     if (version === 2 || version === 3) {
       const h = parseHeader(head, path);
@@ -408,29 +488,16 @@ function classify(head: Uint8Array, size: number, path: string): ImageProbe {
     return { format: "other", virtualSize: size, detail: `a qcow version ${version} image` };
   }
   // ISO 9660 (also hybrid ISOs, which carry an MBR too): "CD001" in the first volume descriptor.
-  if (startsWith(head, 0x8001, "CD001")) return { format: "iso", virtualSize: size };
-  if (startsWith(head, 0x8001, "BEA01")) {
-    return { format: "iso", virtualSize: size, detail: "UDF" };
-  }
-  for (const [at, sig, detail] of OTHER_SIGNATURES) {
-    if (startsWith(head, at, sig)) return { format: "other", virtualSize: size, detail };
-  }
+  const iso = isoKind(head);
+  if (iso === "iso9660") return { format: "iso", virtualSize: size };
+  if (iso === "udf") return { format: "iso", virtualSize: size, detail: "UDF" };
+  const other = otherFormat(head);
+  if (other) return { format: "other", virtualSize: size, detail: other };
   if (looksLikeText(head)) {
     return { format: "other", virtualSize: size, detail: "text (an HTML page or a document?)" };
   }
-  if (startsWith(head, 512, "EFI PART")) {
-    return { format: "raw", virtualSize: size, detail: "GPT partition table" };
-  }
-  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) {
-    return { format: "raw", virtualSize: size, detail: "MBR / boot sector" };
-  }
-  if (startsWith(head, 1080, [0x53, 0xef])) {
-    return { format: "raw", virtualSize: size, detail: "ext2/3/4 file system" };
-  }
-  if (startsWith(head, 0, "XFSB")) return { format: "raw", virtualSize: size, detail: "XFS" };
-  if (startsWith(head, 0x10040, "_BHRfS_M")) {
-    return { format: "raw", virtualSize: size, detail: "Btrfs" };
-  }
+  const raw = rawContent(head);
+  if (raw) return { format: "raw", virtualSize: size, detail: raw };
   if (head.length > 0 && head.every((b) => b === 0)) {
     return { format: "raw", virtualSize: size, detail: "blank" };
   }
@@ -1216,7 +1283,7 @@ export async function convertQcow2ToRaw(
     const fileSize = st.size;
     const head = new Uint8Array(Math.min(fileSize, 4096));
     await readFully(src, 0, head);
-    if (!startsWith(head, 0, "QFI\xfb")) {
+    if (!bytesAt(head, 0, QCOW_SIGNATURE)) {
       throw new CoveError("image.not_qcow2", `${basename(srcPath)} is not a qcow2 image`, {
         exit: ExitCode.Usage,
       });
@@ -1224,7 +1291,11 @@ export async function convertQcow2ToRaw(
     const h = parseHeader(head, srcPath);
     checkConvertible(h, fileSize, srcPath);
 
-    const outSize = Math.ceil(h.virtualSize / 512) * 512;
+    // QEMU's block layer sees whole 512-byte sectors, rounded down (total_sectors =
+    // size / 512), and so does qemu-img convert: the raw disk is that long. The last
+    // partial sector is written below (the planner works in clusters), then cut off.
+    const outSize = Math.floor(h.virtualSize / 512) * 512;
+    const workSize = Math.ceil(h.virtualSize / 512) * 512;
     try {
       const f = await Deno.open(tmpPath, {
         write: true,
@@ -1233,7 +1304,7 @@ export async function convertQcow2ToRaw(
       });
       created = true;
       try {
-        await f.truncate(outSize); // sparse: only data is written below
+        await f.truncate(workSize); // sparse: only data is written below
       } finally {
         f.close();
       }
@@ -1259,6 +1330,7 @@ export async function convertQcow2ToRaw(
     await sink.ready;
     await new Planner(src, sink, h, fileSize, srcPath, opts).run();
     const dataBytes = await sink.finish();
+    if (workSize !== outSize) await Deno.truncate(tmpPath, outSize);
     await Deno.rename(tmpPath, dstPath);
     return { size: outSize, dataBytes };
   } catch (e) {
@@ -1366,6 +1438,11 @@ class Planner {
             continue;
           }
           const host = (ehi & 0x00ffffff) * TWO32 + ((elo & 0xfffffe00) >>> 0);
+          // Any host offset must be cluster aligned, also on zero and unallocated entries
+          // (QEMU refuses such an image as corrupt when it reads the cluster).
+          if (host % cs !== 0) {
+            throw corrupt(this.path, `data cluster offset ${hex(host)} is not cluster aligned`);
+          }
           if (!h.extendedL2) {
             if (elo & 1) {
               if (h.version === 2) throw corrupt(this.path, "a zero cluster in a version 2 image");

@@ -21,6 +21,7 @@
  * @module
  */
 import { join } from "node:path";
+import { CoveError, ExitCode } from "../errors.ts";
 import type { CacheEntry, CacheProvider } from "../images/cache.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 
@@ -167,9 +168,34 @@ export class OciCache implements CacheProvider {
     };
   }
 
-  /** Publishes a finished staging directory as a complete image (one rename). */
-  async publish(digest: string, meta: ImageMeta): Promise<string> {
+  /**
+   * Publishes a finished staging directory as a complete image (one rename).
+   * Refuses one in which any of `layers` (the disk layers by index, and the
+   * nvram blob as `"nvram"`) lacks its done record naming its digest: a
+   * disk with holes where a layer should be must never become a cache hit.
+   */
+  async publish(
+    digest: string,
+    meta: ImageMeta,
+    layers: readonly { name: number | string; digest: string }[],
+  ): Promise<string> {
     const staging = this.staging(digest);
+    const missing: string[] = [];
+    for (const l of layers) {
+      const rec = await Deno.readTextFile(join(staging, "layers", `${l.name}.done`)).catch(() =>
+        ""
+      );
+      if (rec.trim() !== l.digest) missing.push(String(l.name));
+    }
+    if (missing.length) {
+      throw new CoveError(
+        "oci.incomplete_pull",
+        `not publishing ${digest}: ${missing.length} of ${layers.length} layers were not pulled (${
+          missing.slice(0, 4).join(", ")
+        }${missing.length > 4 ? ", ..." : ""})`,
+        { hint: "pull again: the layers already pulled are kept", exit: ExitCode.Failure },
+      );
+    }
     await writeFileAtomic(join(staging, "meta.json"), JSON.stringify(meta, null, 2) + "\n");
     await Deno.remove(join(staging, "layers"), { recursive: true }).catch(() => {});
     const final = this.imageDir(digest);

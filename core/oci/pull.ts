@@ -20,6 +20,8 @@
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
+import { parseFlag } from "../flags.ts";
+import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
@@ -339,36 +341,12 @@ async function pullDiskLayer(
   }
 }
 
-/** Runs tasks with at most `limit` at once; the first failure aborts the rest. */
-async function pool(
-  tasks: ((signal: AbortSignal) => Promise<void>)[],
-  limit: number,
-): Promise<void> {
-  const ctl = new AbortController();
-  let next = 0;
-  let failure: unknown;
-  const worker = async () => {
-    while (next < tasks.length && failure === undefined) {
-      const t = tasks[next++];
-      try {
-        await t(ctl.signal);
-      } catch (e) {
-        if (failure === undefined) {
-          failure = e;
-          ctl.abort(e);
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, tasks.length)) }, worker));
-  if (failure !== undefined) throw failure;
-}
-
 /**
  * Pulls `refText` into the cache (or finds it there) and returns the
  * complete image. Safe to interrupt at any point: rerunning resumes.
  */
 export async function pullImage(refText: string, opts: PullOptions): Promise<PulledImage> {
+  const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
   const ref = parseReference(refText);
   const refName = formatReference(ref);
   const cache = new OciCache(join(opts.home, "cache"));
@@ -484,12 +462,12 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       opts.onProgress?.({ ...progress });
       const workers = todo.length
         ? WorkerPool.start(
-          WorkerPool.defaultSize(Math.min(todo.length, opts.concurrency ?? 4)),
+          WorkerPool.defaultSize(Math.min(todo.length, concurrency)),
           todo.reduce((n, l) => n + l.uncompressedSize, 0),
         )
         : undefined;
       try {
-        await pool(
+        await runPool(
           todo.map((l) => async (signal: AbortSignal) => {
             const onBytes = (n: number) => {
               progress.done += n;
@@ -506,7 +484,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
             progress.layersDone++;
             opts.onProgress?.({ ...progress });
           }),
-          opts.concurrency ?? 4,
+          concurrency,
         );
       } finally {
         workers?.close();
@@ -521,7 +499,10 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         os: tart.os,
         arch: tart.arch,
       };
-      await cache.publish(digest, meta);
+      await cache.publish(digest, meta, [
+        ...image.disks.map((l) => ({ name: l.index, digest: l.digest })),
+        ...(image.nvram ? [{ name: "nvram", digest: image.nvram.digest }] : []),
+      ]);
       return await finish(false, progress.done, resumedLayers, reusedLayers);
     } catch (e) {
       const err = toCoveError(e, "pulling the image");

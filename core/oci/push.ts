@@ -23,6 +23,8 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
+import { parseFlag } from "../flags.ts";
+import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import type { Store } from "../store/store.ts";
 import type { MachineIdentity } from "../store/bundle.ts";
@@ -115,33 +117,6 @@ async function rememberPush(path: string, entry: IndexEntry): Promise<void> {
   );
 }
 
-/** Runs tasks with at most `limit` at once; the first failure aborts the others. */
-async function pool<T>(
-  tasks: ((signal: AbortSignal) => Promise<T>)[],
-  limit: number,
-): Promise<T[]> {
-  const results: T[] = new Array(tasks.length);
-  const ctl = new AbortController();
-  let next = 0;
-  let failure: unknown;
-  const worker = async () => {
-    while (next < tasks.length && failure === undefined) {
-      const i = next++;
-      try {
-        results[i] = await tasks[i](ctl.signal);
-      } catch (e) {
-        if (failure === undefined) {
-          failure = e;
-          ctl.abort(e);
-        }
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, tasks.length)) }, worker));
-  if (failure !== undefined) throw failure;
-  return results;
-}
-
 /** Makes sure `client`'s repository has a small blob: HEAD, mount, or upload. */
 async function ensureBytes(
   client: RegistryClient,
@@ -179,14 +154,8 @@ export async function pushVm(
     }
     return p;
   });
-  const chunkSize = opts.chunkSize ?? DEFAULT_CHUNK;
-  if (!Number.isSafeInteger(chunkSize) || chunkSize < 64 * 1024) {
-    throw usageError(
-      "oci.chunk_size",
-      "--chunk-size must be at least 64KiB",
-      "the default is 512MiB, like Tart",
-    );
-  }
+  const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
+  const chunkSize = parseFlag("--chunk-size", opts.chunkSize ?? DEFAULT_CHUNK);
   const bundle = await store.get(name);
   const lock = await bundle.tryLock();
   if (!lock) {
@@ -298,13 +267,13 @@ export async function pushVm(
     let manifest: Uint8Array<ArrayBuffer> | undefined;
     const pushed: string[] = [];
     const workers = WorkerPool.start(
-      WorkerPool.defaultSize(Math.min(chunks.length, opts.concurrency ?? 4)),
+      WorkerPool.defaultSize(Math.min(chunks.length, concurrency)),
       diskSize,
     );
     try {
       for (const { client, tags, ref } of repos.values()) {
         const mountFrom = first && first.registry === ref.registry ? first.repository : undefined;
-        await pool(
+        await runPool(
           chunks.map((c) => async (signal: AbortSignal) => {
             const desc = diskDescs[c.index];
             if (desc && (await client.blobSize(desc.digest)) !== undefined) {
@@ -373,7 +342,7 @@ export async function pushVm(
             progress.uploaded += diskDescs[c.index].size;
             report();
           }),
-          opts.concurrency ?? 4,
+          concurrency,
         );
         await ensureBytes(client, configDesc, configBytes, mountFrom);
         await ensureBytes(client, nvramDesc, nvramBytes, mountFrom);

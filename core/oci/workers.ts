@@ -11,6 +11,7 @@
  * this thread.
  * @module
  */
+import { checkPoolSize } from "../pool.ts";
 import { CoveError, type ExitCode } from "../errors.ts";
 import type { LayerPlace, LayerSink } from "./layer.ts";
 import type { Request, WireError } from "./layer_worker.ts";
@@ -79,13 +80,14 @@ export class WorkerPool {
 
   /**
    * Starts `size` workers for `workBytes` of layer data, or returns
-   * undefined when workers are off (`COVE_OCI_WORKERS=0`), unavailable, or
+   * undefined when workers are off (`COVE_OCI_WORKERS=0`, or a size of 0), unavailable, or
    * not worth starting for so little data (below 128 MiB, unless
    * `COVE_OCI_WORKERS=1`).
    */
   static start(size: number, workBytes: number): WorkerPool | undefined {
     const env = Deno.env.get("COVE_OCI_WORKERS");
-    if (env === "0" || size < 1) return undefined;
+    if (env === "0" || size === 0) return undefined;
+    checkPoolSize(size); // NaN or a fraction must not start a pool of no workers
     if (env !== "1" && workBytes < 128 * 1024 * 1024) return undefined;
     const workers: Worker[] = [];
     try {

@@ -6,6 +6,8 @@
  */
 import { parse } from "yaml";
 import { CoveError, ExitCode } from "../errors.ts";
+import { flagRange, parseFlag } from "../flags.ts";
+import { parseSize } from "../units.ts";
 import { parseSpec, SpecError, validateSpec } from "./load.ts";
 import type { SpecParsed } from "./schema.ts";
 
@@ -43,7 +45,10 @@ export async function readConfigFile(path: string): Promise<SpecParsed> {
     }
     throw e;
   }
-  return parseSpec(text, path);
+  const spec = parseSpec(text, path);
+  // The same floor and ceiling as --memory.
+  if (spec.memory !== undefined) parseSize(spec.memory, `${path}: memory`, flagRange("--memory"));
+  return spec;
 }
 
 /** Lays flags over a base spec and validates the result. */
@@ -53,10 +58,14 @@ export function applyFlags(base: SpecParsed, flags: SpecFlags): SpecParsed {
   if (flags.os !== undefined) raw.os = flags.os;
   if (flags.arch !== undefined) raw.arch = normaliseArch(flags.arch);
   if (flags.engine !== undefined) raw.engine = flags.engine;
-  if (flags.cpus !== undefined) raw.cpus = toNumber(flags.cpus);
-  if (flags.memory !== undefined) raw.memory = flags.memory;
+  if (flags.cpus !== undefined) raw.cpus = parseFlag("--cpus", flags.cpus);
+  if (flags.memory !== undefined) {
+    parseFlag("--memory", flags.memory);
+    raw.memory = flags.memory;
+  }
   if (flags.display !== undefined) raw.display = parseDisplay(flags.display);
   if (flags.diskSize !== undefined) {
+    parseFlag("--disk-size", flags.diskSize);
     const disks = (raw.disks as Record<string, unknown>[] | undefined) ?? [{ path: "disk.img" }];
     const i = Math.max(0, disks.findIndex((d) => (d.media ?? "disk") === "disk"));
     disks[i] = { ...disks[i], size: flags.diskSize };
@@ -95,11 +104,6 @@ const FLAG_OF: Record<string, string> = {
 function flagFor(path: string): string {
   if (/^disks\[\d+\]\.size$/.test(path)) return "--disk-size";
   return FLAG_OF[path] ?? path;
-}
-
-function toNumber(v: string | number): number | string {
-  if (typeof v === "number") return v;
-  return /^-?\d+$/.test(v.trim()) ? Number(v) : v;
 }
 
 function normaliseArch(a: string): string {

@@ -49,13 +49,55 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
   return out;
 }
 
+/** How deeply a cove.yaml may nest mappings and lists (a real spec needs about 5). */
+export const MAX_NESTING = 64;
+
+function tooDeep(source: string, line?: number, column?: number): SpecError {
+  return new SpecError(source, [{
+    path: "",
+    line,
+    column,
+    message: `nested too deeply (limit ${MAX_NESTING})`,
+  }]);
+}
+
+function isStackOverflow(e: unknown): boolean {
+  return e instanceof RangeError || (e instanceof Error && /call stack/i.test(e.message));
+}
+
+/** The first node nested deeper than {@link MAX_NESTING}, found without recursion. */
+function tooDeepNode(doc: Document): YamlNode | undefined {
+  const stack: [unknown, number][] = [[doc.contents, 1]];
+  while (stack.length) {
+    const [node, depth] = stack.pop()!;
+    if (!isMap(node) && !isSeq(node)) continue;
+    if (depth > MAX_NESTING) return node;
+    for (const item of node.items) {
+      if (isMap(node)) {
+        const pair = item as { key: unknown; value: unknown };
+        stack.push([pair.key, depth + 1], [pair.value, depth + 1]);
+      } else stack.push([item, depth + 1]);
+    }
+  }
+  return undefined;
+}
+
 /** Parses YAML text into a validated (not yet defaulted) spec. */
 export function parseSpec(text: string, source = "cove.yaml"): SpecParsed {
   const lc = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  let doc: Document;
+  try {
+    doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
+  } catch (e) {
+    if (isStackOverflow(e)) throw tooDeep(source);
+    throw e;
+  }
   if (doc.errors.length > 0) {
     const e = doc.errors[0];
     const pos = lc.linePos(e.pos[0]);
+    if (isStackOverflow(e) || /call stack/i.test(e.message)) {
+      throw tooDeep(source, pos.line, pos.col);
+    }
     const what = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
     throw new SpecError(source, [{
       path: "",
@@ -63,6 +105,11 @@ export function parseSpec(text: string, source = "cove.yaml"): SpecParsed {
       column: pos.col,
       message: `YAML syntax error: ${what}`,
     }]);
+  }
+  const deep = tooDeepNode(doc);
+  if (deep) {
+    const pos = deep.range ? lc.linePos(deep.range[0]) : undefined;
+    throw tooDeep(source, pos?.line, pos?.col);
   }
   const raw: unknown = doc.toJS() ?? {};
   return validateSpec(raw, source, { doc, lc });

@@ -10,22 +10,10 @@
  * @module
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
+import { KERNEL_HEAD_BYTES, type KernelKind, kernelKind, readHead } from "../../core/magic.ts";
 import type { ArchName } from "../../core/spec/schema.ts";
 
-/** What a kernel file looks like, from its first bytes. */
-export type KernelKind = "bzimage" | "arm64-image" | "gzip" | "zboot" | "elf" | "unknown";
-
-/** Classifies a kernel file's header. */
-export function kernelKind(head: Uint8Array): KernelKind {
-  const at = (off: number, s: string) =>
-    head.length >= off + s.length && [...s].every((c, i) => head[off + i] === c.charCodeAt(0));
-  if (at(0x202, "HdrS")) return "bzimage";
-  if (at(0x38, "ARM\x64")) return "arm64-image";
-  if (at(0, "MZ") && at(4, "zimg")) return "zboot";
-  if (head[0] === 0x1f && head[1] === 0x8b) return "gzip";
-  if (at(0, "\x7fELF")) return "elf";
-  return "unknown";
-}
+export { type KernelKind, kernelKind };
 
 /** True when a kernel of this kind boots on `arch`. */
 export function kernelFits(kind: KernelKind, arch: ArchName): boolean {
@@ -41,19 +29,7 @@ export async function checkKernel(
 ): Promise<void> {
   let head: Uint8Array;
   try {
-    const f = await Deno.open(path);
-    try {
-      head = new Uint8Array(0x400);
-      let n = 0;
-      while (n < head.length) {
-        const r = await f.read(head.subarray(n));
-        if (r === null) break;
-        n += r;
-      }
-      head = head.subarray(0, n);
-    } finally {
-      f.close();
-    }
+    head = await readHead(path, KERNEL_HEAD_BYTES);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
       throw new CoveError("boot.not_found", `${what}: '${path}' does not exist`, {

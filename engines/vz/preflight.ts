@@ -13,6 +13,7 @@
  * @module
  */
 import { CoveError, ExitCode, usageError } from "../../core/errors.ts";
+import { diskFormat, kernelKind, readHead } from "../../core/magic.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import { formatSize, parseSize } from "../../core/units.ts";
 import type { VmPaths } from "../engine.ts";
@@ -39,47 +40,18 @@ function resolve(paths: VmPaths, p: string): string {
   return p.startsWith("/") ? p : `${paths.dir}/${p}`;
 }
 
+/** The first `n` bytes of a file, or undefined when it cannot be opened. */
 async function head(path: string, n: number): Promise<Uint8Array | undefined> {
-  let f: Deno.FsFile;
-  try {
-    f = await Deno.open(path);
-  } catch {
-    return undefined;
-  }
-  try {
-    const buf = new Uint8Array(n);
-    let got = 0;
-    while (got < n) {
-      const r = await f.read(buf.subarray(got));
-      if (r === null) break;
-      got += r;
-    }
-    return buf.subarray(0, got);
-  } finally {
-    f.close();
-  }
+  return await readHead(path, n).catch(() => undefined);
 }
 
-function bytesAt(b: Uint8Array, off: number, s: string): boolean {
-  return b.length >= off + s.length && [...s].every((c, i) => b[off + i] === c.charCodeAt(0));
-}
-
-/** What a kernel file is, from its first bytes. */
+/** What a kernel file is, from its first bytes (see core/magic.ts). */
 export function kernelFormat(b: Uint8Array): "arm64-image" | "gzip" | "zboot" | "other" {
-  if (b[0] === 0x1f && b[1] === 0x8b) return "gzip";
-  if (bytesAt(b, 0, "MZ") && bytesAt(b, 4, "zimg")) return "zboot";
-  if (bytesAt(b, 0x38, "ARM\x64")) return "arm64-image";
-  return "other";
+  const k = kernelKind(b);
+  return k === "arm64-image" || k === "gzip" || k === "zboot" ? k : "other";
 }
 
-/** A disk image's container format, from its first bytes; "raw" when none is recognised. */
-export function diskFormat(b: Uint8Array): "raw" | "qcow2" | "vmdk" | "vhdx" | "vdi" {
-  if (bytesAt(b, 0, "QFI\xfb")) return "qcow2";
-  if (bytesAt(b, 0, "KDMV") || bytesAt(b, 0, "# Disk DescriptorFile")) return "vmdk";
-  if (bytesAt(b, 0, "vhdxfile")) return "vhdx";
-  if (bytesAt(b, 0x40, "\x7f\x10\xda\xbe")) return "vdi";
-  return "raw";
-}
+export { diskFormat };
 
 /** Runs every check; throws a CoveError naming the first problem. */
 export async function preflight(input: PreflightInput): Promise<void> {

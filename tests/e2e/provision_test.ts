@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
 /** A TCG boot with cloud-init takes 2-3 minutes on a quiet 2-core machine; allow for a busy one. */
@@ -31,7 +32,9 @@ function run(home: string, args: string[], timeoutMs = 120_000): Promise<CliResu
   return cove(home, args, { env: ENV, timeoutMs });
 }
 
-Deno.test({
+linuxTest({
+  needs: "builds a Debian cloud guest with debootstrap and mkfs.ext4, as root",
+  root: true,
   name:
     "a Debian cloud guest booted by cove gets its name, cove's key and its share from the seed, and cove ssh/exec reach it",
   sanitizeResources: false,
@@ -111,7 +114,7 @@ Deno.test({
           "ssh",
           name,
           "--wait",
-          String(BOOT_WAIT_S),
+          `${BOOT_WAIT_S}s`,
           "--",
           "cat",
           "/etc/hostname",

@@ -15,6 +15,11 @@ import {
   guest,
   run,
 } from "./qemu_helpers.ts";
+import { linuxTest } from "../helpers/guard.ts";
+
+/** Why these tests run on Linux only. */
+const LINUX_GUEST =
+  "builds the tiny test guest with Debian's apt-get and dpkg-deb, and finds QEMU processes through /proc";
 
 interface Case {
   name: string;
@@ -103,29 +108,33 @@ const CASES: Case[] = [
 
 for (const c of CASES) {
   for (const cmd of ["start", "run"] as const) {
-    Deno.test(`cove ${cmd} with ${c.name} fails with one line and leaves nothing behind`, async () => {
-      const home = await Deno.makeTempDir({ prefix: "cove-e2e-bad-" });
-      try {
-        const env = (await c.setup(home)) ?? {};
-        const r = await run(home, [cmd, "vm"], { env });
-        assertEquals(r.code, c.exit, r.stderr);
-        const lines = r.stderr.trim().split("\n");
-        assertEquals(lines.length, 1, r.stderr);
-        assertMatch(lines[0], c.message);
-        await assertNothingLeft(home, "vm");
-        const d = await getJson(home, "vm");
-        assertEquals(d.state, "stopped");
-        assertMatch(d.error ?? "", /^failed to start: /);
-      } finally {
-        held?.close();
-        held = undefined;
-        await cleanupHome(home);
-      }
-    });
+    linuxTest(
+      LINUX_GUEST,
+      `cove ${cmd} with ${c.name} fails with one line and leaves nothing behind`,
+      async () => {
+        const home = await Deno.makeTempDir({ prefix: "cove-e2e-bad-" });
+        try {
+          const env = (await c.setup(home)) ?? {};
+          const r = await run(home, [cmd, "vm"], { env });
+          assertEquals(r.code, c.exit, r.stderr);
+          const lines = r.stderr.trim().split("\n");
+          assertEquals(lines.length, 1, r.stderr);
+          assertMatch(lines[0], c.message);
+          await assertNothingLeft(home, "vm");
+          const d = await getJson(home, "vm");
+          assertEquals(d.state, "stopped");
+          assertMatch(d.error ?? "", /^failed to start: /);
+        } finally {
+          held?.close();
+          held = undefined;
+          await cleanupHome(home);
+        }
+      },
+    );
   }
 }
 
-Deno.test("a COVE_HOME longer than the unix socket limit still runs VMs", async () => {
+linuxTest(LINUX_GUEST, "a COVE_HOME longer than the unix socket limit still runs VMs", async () => {
   const base = await Deno.makeTempDir({ prefix: "cove-e2e-long-" });
   const home = join(base, "a-very-long-directory-name-".repeat(5));
   try {

@@ -26,6 +26,11 @@ import {
   waitFor,
   waitForConsole,
 } from "./qemu_helpers.ts";
+import { linuxTest } from "../helpers/guard.ts";
+
+/** Why these tests run on Linux only. */
+const LINUX_GUEST =
+  "builds the tiny test guest with Debian's apt-get and dpkg-deb, and finds QEMU processes through /proc";
 
 async function httpGet(port: number, timeoutMs: number): Promise<string | undefined> {
   try {
@@ -83,119 +88,123 @@ async function consoleRoundTrip(
   }
 }
 
-Deno.test("a VM started with cove start is driven by console, share, port forward, pause and stop from other processes", async (t) => {
-  const home = await Deno.makeTempDir({ prefix: "cove-e2e-life-" });
-  const share = await Deno.makeTempDir({ prefix: "cove-share-" });
-  const name = "life";
-  const port = freePort();
-  try {
-    await Deno.writeTextFile(join(share, "hello.txt"), "shared-from-the-host-42\n");
-    const dir = await createGuestVm(home, name, {
-      shares: [{ path: share, tag: "hostshare" }],
-      forwards: [{ host: port, guest: GUEST_HTTP_PORT }],
-    });
+linuxTest(
+  LINUX_GUEST,
+  "a VM started with cove start is driven by console, share, port forward, pause and stop from other processes",
+  async (t) => {
+    const home = await Deno.makeTempDir({ prefix: "cove-e2e-life-" });
+    const share = await Deno.makeTempDir({ prefix: "cove-share-" });
+    const name = "life";
+    const port = freePort();
+    try {
+      await Deno.writeTextFile(join(share, "hello.txt"), "shared-from-the-host-42\n");
+      const dir = await createGuestVm(home, name, {
+        shares: [{ path: share, tag: "hostshare" }],
+        forwards: [{ host: port, guest: GUEST_HTTP_PORT }],
+      });
 
-    await t.step(
-      "cove start returns once the VM runs, and the boot marker reaches console.log",
-      async () => {
-        const r = await run(home, ["start", name]);
-        assertEquals(r.code, 0, r.stderr);
-        assertEquals(r.stdout.trim(), `started ${name}`);
-        const log = await waitForConsole(home, name, READY_MARKER);
-        assert(log.includes(BOOT_MARKER));
-        assertMatch(log, /Linux \S+ 6\.\d+\S* #1 SMP .* x86_64 GNU\/Linux/);
-      },
-    );
-
-    await t.step("cove list and cove get show the VM running with its QEMU facts", async () => {
-      const list = await run(home, ["list"]);
-      assertMatch(list.stdout, new RegExp(`${name}\\s+running`));
-      const d = await getJson(home, name);
-      assertEquals(d.state, "running");
-      const info = d.live!.supervisor!.info;
-      assertEquals(info.accel, "tcg");
-      assert(typeof info.pid === "number" && qemuPids(dir).includes(info.pid as number));
-      assertEquals((info.forwards as { host: number }[])[0].host, port);
-    });
-
-    await t.step("a second cove run of the running VM is refused at once", async () => {
-      const t0 = Date.now();
-      const r = await run(home, ["run", name]);
-      assertEquals(r.code, 4);
-      assertEquals(r.stderr.trim().split("\n").length, 1);
-      assertMatch(r.stderr, /VM 'life' is already running/);
-      assert(Date.now() - t0 < 20_000, "refused without waiting for the VM");
-      assertEquals((await getJson(home, name)).state, "running");
-    });
-
-    await t.step(
-      "cove console from another process types into the guest and reads a shared file",
-      async () => {
-        const out = await consoleRoundTrip(
-          home,
-          name,
-          "cat /mnt/hostshare/hello.txt",
-          /shared-from-the-host-42/,
-        );
-        assert(out.includes("shared-from-the-host-42"));
-        assert((await consoleLog(home, name)).includes("COVE-MOUNTED hostshare"));
-      },
-    );
-
-    await t.step("a host port forward reaches the guest's listener", async () => {
-      let body: string | undefined;
-      await waitFor(
-        "the forwarded port to answer",
-        async () => (body = await httpGet(port, 3000)) !== undefined,
-        60_000,
+      await t.step(
+        "cove start returns once the VM runs, and the boot marker reaches console.log",
+        async () => {
+          const r = await run(home, ["start", name]);
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(r.stdout.trim(), `started ${name}`);
+          const log = await waitForConsole(home, name, READY_MARKER);
+          assert(log.includes(BOOT_MARKER));
+          assertMatch(log, /Linux \S+ 6\.\d+\S* #1 SMP .* x86_64 GNU\/Linux/);
+        },
       );
-      assertEquals(body!.trim(), HTTP_BODY);
-    });
 
-    await t.step("pause stops the guest and resume brings it back", async () => {
-      const p = await run(home, ["pause", name]);
-      assertEquals(p.code, 0, p.stderr);
-      assertEquals((await getJson(home, name)).state, "paused");
-      assertEquals(await httpGet(port, 2000), undefined, "a paused guest does not answer");
-      const r = await run(home, ["resume", name]);
-      assertEquals(r.code, 0, r.stderr);
-      assertEquals((await getJson(home, name)).state, "running");
-      let body: string | undefined;
-      await waitFor(
-        "the resumed guest to answer",
-        async () => (body = await httpGet(port, 3000)) !== undefined,
-        30_000,
-      );
-      assertEquals(body!.trim(), HTTP_BODY);
-    });
+      await t.step("cove list and cove get show the VM running with its QEMU facts", async () => {
+        const list = await run(home, ["list"]);
+        assertMatch(list.stdout, new RegExp(`${name}\\s+running`));
+        const d = await getJson(home, name);
+        assertEquals(d.state, "running");
+        const info = d.live!.supervisor!.info;
+        assertEquals(info.accel, "tcg");
+        assert(typeof info.pid === "number" && qemuPids(dir).includes(info.pid as number));
+        assertEquals((info.forwards as { host: number }[])[0].host, port);
+      });
 
-    await t.step(
-      "cove stop powers the guest off through ACPI and leaves nothing behind",
-      async () => {
-        const r = await run(home, ["stop", name, "--format", "json"]);
-        assertEquals(r.code, 0, r.stderr);
-        const res = JSON.parse(r.stdout);
-        assertEquals(res.forced, false);
-        assertEquals(res.exit.reason, "host");
-        const log = await consoleLog(home, name);
-        assert(log.includes(POWEROFF_MARKER), "the guest's ACPI power-button handler ran");
-        assertMatch(log, /reboot: Power down/);
-        await assertNothingLeft(home, name);
-        assertEquals((await getJson(home, name)).state, "stopped");
-      },
-    );
-
-    await t.step("stop, console and pause on a stopped VM each give one line", async () => {
-      for (const cmd of ["stop", "console", "pause"]) {
-        const r = await run(home, [cmd, name]);
-        assertEquals(r.code, 4, `${cmd}: ${r.stderr}`);
+      await t.step("a second cove run of the running VM is refused at once", async () => {
+        const t0 = Date.now();
+        const r = await run(home, ["run", name]);
+        assertEquals(r.code, 4);
         assertEquals(r.stderr.trim().split("\n").length, 1);
-        assertMatch(r.stderr, /it is not running/);
-      }
-      await assertNothingLeft(home, name);
-    });
-  } finally {
-    await cleanupHome(home);
-    await Deno.remove(share, { recursive: true }).catch(() => {});
-  }
-});
+        assertMatch(r.stderr, /VM 'life' is already running/);
+        assert(Date.now() - t0 < 20_000, "refused without waiting for the VM");
+        assertEquals((await getJson(home, name)).state, "running");
+      });
+
+      await t.step(
+        "cove console from another process types into the guest and reads a shared file",
+        async () => {
+          const out = await consoleRoundTrip(
+            home,
+            name,
+            "cat /mnt/hostshare/hello.txt",
+            /shared-from-the-host-42/,
+          );
+          assert(out.includes("shared-from-the-host-42"));
+          assert((await consoleLog(home, name)).includes("COVE-MOUNTED hostshare"));
+        },
+      );
+
+      await t.step("a host port forward reaches the guest's listener", async () => {
+        let body: string | undefined;
+        await waitFor(
+          "the forwarded port to answer",
+          async () => (body = await httpGet(port, 3000)) !== undefined,
+          60_000,
+        );
+        assertEquals(body!.trim(), HTTP_BODY);
+      });
+
+      await t.step("pause stops the guest and resume brings it back", async () => {
+        const p = await run(home, ["pause", name]);
+        assertEquals(p.code, 0, p.stderr);
+        assertEquals((await getJson(home, name)).state, "paused");
+        assertEquals(await httpGet(port, 2000), undefined, "a paused guest does not answer");
+        const r = await run(home, ["resume", name]);
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals((await getJson(home, name)).state, "running");
+        let body: string | undefined;
+        await waitFor(
+          "the resumed guest to answer",
+          async () => (body = await httpGet(port, 3000)) !== undefined,
+          30_000,
+        );
+        assertEquals(body!.trim(), HTTP_BODY);
+      });
+
+      await t.step(
+        "cove stop powers the guest off through ACPI and leaves nothing behind",
+        async () => {
+          const r = await run(home, ["stop", name, "--format", "json"]);
+          assertEquals(r.code, 0, r.stderr);
+          const res = JSON.parse(r.stdout);
+          assertEquals(res.forced, false);
+          assertEquals(res.exit.reason, "host");
+          const log = await consoleLog(home, name);
+          assert(log.includes(POWEROFF_MARKER), "the guest's ACPI power-button handler ran");
+          assertMatch(log, /reboot: Power down/);
+          await assertNothingLeft(home, name);
+          assertEquals((await getJson(home, name)).state, "stopped");
+        },
+      );
+
+      await t.step("stop, console and pause on a stopped VM each give one line", async () => {
+        for (const cmd of ["stop", "console", "pause"]) {
+          const r = await run(home, [cmd, name]);
+          assertEquals(r.code, 4, `${cmd}: ${r.stderr}`);
+          assertEquals(r.stderr.trim().split("\n").length, 1);
+          assertMatch(r.stderr, /it is not running/);
+        }
+        await assertNothingLeft(home, name);
+      });
+    } finally {
+      await cleanupHome(home);
+      await Deno.remove(share, { recursive: true }).catch(() => {});
+    }
+  },
+);

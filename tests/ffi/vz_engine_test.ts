@@ -4,7 +4,13 @@
  * pipes, guest and host stops, suspend and restore, and the macOS install
  * with progress and cancellation.
  */
-import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import {
+  assert,
+  assertCoveError,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+} from "../helpers/assert.ts";
 import { buildDouble } from "./build.ts";
 import { CoveError } from "../../core/errors.ts";
 import { parseSpec } from "../../core/spec/load.ts";
@@ -121,7 +127,7 @@ Deno.test("vz engine: request stop ends as a guest stop, stop ends as a host sto
     await b.resume();
     await b.stop();
     assertEquals(await b.wait(), { reason: "host" });
-    await assertRejects(() => b.writeConsole(new Uint8Array([1])), CoveError);
+    await assertCoveError(() => b.writeConsole(new Uint8Array([1])));
   } finally {
     await Deno.remove(paths.dir, { recursive: true });
   }
@@ -156,7 +162,7 @@ Deno.test("vz engine refuses to suspend a VM whose devices VZ cannot save, and i
       graphics: false,
       restore: false,
     });
-    const err = await assertRejects(() => vm.suspend(), CoveError);
+    const err = await assertCoveError(() => vm.suspend());
     assertEquals(err.code, "vz.suspend");
     assertMatch(err.message, /cannot be suspended: Saving is not supported with an entropy device/);
     assertEquals(vm.state(), "running");

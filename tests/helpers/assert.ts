@@ -5,6 +5,7 @@
  * @module
  */
 import nodeAssert from "node:assert/strict";
+import { CoveError } from "../../core/errors.ts";
 
 /** Asserts that `cond` is truthy. */
 export function assert(cond: unknown, msg?: string): asserts cond {
@@ -49,4 +50,62 @@ export function assertThrows<E extends Error>(
     throw new Error(`expected ${cls.name}, got ${e instanceof Error ? e.stack : String(e)}`);
   }
   throw new Error(msg ?? `expected a throw of ${cls.name}`);
+}
+
+/** What {@link assertCoveError} checks of the error, besides its class. */
+export interface CoveErrorWant {
+  /** The stable code, e.g. `usage.size`. */
+  code?: string;
+  /** The exit code. */
+  exit?: number;
+  /** A pattern the message must match. */
+  message?: RegExp;
+}
+
+function checkCoveError(e: unknown, want: CoveErrorWant): CoveError {
+  if (!(e instanceof CoveError)) {
+    throw new Error(`expected a CoveError, got ${e instanceof Error ? e.stack : String(e)}`);
+  }
+  if (want.code !== undefined) nodeAssert.equal(e.code, want.code, e.message);
+  if (want.exit !== undefined) nodeAssert.equal(e.exit, want.exit, `exit code of: ${e.message}`);
+  if (want.message !== undefined) nodeAssert.match(e.message, want.message);
+  nodeAssert.ok(!e.line().includes("\n"), `not one line: ${e.line()}`);
+  return e;
+}
+
+function noThrow(want: CoveErrorWant): Error {
+  return new Error(
+    `expected a CoveError${want.code ? ` ${want.code}` : ""}, but nothing was thrown`,
+  );
+}
+
+/**
+ * Asserts that `fn` fails with a one-line CoveError matching `want`, and
+ * returns the error. The one helper for CoveErrors: an async `fn` gives a
+ * promise, a sync one checks at once.
+ */
+export function assertCoveError(
+  fn: () => Promise<unknown>,
+  want?: CoveErrorWant,
+): Promise<CoveError>;
+export function assertCoveError(fn: () => unknown, want?: CoveErrorWant): CoveError;
+export function assertCoveError(
+  fn: () => unknown,
+  want: CoveErrorWant = {},
+): CoveError | Promise<CoveError> {
+  let result: unknown;
+  try {
+    result = fn();
+  } catch (e) {
+    return checkCoveError(e, want);
+  }
+  if (result instanceof Promise) {
+    return result.then(
+      () => {
+        throw noThrow(want);
+      },
+      (e) => checkCoveError(e, want),
+    );
+  }
+  throw noThrow(want);
 }

@@ -5,6 +5,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
 
 /** The repository root. */
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -64,4 +65,17 @@ export async function withTempDir<T>(
 export async function allocatedBytes(path: string): Promise<number> {
   const st = await Deno.stat(path);
   return (st.blocks ?? 0) * 512;
+}
+
+/**
+ * Asserts that a CLI run failed the way cove fails: exit code `exit`, nothing
+ * on stdout, one line on stderr matching `re`, and no stack trace.
+ */
+export function assertOneLineError(r: CliResult, exit: number, re: RegExp): void {
+  assertEquals(r.code, exit, r.stderr);
+  assertEquals(r.stdout, "");
+  const lines = r.stderr.trimEnd().split("\n");
+  assertEquals(lines.length, 1, `expected one line, got:\n${r.stderr}`);
+  assertMatch(lines[0], re);
+  assert(!/\bat .*\.ts:\d+/.test(r.stderr), "no stack trace");
 }

@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertRejects } from "../helpers/assert.ts";
 import {
   arpIpFor,
   leaseIpFor,
@@ -104,7 +104,7 @@ function spec(yaml: string) {
 
 Deno.test("ip/ssh to a stopped VM is one clear line", async () => {
   await withBundle(async (b) => {
-    const err = await assertRejects(() => guestAddress(b, spec("")), CoveError);
+    const err = await assertCoveError(() => guestAddress(b, spec("")));
     assertEquals(err.code, "vm.not_running");
     assertEquals(err.line(), "VM 'dev' is not running (start it with 'cove start dev')");
   });

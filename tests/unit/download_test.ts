@@ -1,16 +1,17 @@
-import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertRejects } from "../helpers/assert.ts";
 import { createHash } from "node:crypto";
 import {
   BlobCache,
   type CacheEntry,
   type CacheProvider,
   listCaches,
-  parseDuration,
   pruneCaches,
 } from "../../core/images/cache.ts";
+import { parseDuration } from "../../core/units.ts";
 import { download, type DownloadEvent, parseChecksum } from "../../core/images/download.ts";
 import { CoveError } from "../../core/errors.ts";
 import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const SIZE = 3 * 1024 * 1024 + 123;
 
@@ -78,7 +79,7 @@ Deno.test("a connection dropped halfway fails with one line, keeps the partial, 
   await withEnv(async ({ cache, srv, body }) => {
     srv.files.set("/drop.img", { body, dropAfter: 1_500_000, dropTimes: 1, etag: '"v1"' });
     const url = `${srv.base}/drop.img`;
-    const err = await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    const err = await assertCoveError(() => download(url, { cache, retries: 0 }));
     assertEquals(err.code, "download.interrupted");
     assert(!err.message.includes("\n"));
     const partial = await cache.partialPaths(url);
@@ -125,7 +126,7 @@ Deno.test("a changed file (If-Range mismatch) restarts from zero instead of spli
   await withEnv(async ({ cache, srv, body }) => {
     const url = `${srv.base}/changing.img`;
     srv.files.set("/changing.img", { body, dropAfter: 2_000_000, dropTimes: 1, etag: '"old"' });
-    await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    await assertCoveError(() => download(url, { cache, retries: 0 }));
     const fresh = pseudoRandomBytes(SIZE, 99);
     srv.files.set("/changing.img", { body: fresh, etag: '"new"' });
     const got = await download(url, {
@@ -267,54 +268,47 @@ Deno.test("prune removes entries older than a duration, then least recently used
   assertEquals(r.keptSize, 500);
 });
 
-Deno.test("parseDuration reads s/m/h/d/w and rejects words", () => {
-  assertEquals(parseDuration("90m"), 5_400_000);
-  assertEquals(parseDuration("2w"), 14 * 86_400_000);
-  try {
-    parseDuration("soon");
-    throw new Error("expected a failure");
-  } catch (e) {
-    assert(e instanceof CoveError && e.code === "usage.duration");
-  }
-});
-
-Deno.test("a full disk gives one line and leaves no cache entry", async () => {
-  const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
-  const mount = await new Deno.Command("mount", {
-    args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
-  }).output();
-  if (!mount.success) {
-    await Deno.remove(mnt);
-    throw new Error(
-      `this test needs root to mount a 1 MiB tmpfs: ${
-        new TextDecoder().decode(mount.stderr).trim()
-      }`,
-    );
-  }
-  const srv = startLoopbackServer();
-  try {
-    srv.files.set("/big.img", { body: pseudoRandomBytes(SIZE, 3) });
-    const cache = new BlobCache(`${mnt}/cache`);
-    const err = await assertRejects(
-      () => download(`${srv.base}/big.img`, { cache, retries: 0 }),
-      CoveError,
-    );
-    assertEquals(err.code, "io.no_space");
-    assert(err.line().includes("the disk is full"));
-    assertEquals((await cache.list()).filter((e) => !e.partial), []);
-    assertEquals(await files(cache.blobsDir), []);
-  } finally {
-    await srv.close();
-    await new Deno.Command("umount", { args: [mnt] }).output();
-    await Deno.remove(mnt, { recursive: true });
-  }
-});
+linuxTest(
+  { needs: "mounts a 1 MiB tmpfs (mount -t tmpfs)", root: true },
+  "a full disk gives one line and leaves no cache entry",
+  async () => {
+    const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
+    const mount = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt],
+    }).output();
+    if (!mount.success) {
+      await Deno.remove(mnt);
+      throw new Error(
+        `this test needs root to mount a 1 MiB tmpfs: ${
+          new TextDecoder().decode(mount.stderr).trim()
+        }`,
+      );
+    }
+    const srv = startLoopbackServer();
+    try {
+      srv.files.set("/big.img", { body: pseudoRandomBytes(SIZE, 3) });
+      const cache = new BlobCache(`${mnt}/cache`);
+      const err = await assertRejects(
+        () => download(`${srv.base}/big.img`, { cache, retries: 0 }),
+        CoveError,
+      );
+      assertEquals(err.code, "io.no_space");
+      assert(err.line().includes("the disk is full"));
+      assertEquals((await cache.list()).filter((e) => !e.partial), []);
+      assertEquals(await files(cache.blobsDir), []);
+    } finally {
+      await srv.close();
+      await new Deno.Command("umount", { args: [mnt] }).output();
+      await Deno.remove(mnt, { recursive: true });
+    }
+  },
+);
 
 Deno.test("a URL's token never reaches errors, progress, listings or index.json, yet the exact URL still hits the cache", async () => {
   await withEnv(async ({ cache, srv, body }) => {
     srv.files.set("/signed.img", { body, dropAfter: 1_000_000, dropTimes: 1 });
     const url = `${srv.base}/signed.img?token=s3cr3t`;
-    const err = await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    const err = await assertCoveError(() => download(url, { cache, retries: 0 }));
     assert(!err.message.includes("s3cr3t"), err.message);
     const partial = (await cache.list()).find((e) => e.partial);
     assert(partial && !partial.source.includes("s3cr3t"), partial?.source);
@@ -337,7 +331,7 @@ Deno.test("prune skips a partial download whose downloader still holds its lock"
   await withEnv(async ({ cache, srv, body }) => {
     srv.files.set("/busy.img", { body, dropAfter: 1_000_000, dropTimes: 1 });
     const url = `${srv.base}/busy.img`;
-    await assertRejects(() => download(url, { cache, retries: 0 }), CoveError);
+    await assertCoveError(() => download(url, { cache, retries: 0 }));
     const paths = await cache.partialPaths(url);
     const id = (await cache.list()).find((e) => e.partial)!.id;
     const held = await Deno.open(`${paths.meta}.lock`, { read: true, write: true });

@@ -57,7 +57,7 @@ Deno.test("cove create --from URL reports JSON progress on stderr, and image ls/
       const keep = await cove(home, ["image", "prune", "--older-than", "30d"]);
       assertEquals(keep.code, 0, keep.stderr);
       assertEquals(keep.stdout, "");
-      const prune = await cove(home, ["image", "prune", "--budget", "0"]);
+      const prune = await cove(home, ["image", "prune", "--budget", "0B"]);
       assertEquals(prune.code, 0, prune.stderr);
       assertMatch(prune.stdout, /^removed download sha256:/);
       assertEquals(JSON.parse((await cove(home, ["image", "ls", "--format", "json"])).stdout), []);

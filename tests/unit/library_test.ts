@@ -185,7 +185,7 @@ Deno.test({
           "x",
         ], { env });
         assertEquals(bad.code, 2);
-        assertMatch(bad.stderr, /--concurrency: 'x' is not a number from 1 to 64/);
+        assertMatch(bad.stderr, /--concurrency: 'x' is not a whole number \(use 1 to 64\)/);
       });
     } finally {
       await reg.stop();

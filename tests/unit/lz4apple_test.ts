@@ -2,6 +2,7 @@
 // vectors are written out byte by byte from the framing description and the
 // LZ4 block specification, not produced by the code under test.
 import assert from "node:assert/strict";
+import { assertCoveError } from "../helpers/assert.ts";
 import {
   AppleLz4Decoder,
   AppleLz4Encoder,
@@ -9,7 +10,6 @@ import {
   decodeAppleLz4,
   encodeAppleLz4,
 } from "../../core/oci/lz4apple.ts";
-import { CoveError } from "../../core/errors.ts";
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -41,11 +41,7 @@ function decodeBytewise(data: Uint8Array): Uint8Array {
 }
 
 function assertCorrupt(data: Uint8Array, pattern: RegExp): void {
-  assert.throws(
-    () => decodeAppleLz4(data),
-    (e: unknown) =>
-      e instanceof CoveError && e.code === "oci.lz4_corrupt" && pattern.test(e.message),
-  );
+  assertCoveError(() => decodeAppleLz4(data), { code: "oci.lz4_corrupt", message: pattern });
 }
 
 // "abc" then a match of 12 at offset 3, then the 5 final literals "xyz12".

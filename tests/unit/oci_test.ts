@@ -1,7 +1,7 @@
 /** OCI pieces that need no registry: references, Tart's manifest and config, auth parsing. */
 import { createHash } from "node:crypto";
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { withTempDir } from "../helpers/cli.ts";
 import { CoveError } from "../../core/errors.ts";
 import {
@@ -35,13 +35,8 @@ const te = new TextEncoder();
 const D = (c: string) => `sha256:${c.repeat(64)}`;
 
 function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof CoveError) return `${e.code}: ${e.message}`;
-    throw e;
-  }
-  throw new Error("expected a CoveError");
+  const e = assertCoveError(fn);
+  return `${e.code}: ${e.message}`;
 }
 
 Deno.test("reference parsing fills Docker Hub defaults and keeps hosts with ports", () => {

@@ -7,7 +7,13 @@
  * a seeded fuzz run over mutated headers and tables complete the picture.
  */
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import {
+  assert,
+  assertCoveError,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+} from "../helpers/assert.ts";
 import { convertQcow2ToRaw, probeImage, qcow2Internals } from "../../core/images/qcow2.ts";
 import { CoveError } from "../../core/errors.ts";
 import type { FuzzReply, FuzzRequest } from "./fixtures/qcow2_fuzz_worker.ts";
@@ -417,7 +423,7 @@ for (const threaded of [false, true]) {
       b.fill(0xff, coff, coff + 256);
       await Deno.writeFile(img, b);
       const out = join(dir, "out.raw");
-      const e = await assertRejects(() => convertQcow2ToRaw(img, out, { threaded }), CoveError);
+      const e = await assertCoveError(() => convertQcow2ToRaw(img, out, { threaded }));
       assertEquals(e.code, "image.corrupt");
       assertMatch(e.line(), /a zlib-compressed cluster does not decompress/);
       const names = [];
@@ -434,7 +440,7 @@ Deno.test("qcow2 -> raw that fails keeps an existing destination untouched", asy
     await Deno.writeFile(img, bytes.subarray(0, bytes.length >> 1)); // truncated
     const out = join(dir, "disk.img");
     await Deno.writeTextFile(out, "previous disk");
-    await assertRejects(() => convertQcow2ToRaw(img, out), CoveError);
+    await assertCoveError(() => convertQcow2ToRaw(img, out));
     assertEquals(await Deno.readTextFile(out), "previous disk");
     const names = [];
     for await (const d of Deno.readDir(dir)) names.push(d.name);
@@ -449,10 +455,8 @@ Deno.test("qcow2 -> raw that fails keeps an existing destination untouched", asy
 async function assertRefused(img: string, dir: string, code: string, re: RegExp): Promise<void> {
   const out = join(dir, "out", "disk.img");
   await Deno.mkdir(join(dir, "out"), { recursive: true });
-  const e = await assertRejects(() => convertQcow2ToRaw(img, out), CoveError);
-  assertEquals(e.code, code, e.message);
+  const e = await assertCoveError(() => convertQcow2ToRaw(img, out), { code });
   assertMatch(e.line(), re);
-  assert(!e.line().includes("\n"), "one line");
   const left = [];
   for await (const d of Deno.readDir(join(dir, "out"))) left.push(d.name);
   assertEquals(left, [], "nothing partial is left");
@@ -482,6 +486,58 @@ function layout(b: Uint8Array): { l1: number; l2: number; entry: number; cs: num
   }
   return { l1, l2, entry, cs };
 }
+
+Deno.test("qcow2 -> raw refuses what qemu-img refuses on open: refcount width, empty or oversized tables, a runaway header extension, an unaligned zero cluster", async () => {
+  await withDir(async (dir) => {
+    const good = await Deno.readFile(
+      await buildImage(dir, { o: "cluster_size=65536", size: 2 * MiB, io: ["write -z 0 64k"] }),
+    );
+    const setBe32 = (b: Uint8Array, off: number, v: number) =>
+      new DataView(b.buffer, b.byteOffset).setUint32(off, v);
+    const l1 = Number(getBe64(good, 40));
+    const l2 = Number(getBe64(good, l1) & 0x00fffffffffffe00n);
+    const cases: [string, (b: Uint8Array) => void, RegExp][] = [
+      ["refcount_order 7", (b) => setBe32(b, 96, 7), /refcount_order 7 is above 6/],
+      ["no refcount table", (b) => setBe32(b, 56, 0), /there is no refcount table/],
+      ["70000 snapshots", (b) => setBe32(b, 60, 70000), /70000 snapshots is more than 65536/],
+      [
+        "an L1 table of 2^23 entries",
+        (b) => setBe32(b, 36, 2 ** 23),
+        /the L1 table .* is too large/,
+      ],
+      [
+        "an unaligned snapshot table",
+        (b) => setBe64(b, 64, 0x10200n),
+        /snapshot table offset 0x10200 is invalid/,
+      ],
+      ["a header extension past the cluster", (b) => {
+        const at = be32(b, 100);
+        setBe32(b, at, 0x12345678);
+        setBe32(b, at + 4, 0x20000);
+      }, /a header extension \(type 0x12345678\) runs past the header/],
+      // The first L2 entry is a zero cluster (write -z): give it an unaligned host offset.
+      [
+        "a zero cluster at an unaligned offset",
+        (b) => setBe64(b, l2, 0x10201n),
+        /data cluster offset 0x10200 is not cluster aligned/,
+      ],
+    ];
+    for (const [what, mutate, re] of cases) {
+      const b = good.slice();
+      mutate(b);
+      const img = join(dir, "bad.qcow2");
+      await Deno.writeFile(img, b);
+      const q = await new Deno.Command("qemu-img", {
+        args: ["convert", "-f", "qcow2", "-O", "raw", img, join(dir, "q.raw")],
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert(!q.success, `qemu-img refuses ${what} too`);
+      await assertRefused(img, dir, "image.corrupt", re);
+      await Deno.remove(img);
+    }
+  });
+});
 
 Deno.test("qcow2 -> raw refuses an image with a backing file", async () => {
   await withDir(async (dir) => {
@@ -609,7 +665,7 @@ Deno.test("qcow2 -> raw refuses a file that is not qcow2, and a missing one", as
 const FUZZ_CASES = 300;
 const FUZZ_CASE_LIMIT_MS = 20_000;
 
-Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables either converts or throws a CoveError, each within ${FUZZ_CASE_LIMIT_MS / 1000} s`, async () => {
+Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables converts exactly as qemu-img does or throws a CoveError, each within ${FUZZ_CASE_LIMIT_MS / 1000} s`, async () => {
   await withDir(async (dir) => {
     // Three small bases: compressed with zero clusters, extended L2 with zstd, and v2 512 B.
     const bases: Uint8Array[] = [];
@@ -634,7 +690,8 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
     });
     const rnd = prng(0xc0ffee);
     const pick = <T>(xs: T[]): T => xs[(rnd() * xs.length) | 0];
-    const outcomes = { converted: 0, refused: 0 };
+    const outcomes = { converted: 0, refused: 0, sameAsQemu: 0, onlyQemuConverted: 0 };
+    await requireTool("qemu-img", "qemu-utils");
     try {
       for (let i = 0; i < FUZZ_CASES; i++) {
         const base = bases[i % bases.length];
@@ -681,7 +738,7 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
         }
         const src = join(dir, `case.qcow2`);
         await Deno.writeFile(src, b);
-        const req: FuzzRequest = { src, dst: join(dir, "case.raw") };
+        const req: FuzzRequest = { src, dst: join(dir, "case.raw"), keep: true };
         let timer: ReturnType<typeof setTimeout> | undefined;
         const reply = await Promise.race([
           new Promise<FuzzReply>((resolve) => {
@@ -695,11 +752,48 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
         clearTimeout(timer);
         const label = `case ${i} (base ${i % bases.length}: ${what.join(", ")})`;
         if (reply === "timeout") throw new Error(`${label} did not finish in time`);
-        if (reply.ok) outcomes.converted++;
-        else {
+        if (reply.ok) {
+          outcomes.converted++;
+          // What cove converted, qemu-img must read the same: byte for byte, or refuse it too.
+          const ref = join(dir, "case.ref.raw");
+          const q = await new Deno.Command("qemu-img", {
+            args: ["convert", "-f", "qcow2", "-O", "raw", src, ref],
+            stdout: "null",
+            stderr: "piped",
+          }).output();
+          assert(
+            q.success,
+            `${label}: cove converted an image qemu-img refuses: ${
+              new TextDecoder().decode(q.stderr).trim()
+            }`,
+          );
+          await sameBytes(ref, req.dst).catch((e) => {
+            throw new Error(`${label}: cove's output differs from qemu-img's: ${e.message}`);
+          });
+          outcomes.sameAsQemu++;
+          await Deno.remove(ref).catch(() => {});
+          await Deno.remove(req.dst).catch(() => {});
+        } else {
           assert(reply.cove, `${label} threw a non-CoveError: ${reply.message}`);
           assert(reply.code !== "internal", `${label} threw an internal error: ${reply.message}`);
           outcomes.refused++;
+          // What qemu-img converts but cove refuses may only be a table or cluster that points
+          // past the end of the file (qemu-img reads zeros there; cove takes it for a truncated
+          // download).
+          const q = await new Deno.Command("qemu-img", {
+            args: ["convert", "-f", "qcow2", "-O", "raw", src, join(dir, "case.ref.raw")],
+            stdout: "null",
+            stderr: "null",
+          }).output();
+          await Deno.remove(join(dir, "case.ref.raw")).catch(() => {});
+          if (q.success) {
+            outcomes.onlyQemuConverted++;
+            assertMatch(
+              reply.message ?? "",
+              /lies outside the file|is truncated/,
+              `${label}: qemu-img converts it, cove refused it for another reason`,
+            );
+          }
         }
       }
     } finally {
@@ -707,6 +801,7 @@ Deno.test(`qcow2 -> raw on ${FUZZ_CASES} seeded mutations of headers and tables 
     }
     // Both outcomes occur: the mutations reach past the first sanity check.
     assert(outcomes.converted > 0 && outcomes.refused > 0, JSON.stringify(outcomes));
+    assertEquals(outcomes.sameAsQemu, outcomes.converted, JSON.stringify(outcomes));
   });
 });
 

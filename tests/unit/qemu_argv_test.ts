@@ -302,7 +302,50 @@ Deno.test("commas in paths are doubled for QEMU's option syntax", () => {
   assertEquals(qemuEscape("/a,b/c,,d"), "/a,,b/c,,,,d");
 });
 
-Deno.test("the same spec and plan always give the same argv", () => {
+Deno.test("a minimal spec (no UUID, MAC or firmware in the plan) gives exactly the default argv", () => {
   const s = spec({ engine: "qemu", memory: "1GiB", disks: [{ path: "d.img", size: "1GiB" }] });
-  assertEquals(buildQemuArgs(s, plan()), buildQemuArgs(s, plan()));
+  // The default spec: 2 CPUs, one user-mode NIC without a fixed MAC, the root disk bootable;
+  // -m comes from the plan (the engine's resolved memory), not from the spec's text.
+  assertEquals(buildQemuArgs(s, plan()), [
+    "-name",
+    "t,process=cove-t",
+    "-nodefaults",
+    "-no-user-config",
+    "-machine",
+    "q35",
+    "-accel",
+    "tcg",
+    "-cpu",
+    "max",
+    "-smp",
+    "2",
+    "-m",
+    "512M",
+    "-pidfile",
+    "/run/t/qemu.pid",
+    "-qmp",
+    "unix:/run/t/qmp.sock,server=on,wait=off",
+    "-chardev",
+    "socket,id=cove-console,path=/run/t/console.sock,server=on,wait=on",
+    "-serial",
+    "chardev:cove-console",
+    "-monitor",
+    "none",
+    "-display",
+    "none",
+    "-drive",
+    "if=none,id=cove-disk0,format=raw,cache.direct=off,cache.no-flush=off,discard=unmap,file=/vm/t/disk.img",
+    "-device",
+    "virtio-blk-pci,drive=cove-disk0,bootindex=0",
+    "-netdev",
+    "user,id=cove-net0",
+    "-device",
+    "virtio-net-pci,netdev=cove-net0",
+    "-object",
+    "rng-random,id=cove-rng,filename=/dev/urandom",
+    "-device",
+    "virtio-rng-pci,rng=cove-rng",
+    "-device",
+    "virtio-balloon-pci",
+  ]);
 });

@@ -4,15 +4,8 @@
  * the parent-death wrapper.
  */
 import { join } from "node:path";
-import {
-  assert,
-  assertEquals,
-  assertMatch,
-  assertRejects,
-  assertThrows,
-} from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { withTempDir } from "../helpers/cli.ts";
-import { CoveError } from "../../core/errors.ts";
 import { checkKernel, kernelFits, kernelKind } from "../../engines/qemu/kernel.ts";
 import { findFirmware, prepareFirmware, requireFirmware } from "../../engines/qemu/firmware.ts";
 import { chooseAccel, probeFirmware, requestedAccel } from "../../engines/qemu/accel.ts";
@@ -22,6 +15,7 @@ import { shareTag } from "../../engines/qemu/mod.ts";
 import { Qmp, QmpError, withTimeout } from "../../engines/qemu/qmp.ts";
 import type { HostInfo } from "../../engines/engine.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 function header(at: number, s: string, size = 0x400): Uint8Array {
   const b = new Uint8Array(size);
@@ -67,15 +61,15 @@ Deno.test("a file that is not a kernel fails with one line naming it", async () 
   await withTempDir(async (dir) => {
     const p = join(dir, "vmlinuz");
     await Deno.writeTextFile(p, "this is not a kernel\n");
-    const e = await assertRejects(() => checkKernel(p, "x86_64"), CoveError);
+    const e = await assertCoveError(() => checkKernel(p, "x86_64"));
     assertEquals(e.code, "boot.bad_kernel");
     assertMatch(e.line(), /^boot\.kernel: '.*vmlinuz' is not a Linux kernel/);
     assertEquals(e.line().includes("\n"), false);
     await Deno.writeFile(p, header(0x202, "HdrS"));
     await checkKernel(p, "x86_64");
-    const arm = await assertRejects(() => checkKernel(p, "arm64"), CoveError);
+    const arm = await assertCoveError(() => checkKernel(p, "arm64"));
     assertMatch(arm.message, /is a x86 kernel, not one for arm64 guests/);
-    const missing = await assertRejects(() => checkKernel(join(dir, "nope"), "x86_64"), CoveError);
+    const missing = await assertCoveError(() => checkKernel(join(dir, "nope"), "x86_64"));
     assertEquals(missing.code, "boot.not_found");
   });
 });
@@ -105,7 +99,7 @@ Deno.test("firmware is found in the configured share directories and copied per 
 
 Deno.test("no EFI firmware is one clear host error", async () => {
   await withEnv({ COVE_FIRMWARE_DIRS: "/nonexistent" }, () => {
-    const e = assertThrows(() => requireFirmware("x86_64"), CoveError);
+    const e = assertCoveError(() => requireFirmware("x86_64"));
     assertEquals(e.code, "qemu.no_firmware");
     assertMatch(
       e.line(),
@@ -116,7 +110,7 @@ Deno.test("no EFI firmware is one clear host error", async () => {
 
 Deno.test("no qemu binary is one clear host error", async () => {
   await withEnv({ PATH: "/nonexistent" }, () => {
-    const e = assertThrows(() => findQemu("x86_64", "qemu-system-nothing"), CoveError);
+    const e = assertCoveError(() => findQemu("x86_64", "qemu-system-nothing"));
     assertEquals(e.code, "qemu.not_found");
     assertMatch(e.line(), /^qemu-system-nothing is not installed/);
   });
@@ -136,7 +130,7 @@ Deno.test("COVE_QEMU_ACCEL overrides the spec's accelerator", async () => {
     assertMatch(c.why, /COVE_QEMU_ACCEL=tcg/);
   });
   await withEnv({ COVE_QEMU_ACCEL: "warp" }, () => {
-    const e = assertThrows(() => requestedAccel(accelSpec("auto")), CoveError);
+    const e = assertCoveError(() => requestedAccel(accelSpec("auto")));
     assertMatch(e.message, /COVE_QEMU_ACCEL: 'warp' is not an accelerator/);
   });
 });
@@ -144,7 +138,7 @@ Deno.test("COVE_QEMU_ACCEL overrides the spec's accelerator", async () => {
 Deno.test("a guest of another architecture runs under tcg and hvf needs macOS", async () => {
   await withEnv({ COVE_QEMU_ACCEL: undefined }, async () => {
     assertEquals((await chooseAccel(accelSpec("auto", "arm64"), LINUX, "/bin/false")).accel, "tcg");
-    await assertRejects(() => chooseAccel(accelSpec("hvf"), LINUX, "/bin/false"), CoveError);
+    await assertCoveError(() => chooseAccel(accelSpec("hvf"), LINUX, "/bin/false"));
     const mac: HostInfo = { os: "darwin", arch: "arm64", cpus: 8, memory: 2 ** 34 };
     assertEquals((await chooseAccel(accelSpec("auto", "arm64"), mac, "/bin/false")).accel, "hvf");
     assertEquals((await chooseAccel(accelSpec("auto", "x86_64"), mac, "/bin/false")).accel, "tcg");
@@ -187,24 +181,28 @@ Deno.test("QEMU is wrapped so that it dies with its parent: setpriv on Linux, el
   });
 });
 
-Deno.test("the sh watchdog kills its command when its stdin closes", async () => {
-  await withEnv({ COVE_REAPER: "sh" }, async () => {
-    const r = reaped("sleep", ["300"]);
-    const child = new Deno.Command(r.command, {
-      args: r.args,
-      stdin: "piped",
-      stdout: "null",
-      stderr: "null",
-    }).spawn();
-    await new Promise((res) => setTimeout(res, 300));
-    const sleeper = findChild(child.pid, "sleep");
-    assert(sleeper, "the watchdog started its command");
-    await child.stdin.close();
-    const st = await child.status;
-    assert(!st.success, "the command was killed, not finished");
-    assert(!alive(sleeper), "no orphan is left");
-  });
-});
+linuxTest(
+  "finds the watchdog's children through /proc",
+  "the sh watchdog kills its command when its stdin closes",
+  async () => {
+    await withEnv({ COVE_REAPER: "sh" }, async () => {
+      const r = reaped("sleep", ["300"]);
+      const child = new Deno.Command(r.command, {
+        args: r.args,
+        stdin: "piped",
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await new Promise((res) => setTimeout(res, 300));
+      const sleeper = findChild(child.pid, "sleep");
+      assert(sleeper, "the watchdog started its command");
+      await child.stdin.close();
+      const st = await child.status;
+      assert(!st.success, "the command was killed, not finished");
+      assert(!alive(sleeper), "no orphan is left");
+    });
+  },
+);
 
 function findChild(ppid: number, comm: string): number | undefined {
   for (const e of Deno.readDirSync("/proc")) {

@@ -1,9 +1,9 @@
 import {
   assert,
+  assertCoveError,
   assertEquals,
   assertMatch,
   assertRejects,
-  assertThrows,
 } from "../helpers/assert.ts";
 import { createHash } from "node:crypto";
 import { BlobCache } from "../../core/images/cache.ts";
@@ -17,7 +17,7 @@ import {
 import { materializeSource, prepareSource, resolveSource } from "../../core/images/source.ts";
 import { SEED_DISK } from "../../core/provision/seed.ts";
 import { applyDefaults } from "../../core/spec/defaults.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { SpecSchema, type VmSpec } from "../../core/spec/schema.ts";
 import { Bundle } from "../../core/store/bundle.ts";
 import { CoveError } from "../../core/errors.ts";
 import { startLoopbackServer } from "../helpers/loopback_http.ts";
@@ -26,21 +26,7 @@ const HOST = { os: "linux" as const, arch: "x86_64" as const, cpus: 2, memory: 8
 
 function baseSpec(arch: "x86_64" | "arm64" = "x86_64"): VmSpec {
   return applyDefaults(
-    {
-      engine: "auto",
-      shares: [],
-      rosetta: false,
-      nested: false,
-      audio: false,
-      keyboard: "auto",
-      pointing: "auto",
-      clipboard: false,
-      vsock: true,
-      entropy: true,
-      balloon: true,
-      arch,
-      networks: [{ mode: "user", mac: "52:54:00:12:34:56", forwards: [] }],
-    },
+    SpecSchema.parse({ arch, networks: [{ mode: "user", mac: "52:54:00:12:34:56" }] }),
     HOST,
     "dev",
   );
@@ -118,7 +104,7 @@ Deno.test("catalog: every image has x86_64 and arm64 and a checksum source; alia
 });
 
 Deno.test("an unknown alias is one line listing the known images", () => {
-  const err = assertThrows(() => resolveAlias("debian:11", "x86_64"), CoveError);
+  const err = assertCoveError(() => resolveAlias("debian:11", "x86_64"));
   assertEquals(err.code, "catalog.unknown");
   assert(!err.message.includes("\n"));
   for (const n of knownNames()) assert(err.message.includes(n), n);
@@ -228,7 +214,7 @@ Deno.test("a catalog image whose checksum does not match leaves no cache entry a
       const staging = new Bundle("dev", `${dir}/staging`);
       await Deno.mkdir(staging.dir);
       const populate = await prepareSource("ubuntu:24.04");
-      const err = await assertRejects(() => populate(staging, baseSpec("arm64")), CoveError);
+      const err = await assertCoveError(() => populate(staging, baseSpec("arm64")));
       assertEquals(err.code, "download.checksum");
       assertEquals(await new BlobCache().list(), []);
       assertEquals(await Array.fromAsync(Deno.readDir(staging.dir)), []);
@@ -303,18 +289,18 @@ Deno.test("local sources: raw is cloned, qcow2 converted, an ISO attached as a c
 
 Deno.test("bad --from values fail before anything is staged, each with one line", async () => {
   await withTemp(async (dir) => {
-    const missing = await assertRejects(() => resolveSource(`${dir}/nope.img`), CoveError);
+    const missing = await assertCoveError(() => resolveSource(`${dir}/nope.img`));
     assertEquals(missing.code, "source.not_found");
-    const alias = await assertRejects(() => resolveSource("centos:7"), CoveError);
+    const alias = await assertCoveError(() => resolveSource("centos:7"));
     assertEquals(alias.code, "catalog.unknown");
     await Deno.writeFile(
       `${dir}/x.xz`,
       new Uint8Array([0xfd, 0x37, 0x7a, 0x58, 0x5a, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]),
     );
-    const xz = await assertRejects(() => resolveSource(`${dir}/x.xz`), CoveError);
+    const xz = await assertCoveError(() => resolveSource(`${dir}/x.xz`));
     assertEquals(xz.code, "source.not_image");
     assertMatch(xz.line(), /xz-compressed data.*decompress it first/);
-    const ftp = await assertRejects(() => resolveSource("ftp://example/x.img"), CoveError);
+    const ftp = await assertCoveError(() => resolveSource("ftp://example/x.img"));
     assertEquals(ftp.code, "source.scheme");
     const oci = await resolveSource("oci://ghcr.io/cove/debian:12");
     assertEquals(oci.kind, "oci");

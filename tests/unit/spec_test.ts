@@ -25,9 +25,29 @@ function errorOf(text: string): string {
   throw new Error("expected the spec to be rejected");
 }
 
-const VALID: [string, string][] = [
-  ["an empty file", ""],
-  ["a minimal linux spec", "os: linux\ncpus: 2\nmemory: 2GiB\n"],
+/** What every parsed spec holds when the file does not say otherwise. */
+const TOP_DEFAULTS = {
+  engine: "auto",
+  shares: [],
+  rosetta: false,
+  nested: false,
+  audio: false,
+  keyboard: "auto",
+  pointing: "auto",
+  clipboard: false,
+  vsock: true,
+  entropy: true,
+  balloon: true,
+};
+
+/** [name, cove.yaml text, the parsed spec it must give]. */
+const VALID: [string, string, Record<string, unknown>][] = [
+  ["an empty file", "", TOP_DEFAULTS],
+  [
+    "a minimal linux spec",
+    "os: linux\ncpus: 2\nmemory: 2GiB\n",
+    { ...TOP_DEFAULTS, os: "linux", cpus: 2, memory: "2GiB" },
+  ],
   [
     "a full linux kernel spec with every device",
     `os: linux
@@ -60,17 +80,101 @@ balloon: true
 provision: { user: dev, sshKeys: ["ssh-ed25519 AAAA me"], hostname: box, commands: ["echo hi"] }
 qemu: { accel: tcg, args: ["-no-reboot"] }
 `,
+    {
+      os: "linux",
+      arch: "arm64",
+      engine: "vz",
+      cpus: 4,
+      memory: "4096MiB",
+      disks: [
+        {
+          path: "disk.img",
+          size: "64G",
+          format: "raw",
+          media: "disk",
+          readOnly: false,
+          cache: "cached",
+          sync: "fsync",
+          bus: "virtio",
+        },
+        {
+          path: "data.img",
+          size: "1TiB",
+          format: "raw",
+          media: "disk",
+          readOnly: true,
+          cache: "auto",
+          sync: "full",
+          bus: "nvme",
+        },
+        {
+          path: "/tmp/installer.iso",
+          format: "raw",
+          media: "cdrom",
+          readOnly: false,
+          cache: "auto",
+          sync: "full",
+          bus: "usb",
+        },
+      ],
+      boot: { loader: "kernel", kernel: "vmlinuz", initrd: "initrd", cmdline: "console=hvc0" },
+      networks: [
+        { mode: "nat", mac: "52:54:00:12:34:56", forwards: [] },
+        { mode: "bridged", interface: "en0", forwards: [] },
+        {
+          mode: "user",
+          forwards: [
+            { host: 2222, guest: 22, protocol: "tcp", address: "127.0.0.1" },
+            { host: 8080, guest: 80, protocol: "udp", address: "127.0.0.1" },
+          ],
+        },
+      ],
+      shares: [
+        {
+          path: "/Users/me/src",
+          tag: "src",
+          readOnly: true,
+          mountPoint: "/mnt/src",
+          automount: false,
+        },
+      ],
+      rosetta: true,
+      nested: true,
+      display: { width: 1280, height: 800, ppi: 110 },
+      audio: true,
+      keyboard: "usb",
+      pointing: "usb",
+      clipboard: true,
+      serial: { mode: "pty" },
+      vsock: true,
+      entropy: true,
+      balloon: true,
+      provision: {
+        user: "dev",
+        sshKeys: ["ssh-ed25519 AAAA me"],
+        hostname: "box",
+        commands: ["echo hi"],
+        sshPort: 22,
+      },
+      qemu: { accel: "tcg", args: ["-no-reboot"] },
+    },
   ],
   [
     "a macOS spec",
     "os: macos\ndisplay: { width: 1920, height: 1080 }\nshares: [{ path: /tmp, automount: true }]\n",
+    {
+      ...TOP_DEFAULTS,
+      os: "macos",
+      display: { width: 1920, height: 1080, ppi: 144 },
+      shares: [{ path: "/tmp", readOnly: false, automount: true }],
+    },
   ],
-  ["display none", "display: none\n"],
+  ["display none", "display: none\n", { ...TOP_DEFAULTS, display: "none" }],
 ];
 
-for (const [name, text] of VALID) {
-  Deno.test(`spec: ${name} is valid`, () => {
-    parseSpec(text, "cove.yaml");
+for (const [name, text, want] of VALID) {
+  Deno.test(`spec: ${name} parses to the expected values, defaults filled in`, () => {
+    assertEquals({ ...parseSpec(text, "cove.yaml") }, want);
   });
 }
 
@@ -178,7 +282,7 @@ Deno.test("spec: command-line flags are validated and named in errors", () => {
   } catch (e) {
     msg = (e as Error).message;
   }
-  assertEquals(msg, "--cpus: got 0, expected at least 1");
+  assertEquals(msg, "--cpus: 0 is less than 1");
   const s = applyFlags(parseSpec("cpus: 1\n"), {
     cpus: "3",
     memory: "3GiB",

@@ -1,11 +1,12 @@
 /** The store: atomic create, locks, copy-on-write clone, names and permissions. */
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { allocatedBytes, withTempDir } from "../helpers/cli.ts";
 import { Store, validateName } from "../../core/store/store.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { CoveError } from "../../core/errors.ts";
 import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -31,16 +32,6 @@ async function spawnReady(
   }
   reader.releaseLock();
   return child;
-}
-
-async function rejects(fn: () => Promise<unknown>): Promise<CoveError> {
-  try {
-    await fn();
-  } catch (e) {
-    if (e instanceof CoveError) return e;
-    throw e;
-  }
-  throw new Error("expected a CoveError");
 }
 
 Deno.test("store: a process killed with SIGKILL mid-create leaves nothing listed, and the name stays free", () =>
@@ -88,15 +79,15 @@ Deno.test("store: a lock held by another process blocks delete, rename and disk 
     const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath], {}, "locked");
     try {
       assert(await b.isRunning());
-      const del = await rejects(() => store.delete("busy"));
+      const del = await assertCoveError(() => store.delete("busy"));
       assertEquals(
         del.line(),
         "cannot delete 'busy': it is running (stop it first with 'cove stop busy')",
       );
       assertEquals(del.exit, 4);
-      const ren = await rejects(() => store.rename("busy", "other"));
+      const ren = await assertCoveError(() => store.rename("busy", "other"));
       assertEquals(ren.code, "vm.running");
-      const grow = await rejects(() => store.resizeRootDisk("busy", 32 * GiB));
+      const grow = await assertCoveError(() => store.resizeRootDisk("busy", 32 * GiB));
       assertEquals(grow.message, "cannot change the disk of 'busy': it is running");
       assertEquals((await store.list()).map((v) => [v.name, v.state]), [["busy", "running"]]);
     } finally {
@@ -170,7 +161,7 @@ Deno.test("store: names with a slash or '..', and duplicate names, are refused",
     }
     const store = new Store(home);
     await store.create("dup", { spec: parseSpec("") });
-    const e = await rejects(() => store.create("dup", { spec: parseSpec("") }));
+    const e = await assertCoveError(() => store.create("dup", { spec: parseSpec("") }));
     assertEquals(
       e.line(),
       "a VM named 'dup' already exists (choose another name, or delete the existing VM first)",
@@ -185,15 +176,19 @@ Deno.test("store: disks only grow", () =>
     const b = await store.get("g");
     assertEquals((await Deno.stat(join(b.dir, "disk.img"))).size, 3 * GiB);
     assertEquals((await b.readSpec()).disks[0].size, "3GiB");
-    const e = await rejects(() => store.resizeRootDisk("g", GiB));
+    const e = await assertCoveError(() => store.resizeRootDisk("g", GiB));
     assertMatch(e.message, /1GiB is smaller than the image \(3GiB\); disks only grow/);
   }));
 
-Deno.test("store: an unwritable COVE_HOME gets one clear line", async () => {
-  const e = await rejects(() => new Store("/proc/cove-home").ensure());
-  assertEquals(e.code, "home.unwritable");
-  assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
-});
+linuxTest(
+  "uses /proc, which no one can write to, as COVE_HOME",
+  "store: an unwritable COVE_HOME gets one clear line",
+  async () => {
+    const e = await assertCoveError(() => new Store("/proc/cove-home").ensure());
+    assertEquals(e.code, "home.unwritable");
+    assertMatch(e.line(), /^COVE_HOME '\/proc\/cove-home' is not writable/);
+  },
+);
 
 Deno.test("store: an ephemeral clone comes back locked, and once its supervisor is gone the next list deletes it", () =>
   withTempDir(async (home) => {
@@ -245,7 +240,7 @@ Deno.test("store: resizing a root disk that is not raw is refused with one line"
     await store.create("q", {
       spec: parseSpec("disks: [{ path: disk.qcow2, format: qcow2, size: 2GiB }]\n"),
     });
-    const e = await rejects(() => store.resizeRootDisk("q", 3 * GiB));
+    const e = await assertCoveError(() => store.resizeRootDisk("q", 3 * GiB));
     assertEquals(e.code, "disk.format");
     assertMatch(e.message, /root disk is qcow2, not raw/);
   }));

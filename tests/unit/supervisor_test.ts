@@ -4,7 +4,7 @@
  * ring buffer, the terminal's detach key, and the last-exit record.
  */
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { withTempDir } from "../helpers/cli.ts";
 import {
   httpRequest,
@@ -20,7 +20,6 @@ import {
   runtimeLayout,
 } from "../../core/supervisor/paths.ts";
 import { ConsoleHub, Supervisor } from "../../core/supervisor/supervisor.ts";
-import { CoveError } from "../../core/errors.ts";
 import type { ExitInfo, RunningVm } from "../../engines/engine.ts";
 import { attachTerminal, ESCAPE_BYTE } from "../../core/supervisor/terminal.ts";
 import {
@@ -212,23 +211,12 @@ Deno.test("a short runtime directory that is a symlink or open to others is refu
     const open = join(dir, "open");
     await Deno.mkdir(open);
     await Deno.chmod(open, 0o755);
-    await assertRejectsCode(() => ensurePrivateRoot(open), "runtime.unsafe_dir");
+    await assertCoveError(() => ensurePrivateRoot(open), { code: "runtime.unsafe_dir" });
     const link = join(dir, "link");
     const mine = join(dir, "mine");
     await ensurePrivateRoot(mine);
     assertEquals((await Deno.stat(mine)).mode! & 0o777, 0o700);
     await Deno.symlink(mine, link);
-    await assertRejectsCode(() => ensurePrivateRoot(link), "runtime.unsafe_dir");
+    await assertCoveError(() => ensurePrivateRoot(link), { code: "runtime.unsafe_dir" });
   });
 });
-
-async function assertRejectsCode(fn: () => Promise<unknown>, code: string): Promise<void> {
-  try {
-    await fn();
-  } catch (e) {
-    assert(e instanceof CoveError, String(e));
-    assertEquals(e.code, code);
-    return;
-  }
-  throw new Error(`expected a CoveError ${code}`);
-}
