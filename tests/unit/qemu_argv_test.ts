@@ -117,7 +117,11 @@ Deno.test("x86_64 EFI boot with disks, an ISO, shares, vsock and kvm gives the g
       { path: "/isos/debian.iso", media: "cdrom" },
     ],
     networks: [{ mode: "nat", mac: "52:54:00:00:00:01" }, { mode: "none" }],
-    shares: [{ path: "/home/me/src", tag: "src" }, { path: "/data,x", readOnly: true }],
+    shares: [{ path: "/home/me/src", tag: "src" }, {
+      path: "/data,x",
+      tag: "data_x",
+      readOnly: true,
+    }],
     entropy: false,
     qemu: { args: ["-rtc", "base=utc"] },
   });
