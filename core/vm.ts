@@ -109,14 +109,21 @@ export interface SetVmOptions {
 /** Applies `cove set` changes; disk changes need the VM stopped. */
 export async function setVm(store: Store, name: string, opts: SetVmOptions): Promise<VmDetails> {
   const b = await store.get(name);
-  const current = await b.readParsedSpec();
-  const next = applyFlags(current, { cpus: opts.cpus, memory: opts.memory, display: opts.display });
-  if (opts.diskSize !== undefined) {
-    await store.resizeRootDisk(name, parseSize(opts.diskSize, "--disk-size"));
-    const resized = await b.readParsedSpec();
-    next.disks = resized.disks;
-  }
-  await b.writeSpec(next);
+  // Read, change and write under the spec lock: concurrent sets each keep their change.
+  await b.withSpecLock(async () => {
+    const current = await b.readParsedSpec();
+    const next = applyFlags(current, {
+      cpus: opts.cpus,
+      memory: opts.memory,
+      display: opts.display,
+    });
+    if (opts.diskSize !== undefined) {
+      await store.resizeRootDisk(name, parseSize(opts.diskSize, "--disk-size"));
+      const resized = await b.readParsedSpec();
+      next.disks = resized.disks;
+    }
+    await b.writeSpec(next);
+  });
   return await getVm(store, name);
 }
 

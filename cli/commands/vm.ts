@@ -16,7 +16,7 @@ const FORMAT_HELP = "output format: text or json";
 function summaryRow(s: VmSummary): string[] {
   return [
     s.name,
-    s.state,
+    s.busy ? `${s.state} (${s.busy})` : s.state,
     s.os ?? "-",
     s.arch ?? "-",
     s.cpus?.toString() ?? "-",

@@ -25,7 +25,7 @@ import { join } from "node:path";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import type { Store } from "../store/store.ts";
-import type { MachineIdentity } from "../store/bundle.ts";
+import { heldError, type MachineIdentity } from "../store/bundle.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { OciCache } from "./cache.ts";
 import { compressStream } from "./layer.ts";
@@ -188,13 +188,9 @@ export async function pushVm(
     );
   }
   const bundle = await store.get(name);
-  const lock = await bundle.tryLock();
-  if (!lock) {
-    throw new CoveError("vm.running", `cannot push '${name}': it is running`, {
-      hint: `stop it first with 'cove stop ${name}'`,
-      exit: ExitCode.State,
-    });
-  }
+  // Held for the whole push: the VM is "busy (push)", and start and delete refuse.
+  const lock = await bundle.tryLock({ purpose: "push" });
+  if (!lock) throw heldError(name, "push", (await bundle.holder()) ?? { purpose: "run" });
   const cache = new OciCache(join(opts.home, "cache"));
   await cache.ensure();
   const indexPath = join(cache.dir, "push-index.json");

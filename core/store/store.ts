@@ -3,8 +3,9 @@
  * `cache/` and `tmp/`. Creating, cloning, renaming and deleting VMs are
  * atomic from the point of view of `cove list`: work happens in `tmp/` and a
  * single rename publishes (or retires) a bundle. A kill -9 at any moment
- * leaves at worst a stale directory under `tmp/`, which the next create
- * sweeps away.
+ * leaves at worst a stale directory under `tmp/`, which the next command
+ * that writes sweeps away ({@link Store.sweep}), together with ephemeral
+ * clones whose supervisor died. `list` only reads.
  * @module
  */
 import { basename, join } from "node:path";
@@ -13,7 +14,15 @@ import { detectHost, type HostInfo } from "../host.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { formatSize, parseSize } from "../units.ts";
-import { Bundle, type BundleLock, LOCK_RETRY_MS, type MachineIdentity } from "./bundle.ts";
+import {
+  Bundle,
+  BUNDLE_FILES,
+  type BundleLock,
+  heldError,
+  INSTANCE_FILES,
+  type LockPurpose,
+  type MachineIdentity,
+} from "./bundle.ts";
 import { cloneFile, type CopyMethod, ensureSparseFile } from "./fsutil.ts";
 
 /** The rule for VM names, shown in errors. */
@@ -49,6 +58,9 @@ export interface VmSummary {
     | "running"
     | "stopped"
     | "broken"
+    | "busy"
+    | "suspended"
+    | "unresponsive"
     | "starting"
     | "paused"
     | "stopping"
@@ -61,6 +73,8 @@ export interface VmSummary {
   memory?: number;
   /** Size of the root disk in bytes (its virtual size). */
   disk?: number;
+  /** What a busy VM is doing (push, clone, ...). */
+  busy?: string;
   /** Why the bundle is broken. */
   error?: string;
 }
@@ -79,19 +93,7 @@ export interface CreateOptions {
 }
 
 /** Marks a bundle made by `cove run --ephemeral`: deleted when its run ends. */
-export const EPHEMERAL_MARK = "ephemeral";
-
-/** Files that belong to one running instance, never copied by clone. */
-const INSTANCE_FILES = new Set([
-  EPHEMERAL_MARK,
-  "lock",
-  "control.sock",
-  "console.log",
-  "supervisor.log",
-  "last-exit.json",
-  "run",
-  "state.vzvmsave",
-]);
+export const EPHEMERAL_MARK: string = BUNDLE_FILES.ephemeral;
 
 /** The VM store rooted at a COVE_HOME. */
 export class Store {
@@ -138,7 +140,7 @@ export class Store {
   /** True when a VM of that name exists. */
   async exists(name: string): Promise<boolean> {
     try {
-      return (await Deno.stat(join(this.vmsDir, name, "cove.yaml"))).isFile;
+      return (await Deno.stat(new Bundle(name, join(this.vmsDir, name)).specPath)).isFile;
     } catch {
       return false;
     }
@@ -156,7 +158,7 @@ export class Store {
     return b;
   }
 
-  /** Every VM, sorted by name. */
+  /** Every VM, sorted by name. Reads only: nothing on disk changes. */
   async list(): Promise<VmSummary[]> {
     const out: VmSummary[] = [];
     let entries: Deno.DirEntry[] = [];
@@ -170,7 +172,8 @@ export class Store {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (!(await this.exists(ent.name))) continue;
       const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
-      if (await this.reapEphemeral(b)) continue;
+      // A dead ephemeral clone is not a VM of the user's; the next command that writes reaps it.
+      if (await this.isDeadEphemeral(b)) continue;
       out.push(await this.summary(b));
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
@@ -178,14 +181,13 @@ export class Store {
 
   /** The summary of one bundle. */
   async summary(b: Bundle): Promise<VmSummary> {
-    let state: "running" | "stopped";
-    try {
-      state = (await b.isRunning()) ? "running" : "stopped";
-    } catch (e) {
-      // An unreadable lock file breaks this VM's line, not the whole list.
-      const msg = e instanceof Error ? e.message : String(e);
-      return { name: b.name, state: "broken", error: `cannot check whether it runs: ${msg}` };
+    // An unreadable lock file breaks this VM's line, not the whole list.
+    const st = await b.state();
+    if (st.state === "broken" && st.error?.startsWith("cannot check")) {
+      return { name: b.name, state: "broken", error: st.error };
     }
+    const state = st.state === "broken" ? "stopped" : st.state;
+    const busy = st.state === "busy" ? { busy: st.purpose } : {};
     try {
       const spec = await b.readSpec();
       let disk: number | undefined;
@@ -202,10 +204,11 @@ export class Store {
         cpus: spec.cpus,
         memory: parseSize(spec.memory),
         disk,
+        ...busy,
       };
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
-      return { name: b.name, state: state === "running" ? "running" : "broken", error: msg };
+      return { name: b.name, state: state === "stopped" ? "broken" : state, error: msg };
     }
   }
 
@@ -214,7 +217,7 @@ export class Store {
     validateName(name);
     await this.ensure();
     await this.assertFree(name);
-    await this.sweepStale();
+    await this.sweep();
     const host = opts.host ?? detectHost();
     let spec = withMacs(applyDefaults(opts.spec, host, name));
     const { value } = await this.stage(`create-${name}`, async (staging) => {
@@ -240,15 +243,15 @@ export class Store {
     validateName(dst);
     await this.ensure();
     await this.assertFree(dst);
-    await this.sweepStale();
-    const lock = await this.lockStopped(from, "clone");
+    await this.sweep();
+    const lock = await this.lockStopped(from, "clone", "clone");
     try {
       const parsed = await from.readParsedSpec();
       const methods: CopyMethod[] = [];
       const { value: bundle, lock: held } = await this.stage(`clone-${dst}`, async (staging) => {
         for await (const ent of Deno.readDir(from.dir)) {
           if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
-          if (ent.name === "cove.yaml" || ent.name === "machine.json") continue;
+          if (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine) continue;
           methods.push(await cloneFile(join(from.dir, ent.name), join(staging.dir, ent.name)));
         }
         const old = await from.readMachine().catch((): MachineIdentity => ({
@@ -264,7 +267,9 @@ export class Store {
         spec.networks = spec.networks?.map((n) => ({ ...n, mac: randomMac() }));
         if (spec.provision?.hostname === src) spec.provision.hostname = dst;
         await staging.writeSpec(withMacs(applyDefaults(spec, detectHost(), dst)));
-        if (opts.ephemeral) await Deno.writeTextFile(join(staging.dir, EPHEMERAL_MARK), `${src}\n`);
+        if (opts.ephemeral) {
+          await Deno.writeTextFile(staging.ephemeralMark, `${src}\n`, { mode: 0o600 });
+        }
         return await this.publish(staging, dst);
       }, opts.ephemeral);
       return { bundle, methods, lock: held ?? undefined };
@@ -278,7 +283,7 @@ export class Store {
     const from = await this.get(oldName);
     validateName(newName);
     await this.assertFree(newName);
-    const lock = await this.lockStopped(from, "rename");
+    const lock = await this.lockStopped(from, "rename", "change");
     try {
       const to = this.bundle(newName);
       await Deno.rename(from.dir, to.dir);
@@ -292,7 +297,7 @@ export class Store {
   async delete(name: string): Promise<void> {
     const b = await this.get(name);
     await this.ensure();
-    const lock = await this.lockStopped(b, "delete");
+    const lock = await this.lockStopped(b, "delete", "delete");
     const grave = join(this.tmpDir, `delete-${name}-${crypto.randomUUID()}`);
     try {
       await Deno.rename(b.dir, grave);
@@ -308,7 +313,7 @@ export class Store {
   /** Resizes a stopped VM's root disk (grow only). */
   async resizeRootDisk(name: string, size: number): Promise<void> {
     const b = await this.get(name);
-    const lock = await this.lockStopped(b, "change the disk of");
+    const lock = await this.lockStopped(b, "change the disk of", "change");
     try {
       const spec = await b.readParsedSpec();
       const full = applyDefaults(spec, detectHost(), name);
@@ -343,14 +348,13 @@ export class Store {
     });
   }
 
-  private async lockStopped(b: Bundle, action: string): Promise<BundleLock> {
-    const lock = await b.tryLock({ retryMs: LOCK_RETRY_MS });
-    if (!lock) {
-      throw new CoveError("vm.running", `cannot ${action} '${b.name}': it is running`, {
-        hint: `stop it first with 'cove stop ${b.name}'`,
-        exit: ExitCode.State,
-      });
-    }
+  /**
+   * Takes the lock of a VM that is neither running nor busy, for `purpose`;
+   * one try, since probes never take the lock.
+   */
+  async lockStopped(b: Bundle, action: string, purpose: LockPurpose): Promise<BundleLock> {
+    const lock = await b.tryLock({ purpose });
+    if (!lock) throw heldError(b.name, action, (await b.holder()) ?? { purpose: "run" });
     return lock;
   }
 
@@ -368,7 +372,8 @@ export class Store {
     const dir = join(this.tmpDir, `${label}-${crypto.randomUUID()}`);
     await Deno.mkdir(dir, { mode: 0o700 });
     const staging = new Bundle(basename(dir), dir);
-    const lock = (await staging.tryLock())!;
+    // A lock kept for the caller is a supervisor's (an ephemeral run).
+    const lock = (await staging.tryLock({ purpose: keepLock ? "run" : "create" }))!;
     let ok = false;
     try {
       const value = await work(staging);
@@ -390,18 +395,38 @@ export class Store {
     return final;
   }
 
-  /**
-   * Deletes an `--ephemeral` clone whose supervisor is gone (killed with -9,
-   * so it could not delete it itself). Returns true when it was deleted.
-   */
-  private async reapEphemeral(b: Bundle): Promise<boolean> {
-    const marked = await Deno.stat(join(b.dir, EPHEMERAL_MARK)).then(() => true, () => false);
-    if (!marked || (await b.isRunning())) return false;
-    await this.delete(b.name).catch(() => {});
-    return true;
+  /** True for an `--ephemeral` clone whose supervisor is gone (killed with -9). */
+  async isDeadEphemeral(b: Bundle): Promise<boolean> {
+    const marked = await Deno.stat(b.ephemeralMark).then(() => true, () => false);
+    return marked && (await b.holder().catch(() => null)) === null;
   }
 
-  /** Removes staging directories left by killed processes (their lock is free). */
+  /**
+   * What commands that write do first: delete `--ephemeral` clones whose
+   * supervisor died (it could not delete them itself), and remove staging
+   * directories left by killed processes. `list` never does this.
+   */
+  async sweep(): Promise<void> {
+    await this.reapEphemerals();
+    await this.sweepStale();
+  }
+
+  /** Deletes every dead ephemeral clone. */
+  async reapEphemerals(): Promise<void> {
+    let entries: Deno.DirEntry[];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+    } catch {
+      return;
+    }
+    for (const ent of entries) {
+      if (!ent.isDirectory || !NAME_RE.test(ent.name)) continue;
+      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      if (await this.isDeadEphemeral(b)) await this.delete(b.name).catch(() => {});
+    }
+  }
+
+  /** Removes staging directories left by killed processes (nobody holds their lock). */
   async sweepStale(): Promise<void> {
     let entries: Deno.DirEntry[];
     try {
@@ -417,10 +442,14 @@ export class Store {
         continue;
       }
       if (!/^(create|clone)-/.test(ent.name)) continue;
-      const lock = await new Bundle(ent.name, dir).tryLock().catch(() => null);
+      const staging = new Bundle(ent.name, dir);
+      const lock = await staging.tryLock({ purpose: "create" }).catch(() => null);
       if (!lock) continue;
-      lock.release();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      try {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      } finally {
+        lock.release();
+      }
     }
   }
 }

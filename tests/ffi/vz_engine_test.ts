@@ -14,6 +14,7 @@ import type { EngineEvent, HostInfo, RunningVm, VmPaths } from "../../engines/en
 import { readIdentity, VzEngine } from "../../engines/vz/mod.ts";
 import { installMacOS } from "../../engines/vz/install.ts";
 import { openLibraryAt } from "../../ffi/cove_vz.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 
 const host: HostInfo = {
   os: "darwin",
@@ -34,13 +35,7 @@ async function bundle(): Promise<VmPaths> {
   const image = new Uint8Array(128);
   image.set(new TextEncoder().encode("ARM\x64"), 0x38);
   await Deno.writeFile(`${dir}/Image`, image);
-  return {
-    dir,
-    consoleLog: `${dir}/console.log`,
-    runtimeDir: `${dir}/run`,
-    machine: `${dir}/machine.json`,
-    savedState: `${dir}/state.vzvmsave`,
-  };
+  return new Bundle("t", dir).vmPaths();
 }
 
 function spec(extra = ""): VmSpec {
@@ -84,7 +79,7 @@ Deno.test("vz engine runs a Linux VM: console both ways, then the guest powers o
   try {
     const s = spec();
     await eng.validate(s, host, paths);
-    const vm = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const vm = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     const events = collect(vm.events);
     const con = consoleReader(vm);
     await con.until("guest running\n");
@@ -112,10 +107,24 @@ Deno.test("vz engine: request stop ends as a guest stop, stop ends as a host sto
   const eng = await engine();
   const paths = await bundle();
   try {
-    const a = await eng.start({ name: "t", spec: spec(), paths, graphics: false, restore: false });
+    const a = await eng.start({
+      name: "t",
+      spec: spec(),
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+    });
     await a.requestStop();
     assertEquals(await a.wait(), { reason: "guest" });
-    const b = await eng.start({ name: "t", spec: spec(), paths, graphics: false, restore: false });
+    const b = await eng.start({
+      name: "t",
+      spec: spec(),
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+    });
     await b.pause();
     await b.resume();
     await b.stop();
@@ -131,11 +140,11 @@ Deno.test("vz engine suspends to the bundle and the next start resumes from it",
   const paths = await bundle();
   try {
     const s = spec("entropy: false\n"); // the double, like VZ, cannot save an entropy device
-    const a = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const a = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     await a.suspend();
     assertEquals(await a.wait(), { reason: "suspended" });
     assert((await Deno.stat(paths.savedState)).isFile, "the machine state was saved");
-    const b = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const b = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     assertEquals(b.state(), "running");
     await assertRejects(() => Deno.stat(paths.savedState), Deno.errors.NotFound);
     await b.stop();
@@ -154,6 +163,7 @@ Deno.test("vz engine refuses to suspend a VM whose devices VZ cannot save, and i
       paths,
       graphics: false,
       restore: false,
+      host,
     });
     const err = await assertRejects(() => vm.suspend(), CoveError);
     assertEquals(err.code, "vz.suspend");
@@ -171,7 +181,7 @@ Deno.test("vz engine refuses a macOS VM that was never installed", async () => {
   try {
     const s = applyDefaults(parseSpec("os: macos\n"), host, "m");
     const err = await assertRejects(
-      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false, host }),
       CoveError,
     );
     assertEquals(err.code, "vz.not_installed");
@@ -203,7 +213,7 @@ Deno.test("macOS install records the identity, reports growing progress, and can
     const progress: number[] = [];
     const r = await installMacOS({
       ipsw,
-      dir: paths.dir,
+      auxiliaryStorage: paths.auxStorage,
       machine: paths.machine,
       disk: `${paths.dir}/disk.img`,
       vz,
@@ -221,7 +231,7 @@ Deno.test("macOS install records the identity, reports growing progress, and can
       () =>
         installMacOS({
           ipsw,
-          dir: paths.dir,
+          auxiliaryStorage: paths.auxStorage,
           machine: paths.machine,
           disk: `${paths.dir}/disk.img`,
           vz,
