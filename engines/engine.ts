@@ -51,6 +51,11 @@ export interface Capabilities extends Availability {
   features: Partial<Record<Feature, Availability>>;
   /** Free-form details shown by `cove doctor` (binary paths, accelerator, library). */
   details: Record<string, string | number | boolean | null>;
+  /**
+   * For an engine over a native library (vz): the library's ABI version,
+   * or null with why it is not loaded. Shown by `cove version`.
+   */
+  nativeAbi?: { version: number | null; note?: string };
 }
 
 /** The files of a VM bundle that an engine may use. Paths are absolute. */

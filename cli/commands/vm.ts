@@ -4,6 +4,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
+import { basename } from "node:path";
 import { stringify } from "yaml";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { parseSpec } from "../../core/spec/load.ts";
@@ -131,7 +132,7 @@ export function register(program: Command): void {
     .action(async (name) => {
       const b = await new Store().get(name);
       await editSpec(b.specPath, async (text) => {
-        await b.writeSpec(parseSpec(text, "cove.yaml"));
+        await b.writeSpec(parseSpec(text, basename(b.specPath)));
       });
       out(`saved ${name}`);
     });

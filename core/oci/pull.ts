@@ -29,6 +29,7 @@ import { formatReference, manifestReference, parseReference, type Reference } fr
 import { digestMismatch, networkError, RegistryClient, type RegistryOptions } from "./registry.ts";
 import {
   type DiskLayer,
+  IMAGE_DISK,
   parseTartConfig,
   parseTartManifest,
   type TartConfig,
@@ -226,7 +227,7 @@ async function localLayers(cache: OciCache): Promise<Map<string, LocalLayer>> {
       const img = parseTartManifest(e.name, await Deno.readFile(join(dir, "manifest.json")));
       for (const l of img.disks) {
         found.set(l.digest, {
-          diskPath: join(dir, "disk.img"),
+          diskPath: join(dir, IMAGE_DISK),
           offset: l.offset,
           size: l.uncompressedSize,
         });
@@ -393,7 +394,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       ref,
       digest,
       dir,
-      diskPath: join(dir, "disk.img"),
+      diskPath: join(dir, IMAGE_DISK),
       nvramPath: hasNvram ? nvramPath : undefined,
       tart,
       image,
@@ -414,7 +415,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     if (await cache.has(digest)) return await finish(true, 0, 0);
     const staging = cache.staging(digest);
     const layersDir = join(staging, "layers");
-    const diskPath = join(staging, "disk.img");
+    const diskPath = join(staging, IMAGE_DISK);
     const resumed = await Deno.stat(diskPath).then((s) => s.size === image.diskSize, () => false);
     if (!resumed) {
       await Deno.remove(staging, { recursive: true }).catch(() => {});

@@ -13,6 +13,8 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Document, Node as YamlNode } from "yaml";
 import type { z } from "zod";
 import { CoveError, ExitCode } from "../errors.ts";
+// A cycle (bundle.ts parses specs): BUNDLE_FILES is only read when parseSpec runs.
+import { BUNDLE_FILES } from "../store/bundle.ts";
 import { type SpecParsed, SpecSchema } from "./schema.ts";
 
 /** One problem found in a spec. */
@@ -50,7 +52,7 @@ export function formatPath(path: ReadonlyArray<PropertyKey>): string {
 }
 
 /** Parses YAML text into a validated (not yet defaulted) spec. */
-export function parseSpec(text: string, source = "cove.yaml"): SpecParsed {
+export function parseSpec(text: string, source: string = BUNDLE_FILES.spec): SpecParsed {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) {

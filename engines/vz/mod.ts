@@ -139,6 +139,7 @@ export class VzEngine extends BaseEngine implements Engine {
         guests: guestsNone,
         features: {},
         details: {},
+        nativeAbi: { version: null, note: "vz needs macOS on Apple silicon" },
       };
     }
     let vz: CoveVz;
@@ -148,7 +149,14 @@ export class VzEngine extends BaseEngine implements Engine {
       info = await vz.hostInfo();
     } catch (e) {
       const err = vzError(e, "vz");
-      return { engine: "vz", ...no(err.line()), guests: guestsNone, features: {}, details: {} };
+      return {
+        engine: "vz",
+        ...no(err.line()),
+        guests: guestsNone,
+        features: {},
+        details: {},
+        nativeAbi: { version: null, note: err.line() },
+      };
     }
     const yes: Availability = { available: true };
     const major = macosMajor(info.macosVersion);
@@ -199,6 +207,7 @@ export class VzEngine extends BaseEngine implements Engine {
         entitlement: entitled,
         cpus: `${info.cpuCount.min}..${info.cpuCount.max}`,
       },
+      nativeAbi: { version: vz.abiVersion },
     };
   }
 
