@@ -149,6 +149,7 @@ export function register(program: Command): void {
       const { stopVm } = await import("../../core/supervisor/client.ts");
       const b = await new Store().get(name);
       const r = await stopVm(b, { force: opts.force, timeoutSeconds: opts.timeout });
+      if (r.unresponsive) log(`warning: ${r.unresponsive}`);
       if (opts.format === "json") outJson(r);
       else out(`stopped ${name}${r.forced ? " (powered off)" : ""}`);
     });

@@ -11,6 +11,7 @@ import { parseSpec } from "../../core/spec/load.ts";
 import { Store, type VmSummary } from "../../core/store/store.ts";
 import { createVm, getVm, setVm, showSize } from "../../core/vm.ts";
 import { log, out, outJson, parseFormat, table } from "../output.ts";
+import { parseSeconds } from "./lifecycle.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -132,7 +133,8 @@ export function register(program: Command): void {
     .action(async (name) => {
       const b = await new Store().get(name);
       await editSpec(b.specPath, async (text) => {
-        await b.writeSpec(parseSpec(text, basename(b.specPath)));
+        const spec = parseSpec(text, basename(b.specPath));
+        await b.withSpecLock(() => b.writeSpec(spec));
       });
       out(`saved ${name}`);
     });
@@ -172,13 +174,20 @@ export function register(program: Command): void {
     .description("delete VMs (stopped, or with --force stop them first)")
     .argument("<names...>", "VM names")
     .option("-f, --force", "stop running VMs first")
+    .option(
+      "--timeout <seconds>",
+      "with --force: seconds a VM's supervisor may take to answer before cove kills the VM",
+      parseSeconds,
+      10,
+    )
     .action(async (names, opts) => {
       const store = new Store();
       for (const name of names) {
         const b = await store.get(name);
         if (opts.force && (await b.isRunning())) {
           const { stopVm } = await import("../../core/supervisor/client.ts");
-          await stopVm(b, { force: true, timeoutSeconds: 10 });
+          const r = await stopVm(b, { force: true, timeoutSeconds: opts.timeout });
+          if (r.unresponsive) log(`warning: ${r.unresponsive}`);
         }
         await store.delete(name);
         out(`deleted ${name}`);

@@ -14,7 +14,7 @@
  * nothing, and `cove list` changes nothing on disk.
  * @module
  */
-import { join } from "node:path";
+import { dirname, isAbsolute, join, normalize } from "node:path";
 import { stringify } from "yaml";
 import type { VmPaths } from "../../engines/engine.ts";
 import { LibcError, lockClose, lockHeld, lockOpen, lockTry, lockWrite } from "../../ffi/libc.ts";
@@ -86,6 +86,50 @@ export const OWNED_FILES: ReadonlySet<string> = new Set([
   BUNDLE_FILES.machine,
   BUNDLE_FILES.seedState,
 ]);
+
+/** Names a disk may not take: cove's own files, and the engine's state. */
+const NOT_DISKS: ReadonlySet<string> = new Set([
+  ...OWNED_FILES,
+  BUNDLE_FILES.efiVars,
+  BUNDLE_FILES.auxStorage,
+]);
+
+/** Where a disk of the spec is, and whether cove may create or grow it. */
+export interface DiskLocation {
+  /** The absolute path. */
+  path: string;
+  /** Inside the bundle: cove creates and grows it. Outside: never resized. */
+  inside: boolean;
+  /** True when the file exists. */
+  exists: boolean;
+}
+
+/**
+ * Refuses a path cove should not trust (ssh's StrictModes): one owned by
+ * another user, or writable by group or others. `what` names it in the
+ * line ("COVE_HOME", "the VM directory").
+ */
+export async function assertPrivatePath(path: string, what: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch {
+    return; // not there: nothing to trust yet
+  }
+  const me = Deno.uid();
+  const why = me !== null && st.uid !== null && st.uid !== me
+    ? `is owned by uid ${st.uid}, not by you (uid ${me})`
+    : st.mode !== null && (st.mode & 0o022) !== 0
+    ? `is writable by other users (mode ${(st.mode & 0o777).toString(8)})`
+    : "";
+  if (why) {
+    throw new CoveError("home.unsafe", `refusing to use ${what} ${path}: it ${why}`, {
+      hint:
+        `another user could change what cove runs: make it yours with mode 700 (chmod 700 ${path})`,
+      exit: ExitCode.Host,
+    });
+  }
+}
 
 /** Why a lock is held. */
 export type LockPurpose = "run" | "push" | "clone" | "delete" | "change" | "create";
@@ -228,6 +272,87 @@ export class Bundle {
   }
   get ephemeralMark(): string {
     return this.file("ephemeral");
+  }
+
+  /**
+   * Checks where disk `i` of a spec may live, as one line when it may not:
+   * a relative path stays inside the bundle and names no file cove keeps
+   * there (a guest must never be able to rewrite its own spec); an absolute
+   * path is an existing file (never resized) or a new one in a directory of
+   * yours that nobody else can write.
+   */
+  async diskLocation(d: { path: string }, i: number): Promise<DiskLocation> {
+    const field = `disks[${i}].path`;
+    const bad = (why: string, hint: string) =>
+      new CoveError("disk.path", `${field}: '${d.path}' ${why}`, { hint, exit: ExitCode.Usage });
+    if (d.path === "") throw bad("is empty", "give a file name");
+    if (!isAbsolute(d.path)) {
+      const rel = normalize(d.path);
+      if (rel === ".." || rel.startsWith("../") || rel === "." || isAbsolute(rel)) {
+        throw bad(
+          "leaves the VM's directory",
+          "use a file name inside the VM's directory, or an absolute path",
+        );
+      }
+      if (NOT_DISKS.has(rel.split("/")[0])) {
+        throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+      }
+      const path = join(this.dir, rel);
+      let exists = false;
+      try {
+        const real = await Deno.realPath(path);
+        const home = await Deno.realPath(this.dir);
+        if (!real.startsWith(home + "/")) {
+          throw bad("leads out of the VM's directory (a symlink)", "use a plain file");
+        }
+        exists = true;
+      } catch (e) {
+        if (e instanceof CoveError) throw e;
+      }
+      return { path, inside: true, exists };
+    }
+    try {
+      const st = await Deno.stat(d.path);
+      if (!st.isFile && !st.isBlockDevice) {
+        throw bad("is not a file", "give an image file or a block device");
+      }
+      // An absolute path into this bundle follows the rules of a relative one.
+      const real = await Deno.realPath(d.path);
+      const home = await Deno.realPath(this.dir);
+      if (real.startsWith(home + "/")) {
+        const rel = real.slice(home.length + 1);
+        if (NOT_DISKS.has(rel.split("/")[0])) {
+          throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+        }
+        return { path: d.path, inside: true, exists: true };
+      }
+      return { path: d.path, inside: false, exists: true };
+    } catch (e) {
+      if (e instanceof CoveError) throw e;
+    }
+    const parent = dirname(d.path);
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(parent);
+    } catch {
+      throw bad("does not exist, nor does its directory", "create the directory first");
+    }
+    const me = Deno.uid();
+    if (!st.isDirectory) throw bad("is in something that is not a directory", "fix the path");
+    if ((me !== null && st.uid !== me) || (st.mode !== null && (st.mode & 0o022) !== 0)) {
+      throw bad(
+        `does not exist, and cove creates new disks only in directories of yours that others cannot write (${parent} is not)`,
+        "create the image yourself, or put it in a directory of yours",
+      );
+    }
+    return { path: d.path, inside: false, exists: false };
+  }
+
+  /** Checks every disk of a spec with {@link diskLocation}. */
+  async checkDisks(spec: { disks: { path: string }[] }): Promise<DiskLocation[]> {
+    const out: DiskLocation[] = [];
+    for (const [i, d] of spec.disks.entries()) out.push(await this.diskLocation(d, i));
+    return out;
   }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */

@@ -15,6 +15,7 @@ import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { formatSize, parseSize } from "../units.ts";
 import {
+  assertPrivatePath,
   Bundle,
   BUNDLE_FILES,
   type BundleLock,
@@ -112,9 +113,20 @@ export class Store {
     return join(this.home, "tmp");
   }
 
+  /**
+   * Refuses a COVE_HOME or `vms/` that another user owns or can write (as
+   * ssh's StrictModes does): such a user could swap in a bundle whose
+   * `qemu.binary` would then run as you.
+   */
+  async assertSafe(): Promise<void> {
+    await assertPrivatePath(this.home, "COVE_HOME");
+    await assertPrivatePath(this.vmsDir, "the VM directory");
+  }
+
   /** Creates the store directories (0700), or says clearly why it cannot. */
   async ensure(): Promise<void> {
     for (const d of [this.home, this.vmsDir, this.cacheDir, this.tmpDir]) {
+      await assertPrivatePath(d, d === this.home ? "COVE_HOME" : "the directory");
       try {
         await Deno.mkdir(d, { recursive: true, mode: 0o700 });
         const probe = join(d, `.probe-${crypto.randomUUID()}`);
@@ -146,21 +158,24 @@ export class Store {
     }
   }
 
-  /** The bundle of an existing VM, or a not-found error. */
+  /** The bundle of an existing VM, or a not-found error; refuses one another user could change. */
   async get(name: string): Promise<Bundle> {
     const b = this.bundle(name);
+    await this.assertSafe();
     if (!(await this.exists(name))) {
       throw new CoveError("vm.not_found", `no VM named '${name}'`, {
         hint: "run 'cove list' to see your VMs",
         exit: ExitCode.NotFound,
       });
     }
+    await assertPrivatePath(b.dir, `the directory of VM '${name}'`);
     return b;
   }
 
   /** Every VM, sorted by name. Reads only: nothing on disk changes. */
   async list(): Promise<VmSummary[]> {
     const out: VmSummary[] = [];
+    await this.assertSafe();
     let entries: Deno.DirEntry[] = [];
     try {
       entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
@@ -174,6 +189,12 @@ export class Store {
       const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
       // A dead ephemeral clone is not a VM of the user's; the next command that writes reaps it.
       if (await this.isDeadEphemeral(b)) continue;
+      try {
+        await assertPrivatePath(b.dir, `the directory of VM '${b.name}'`);
+      } catch (e) {
+        out.push({ name: b.name, state: "broken", error: (e as CoveError).message });
+        continue;
+      }
       out.push(await this.summary(b));
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
@@ -326,8 +347,16 @@ export class Store {
           "resize the image with its own tool (e.g. qemu-img resize) and update disks[].size",
         );
       }
+      const where = await b.diskLocation(full.disks[i], i);
+      if (!where.inside) {
+        throw usageError(
+          "disk.outside",
+          `cannot resize VM '${name}': its root disk ${where.path} is outside the VM's directory`,
+          "cove never resizes a disk it does not own: resize it yourself and update disks[].size",
+        );
+      }
       full.disks[i] = { ...full.disks[i], size: formatSize(size) };
-      await ensureSparseFile(b.resolve(full.disks[i].path), size, `disks[${i}].size`);
+      await ensureSparseFile(where.path, size, `disks[${i}].size`);
       spec.disks = full.disks;
       await b.writeSpec(spec);
     } finally {
@@ -454,13 +483,30 @@ export class Store {
   }
 }
 
-/** Creates or grows every writable raw disk of a spec to its size. */
+/**
+ * Creates or grows every writable raw disk of a spec to its size, within
+ * the confinement rules of {@link Bundle.diskLocation}: a disk outside the
+ * bundle is never resized.
+ */
 async function sizeDisks(b: Bundle, spec: VmSpec): Promise<void> {
+  const where = await b.checkDisks(spec);
   for (const [i, d] of spec.disks.entries()) {
     if (d.media !== "disk") continue;
-    const path = b.resolve(d.path);
+    const { path, inside, exists } = where[i];
+    if (!inside && exists) {
+      const have = (await Deno.stat(path)).size;
+      if (d.size !== undefined && parseSize(d.size) > have) {
+        throw usageError(
+          "disk.outside",
+          `disks[${i}]: cove does not resize '${d.path}' (${
+            formatSize(have)
+          }), which is outside the VM's directory, to ${d.size}`,
+          "resize it yourself, or drop its size",
+        );
+      }
+      continue;
+    }
     if (d.size === undefined) {
-      const exists = await Deno.stat(path).then(() => true, () => false);
       if (!exists) {
         throw usageError(
           "spec.invalid",

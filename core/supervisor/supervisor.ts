@@ -473,6 +473,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   try {
     log(`supervisor ${Deno.pid} starting ${bundle.name}`);
     spec = await bundle.readSpec();
+    // A hand-edited spec gets the same disk confinement as a created one.
+    await bundle.checkDisks(spec);
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
     const engine: Engine = await loadEngine(engineId);
