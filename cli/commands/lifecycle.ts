@@ -131,7 +131,11 @@ export function register(program: Command): void {
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const { startDetached } = await import("../../core/supervisor/start.ts");
-      const s = await startDetached(new Store(), name, {
+      const { runsAsYou } = await import("../../core/vm.ts");
+      const store = new Store();
+      const spec = await (await store.get(name)).readSpec().catch(() => undefined);
+      for (const line of spec ? runsAsYou(spec) : []) log(`note: ${line}`);
+      const s = await startDetached(store, name, {
         timeoutMs: opts.timeout * 1000,
         graphics: opts.graphics,
       });

@@ -9,7 +9,7 @@ import { stringify } from "yaml";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { Store, type VmSummary } from "../../core/store/store.ts";
-import { createVm, getVm, setVm, showSize } from "../../core/vm.ts";
+import { createVm, getVm, runsAsYou, setVm, showSize } from "../../core/vm.ts";
 import { log, out, outJson, parseFormat, table } from "../output.ts";
 import { parseSeconds } from "./lifecycle.ts";
 
@@ -108,6 +108,7 @@ export function register(program: Command): void {
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
 
