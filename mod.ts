@@ -75,3 +75,28 @@ export {
 export { createFromOci } from "./core/oci/create.ts";
 export { guestAddress } from "./core/access/address.ts";
 export { runSsh } from "./core/access/ssh.ts";
+// The engine seam, and the bundle's files and state.
+export {
+  assertPrivatePath,
+  BUNDLE_FILES,
+  type BundleState,
+  type DiskLocation,
+  heldError,
+  type LockHolder,
+  type LockPurpose,
+} from "./core/store/bundle.ts";
+export type {
+  EngineContext,
+  GuestAccess,
+  GuestRoute,
+  InstallResult,
+  PeerVm,
+  RestoreImageInstaller,
+  VmPaths,
+} from "./engines/engine.ts";
+export { BaseEngine } from "./engines/base.ts";
+export { restoreImageEngineId } from "./engines/select.ts";
+export { restoreImageInstaller } from "./core/images/ipsw.ts";
+export { runsAsYou } from "./core/vm.ts";
+export type { LiveState } from "./core/supervisor/live.ts";
+export { HttpTimeout } from "./core/supervisor/http.ts";
