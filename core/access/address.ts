@@ -16,7 +16,7 @@
 import type { EngineId } from "../../engines/engine.ts";
 import { ENGINE_IDS, loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { CoveError, ExitCode } from "../errors.ts";
-import { detectHost } from "../host.ts";
+import { detectHost, type HostInfo } from "../host.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { arpIpFor, leaseIpFor, parseArp, parseLeases } from "./leases.ts";
@@ -49,8 +49,10 @@ export interface AddressOptions {
   /** Keep looking this long (seconds) for an address to appear; default 0. */
   waitSeconds?: number;
   status?: StatusReader;
-  /** The engine when the status does not say; default: the spec's engine resolved for this host. */
+  /** The engine when the status does not say; default: the spec's engine resolved for `host`. */
   engine?: EngineId;
+  /** The host the engine is resolved for; default this one. */
+  host?: HostInfo;
   /** For tests: the lease file, and the ARP table reader. */
   leaseFile?: string;
   arp?: () => Promise<string>;
@@ -143,7 +145,9 @@ export async function guestAddress(
   while (true) {
     const status = opts.status ? await opts.status(bundle).catch(() => undefined) : undefined;
     const said = ENGINE_IDS.find((id) => id === status?.engine);
-    const engine = await loadEngine(said ?? opts.engine ?? resolveEngineId(spec, detectHost()));
+    const engine = await loadEngine(
+      said ?? opts.engine ?? resolveEngineId(spec, opts.host ?? detectHost()),
+    );
     let found: GuestAddress | undefined;
     if (engine.guestAccess().route(nic) === "port-forward") {
       const fwd = findForward(status, port);
