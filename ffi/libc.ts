@@ -202,12 +202,21 @@ function supported(): void {
   }
 }
 
-/** Opens (creating, 0600, close-on-exec) a lock file; returns the descriptor. */
-export function lockOpen(path: string): number {
+/** No such file (the same errno on Linux and macOS). */
+export const ENOENT = 2;
+
+/**
+ * Opens a lock file for reading and writing, close-on-exec (so no child,
+ * QEMU included, inherits the lock); with `create`, creates it (0600).
+ * Returns the descriptor.
+ */
+export function lockOpen(path: string, create = true): number {
   supported();
+  const linuxFlags = create ? LINUX_O_RDWR_CREAT_CLOEXEC : 2 | O_CLOEXEC;
+  const darwinFlags = create ? DARWIN_O_RDWR_CREAT_CLOEXEC : 2 | 0x1000000;
   const fd = Deno.build.os === "linux"
-    ? linux().symbols.open(cstr(path), LINUX_O_RDWR_CREAT_CLOEXEC, 0o600)
-    : darwin().symbols.open(cstr(path), DARWIN_O_RDWR_CREAT_CLOEXEC, 0o600);
+    ? linux().symbols.open(cstr(path), linuxFlags, 0o600)
+    : darwin().symbols.open(cstr(path), darwinFlags, 0o600);
   if (fd < 0) {
     throw new LibcError(`open ${path}`, Deno.build.os === "linux" ? errnoLinux() : errnoDarwin());
   }

@@ -17,7 +17,15 @@
 import { dirname, isAbsolute, join, normalize } from "node:path";
 import { stringify } from "yaml";
 import type { VmPaths } from "../../engines/engine.ts";
-import { LibcError, lockClose, lockHeld, lockOpen, lockTry, lockWrite } from "../../ffi/libc.ts";
+import {
+  ENOENT,
+  LibcError,
+  lockClose,
+  lockHeld,
+  lockOpen,
+  lockTry,
+  lockWrite,
+} from "../../ffi/libc.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import { parseSpec } from "../spec/load.ts";
@@ -459,8 +467,10 @@ export class Bundle {
     if (mine) return { pid: Deno.pid, purpose: mine };
     let fd: number;
     try {
-      fd = lockOpen(this.lockPath);
+      fd = lockOpen(this.lockPath, false);
     } catch (e) {
+      // Gone since the stat (a delete retired the bundle): nobody holds it.
+      if (e instanceof LibcError && e.errno === ENOENT) return null;
       throw lockError(e, this.lockPath);
     }
     let held: boolean;
