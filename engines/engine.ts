@@ -3,10 +3,11 @@
  * the hypervisors that run VMs (Virtualization.framework in `vz/`, QEMU in
  * `qemu/`). The supervisor in core drives any engine only through this file.
  *
- * Layering note: engines read the spec types (`core/spec/schema.ts`) and the
- * error type (`core/errors.ts`). Those two modules, with `core/units.ts`, are
- * cove's shared vocabulary and import nothing else from core; everything else
- * in core sits above the engines.
+ * Layering note: engines read the spec types (`core/spec/schema.ts`), the
+ * error type (`core/errors.ts`) and the host facts (`core/host.ts`). Those
+ * modules, with `core/units.ts`, are cove's shared vocabulary and import
+ * nothing else from core; everything else in core sits above the engines.
+ * Engines learn the bundle's file names only through {@link VmPaths}.
  * @module
  */
 import type { HostInfo } from "../core/host.ts";
