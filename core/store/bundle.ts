@@ -547,7 +547,14 @@ export function heldError(name: string, action: string, h: LockHolder): CoveErro
       exit: ExitCode.State,
     });
   }
-  const what = h.purpose === "push" ? "a push" : `a ${h.purpose}`;
+  const what = {
+    push: "a push",
+    clone: "a clone",
+    delete: "a delete",
+    change: "a change of its disk or name",
+    create: "a create",
+    run: "a run",
+  }[h.purpose] ?? `a ${h.purpose}`;
   return new CoveError("vm.busy", `cannot ${action} '${name}': busy: ${what} is in progress`, {
     hint: `wait for ${h.pid ? `pid ${h.pid}` : "it"} to finish, then retry`,
     exit: ExitCode.State,

@@ -329,6 +329,8 @@ export class Store {
     await Deno.remove(grave, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
+    // Deleting writes: reap what killed runs left, as create and clone do.
+    await this.sweep().catch(() => {});
   }
 
   /** Resizes a stopped VM's root disk (grow only). */
