@@ -164,7 +164,7 @@ export async function copySparseLinux(src: string, dst: string): Promise<SparseC
 // Record locks ------------------------------------------------------------
 
 const LINUX_O_RDWR_CREAT_CLOEXEC = 2 | 0o100 | O_CLOEXEC;
-const DARWIN_O_RDWR_CREAT_CLOEXEC = 2 | 0x200 | 0x1000000;
+const DARWIN_O_RDWR_CLOEXEC = 2 | 0x1000000;
 const F_GETLK = 5;
 const F_SETLK = 6;
 const F_OFD_GETLK = 36;
@@ -213,10 +213,18 @@ export const ENOENT = 2;
 export function lockOpen(path: string, create = true): number {
   supported();
   const linuxFlags = create ? LINUX_O_RDWR_CREAT_CLOEXEC : 2 | O_CLOEXEC;
-  const darwinFlags = create ? DARWIN_O_RDWR_CREAT_CLOEXEC : 2 | 0x1000000;
+  if (create && Deno.build.os === "darwin") {
+    // open(2)'s mode is a variadic argument, which Apple's arm64 ABI passes
+    // on the stack where Deno's FFI cannot put it: create the file first.
+    try {
+      Deno.openSync(path, { write: true, create: true, mode: 0o600 }).close();
+    } catch (e) {
+      throw new LibcError(`open ${path} (${e instanceof Error ? e.message : String(e)})`, 0);
+    }
+  }
   const fd = Deno.build.os === "linux"
     ? linux().symbols.open(cstr(path), linuxFlags, 0o600)
-    : darwin().symbols.open(cstr(path), darwinFlags, 0o600);
+    : darwin().symbols.open(cstr(path), DARWIN_O_RDWR_CLOEXEC, 0);
   if (fd < 0) {
     throw new LibcError(`open ${path}`, Deno.build.os === "linux" ? errnoLinux() : errnoDarwin());
   }
