@@ -484,7 +484,7 @@ Deno.test("oci faults are one clear line and leave nothing partial", async (t) =
         const small = join(home, "small");
         await Deno.mkdir(small);
         const mount = await new Deno.Command("mount", {
-          args: ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small],
+          args: ["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", small], // a private COVE_HOME
           stderr: "piped",
         }).output();
         assert(
