@@ -422,7 +422,14 @@ export class Store {
   private async publish(staging: Bundle, name: string): Promise<Bundle> {
     await this.assertFree(name);
     const final = this.bundle(name);
-    await Deno.rename(staging.dir, final.dir);
+    try {
+      await Deno.rename(staging.dir, final.dir);
+    } catch (e) {
+      // A concurrent create of the same name published first (ENOTEMPTY):
+      // that is "exists", and stage() removes this staging directory.
+      await this.assertFree(name);
+      throw e;
+    }
     return final;
   }
 
