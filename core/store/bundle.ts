@@ -125,15 +125,17 @@ export async function assertPrivatePath(path: string, what: string): Promise<voi
     return; // not there: nothing to trust yet
   }
   const me = Deno.uid();
-  const why = me !== null && st.uid !== null && st.uid !== me
+  const foreign = me !== null && st.uid !== null && st.uid !== me;
+  const why = foreign
     ? `is owned by uid ${st.uid}, not by you (uid ${me})`
     : st.mode !== null && (st.mode & 0o022) !== 0
     ? `is writable by other users (mode ${(st.mode & 0o777).toString(8)})`
     : "";
   if (why) {
     throw new CoveError("home.unsafe", `refusing to use ${what} ${path}: it ${why}`, {
-      hint:
-        `another user could change what cove runs: make it yours with mode 700 (chmod 700 ${path})`,
+      hint: foreign
+        ? "another user could change what cove runs as you: use a COVE_HOME of your own"
+        : `another user could change what cove runs as you: chmod 700 ${path}`,
       exit: ExitCode.Host,
     });
   }
