@@ -73,7 +73,7 @@ export interface VmPaths {
   savedState: string;
   /** The Mac auxiliary storage of a macOS guest (vz). */
   auxStorage: string;
-  /** The EFI variable store used when the spec names none. */
+  /** The EFI variable store used when the spec names none (the bundle's default file). */
   efiVars: string;
   /**
    * Where the engine records the pid of the process that runs the guest (the

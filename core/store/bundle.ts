@@ -379,7 +379,7 @@ export class Bundle {
       machine: this.machinePath,
       savedState: this.savedStatePath,
       auxStorage: this.file("auxStorage"),
-      efiVars: BUNDLE_FILES.efiVars,
+      efiVars: this.file("efiVars"),
       enginePid: this.enginePidPath,
     };
   }
