@@ -238,16 +238,23 @@ export async function runSsh(bundle: Bundle, spec: VmSpec, opts: SshOptions): Pr
  *
  * @param store The store holding the VM.
  * @param name The VM's name.
- * @param opts `force`: stop a running VM (power off) instead of refusing.
+ * @param opts `force`: stop a running VM (power off) instead of refusing; `timeoutSeconds`:
+ *   how long its supervisor may take to answer before cove kills the VM (default 10).
+ * @returns `unresponsive`: what cove did when the supervisor did not answer.
  */
 export async function deleteVm(
   store: Store,
   name: string,
-  opts: { force?: boolean } = {},
-): Promise<void> {
+  opts: { force?: boolean; timeoutSeconds?: number } = {},
+): Promise<{ unresponsive?: string }> {
   const b = await store.get(name);
-  if (opts.force && (await b.isRunning())) await stopVm(b, { force: true, timeoutSeconds: 10 });
+  let unresponsive: string | undefined;
+  if (opts.force && (await b.isRunning())) {
+    const r = await stopVm(b, { force: true, timeoutSeconds: opts.timeoutSeconds ?? 10 });
+    unresponsive = r.unresponsive;
+  }
   await store.delete(name);
+  return unresponsive ? { unresponsive } : {};
 }
 
 /**
@@ -357,3 +364,28 @@ export async function loginRegistry(
 export async function logoutRegistry(host: string, home: string): Promise<boolean> {
   return await (await import("./core/oci/mod.ts")).logoutRegistry(host, home);
 }
+
+// The engine seam, and the bundle's files and state.
+export {
+  assertPrivatePath,
+  BUNDLE_FILES,
+  type BundleState,
+  type DiskLocation,
+  heldError,
+  type LockHolder,
+  type LockPurpose,
+} from "./core/store/bundle.ts";
+export type {
+  EngineContext,
+  GuestAccess,
+  GuestRoute,
+  InstallResult,
+  PeerVm,
+  RestoreImageInstaller,
+  VmPaths,
+} from "./engines/engine.ts";
+export type { BaseEngine } from "./engines/base.ts";
+export { restoreImageEngineId } from "./engines/select.ts";
+export { runsAsYou } from "./core/vm.ts";
+export type { LiveState } from "./core/supervisor/live.ts";
+export { HttpTimeout } from "./core/supervisor/http.ts";

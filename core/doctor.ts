@@ -94,10 +94,10 @@ export async function versionInfo(): Promise<VersionInfo> {
   for (const id of ENGINE_IDS) {
     const c = await engineCapabilities(id, host);
     engines.push({ id, available: c.available, reason: c.reason });
-    if (id === "vz") {
-      const abi = c.details["abi"];
-      if (typeof abi === "number") vzAbi = abi;
-      else vzAbiNote = c.reason;
+    // The engine over a native library says its ABI (today only vz has one).
+    if (c.nativeAbi) {
+      vzAbi = c.nativeAbi.version;
+      vzAbiNote = c.nativeAbi.note;
     }
   }
   return {

@@ -4,9 +4,22 @@
  * depend on these; tests pass synthetic {@link HostInfo} values instead.
  * @module
  */
-import type { HostInfo } from "../engines/engine.ts";
+import type { ArchName } from "./spec/schema.ts";
 
-export type { HostInfo };
+/**
+ * Facts about the host that engines and defaults depend on. This module is
+ * part of cove's shared vocabulary (with the spec types, errors and units):
+ * engines import it, and it imports nothing else from core.
+ */
+export interface HostInfo {
+  os: "linux" | "darwin" | "other";
+  arch: ArchName;
+  cpus: number;
+  /** Total memory in bytes. */
+  memory: number;
+  /** macOS product version, e.g. "15.1", on macOS hosts. */
+  macosVersion?: string;
+}
 
 let cached: HostInfo | undefined;
 

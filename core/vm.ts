@@ -223,6 +223,22 @@ export async function getVm(store: Store, name: string): Promise<VmDetails> {
   return { ...summary, path: b.dir, spec, machine };
 }
 
+/**
+ * What a spec makes cove run as you beyond the engine's own choices
+ * (`qemu.binary`, `qemu.args`), one line each, for `cove get` and
+ * `cove start` to show. Empty for most specs. A pulled image never sets
+ * these: its spec is made from the image's config, which has no such
+ * fields, and the local flags and --config alone give them.
+ */
+export function runsAsYou(spec: Pick<VmSpec, "qemu">): string[] {
+  const out: string[] = [];
+  if (spec.qemu?.binary) out.push(`qemu.binary ${spec.qemu.binary} runs as you`);
+  if (spec.qemu?.args?.length) {
+    out.push(`qemu.args ${JSON.stringify(spec.qemu.args)} are passed to qemu, which runs as you`);
+  }
+  return out;
+}
+
 /** Changes of `cove set`. */
 export interface SetVmOptions {
   cpus?: string | number;
@@ -234,15 +250,22 @@ export interface SetVmOptions {
 /** Applies `cove set` changes; disk changes need the VM stopped. */
 export async function setVm(store: Store, name: string, opts: SetVmOptions): Promise<VmDetails> {
   const b = await store.get(name);
-  const current = await b.readParsedSpec();
+  // Read, change and write under the spec lock: concurrent sets each keep their change.
   const { applyFlags } = await import("./spec/compose.ts");
-  const next = applyFlags(current, { cpus: opts.cpus, memory: opts.memory, display: opts.display });
-  if (opts.diskSize !== undefined) {
-    await store.resizeRootDisk(name, parseFlag("--disk-size", opts.diskSize));
-    const resized = await b.readParsedSpec();
-    next.disks = resized.disks;
-  }
-  await b.writeSpec(next);
+  await b.withSpecLock(async () => {
+    const current = await b.readParsedSpec();
+    const next = applyFlags(current, {
+      cpus: opts.cpus,
+      memory: opts.memory,
+      display: opts.display,
+    });
+    if (opts.diskSize !== undefined) {
+      await store.resizeRootDisk(name, parseFlag("--disk-size", opts.diskSize));
+      const resized = await b.readParsedSpec();
+      next.disks = resized.disks;
+    }
+    await b.writeSpec(next);
+  });
   return await getVm(store, name);
 }
 

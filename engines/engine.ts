@@ -3,27 +3,20 @@
  * the hypervisors that run VMs (Virtualization.framework in `vz/`, QEMU in
  * `qemu/`). The supervisor in core drives any engine only through this file.
  *
- * Layering note: engines read the spec types (`core/spec/schema.ts`) and the
- * error type (`core/errors.ts`). Those two modules, with `core/units.ts`, are
- * cove's shared vocabulary and import nothing else from core; everything else
- * in core sits above the engines.
+ * Layering note: engines read the spec types (`core/spec/schema.ts`), the
+ * error type (`core/errors.ts`) and the host facts (`core/host.ts`). Those
+ * modules, with `core/units.ts`, are cove's shared vocabulary and import
+ * nothing else from core; everything else in core sits above the engines.
+ * Engines learn the bundle's file names only through {@link VmPaths}.
  * @module
  */
-import type { ArchName, OsName, VmSpec } from "../core/spec/schema.ts";
+import type { HostInfo } from "../core/host.ts";
+import type { ArchName, NetworkSpec, OsName, VmSpec } from "../core/spec/schema.ts";
+
+export type { HostInfo };
 
 /** Engine identifiers; `auto` is resolved by {@link ./select.ts}. */
 export type EngineId = "vz" | "qemu";
-
-/** Facts about the host that engines and defaults depend on. */
-export interface HostInfo {
-  os: "linux" | "darwin" | "other";
-  arch: ArchName;
-  cpus: number;
-  /** Total memory in bytes. */
-  memory: number;
-  /** macOS product version, e.g. "15.1", on macOS hosts. */
-  macosVersion?: string;
-}
 
 /** Whether something is available, and if not, why. */
 export interface Availability {
@@ -59,6 +52,11 @@ export interface Capabilities extends Availability {
   features: Partial<Record<Feature, Availability>>;
   /** Free-form details shown by `cove doctor` (binary paths, accelerator, library). */
   details: Record<string, string | number | boolean | null>;
+  /**
+   * For an engine over a native library (vz): the library's ABI version,
+   * or null with why it is not loaded. Shown by `cove version`.
+   */
+  nativeAbi?: { version: number | null; note?: string };
 }
 
 /** The files of a VM bundle that an engine may use. Paths are absolute. */
@@ -73,6 +71,78 @@ export interface VmPaths {
   machine: string;
   /** Saved machine state for suspend/resume. */
   savedState: string;
+  /** The Mac auxiliary storage of a macOS guest (vz). */
+  auxStorage: string;
+  /** The EFI variable store used when the spec names none (the bundle's default file). */
+  efiVars: string;
+  /**
+   * Where the engine records the pid of the process that runs the guest (the
+   * QEMU process; the supervisor itself for vz), so that cove can stop the
+   * guest when the supervisor does not answer.
+   */
+  enginePid: string;
+}
+
+/** Another VM of the same store, for engines that limit how many run at once. */
+export interface PeerVm {
+  /** Its bundle directory. */
+  dir: string;
+  os: OsName;
+  arch: ArchName;
+  /** True while its supervisor holds its lock. */
+  running: boolean;
+}
+
+/** What the store tells an engine about the VMs around the one it starts. */
+export interface EngineContext {
+  /** The other VMs of the store (not the one being started). */
+  peers(): Promise<PeerVm[]>;
+}
+
+/** How cove reaches a TCP port of the guest on one of its NICs. */
+export type GuestRoute =
+  /** Through a host port the engine forwards (reported in the live status). */
+  | "port-forward"
+  /** At the guest's own address on the network (DHCP lease, ARP table). */
+  | "guest-address";
+
+/** Guest access: how the host reaches the guest's SSH server, and what the engine must set up for it. */
+export interface GuestAccess {
+  /** How cove reaches a guest port on this NIC. */
+  route(nic: NetworkSpec): GuestRoute;
+  /**
+   * The spec to start, with whatever the engine needs for cove to reach the
+   * guest's SSH port (qemu's user networking: a forward from a free host
+   * port). The spec on disk is not changed.
+   */
+  withAccess(spec: VmSpec): VmSpec;
+}
+
+/** The result of installing a guest OS from a restore image. */
+export interface InstallResult {
+  /** The CPUs and memory (bytes) the installed image needs at least. */
+  cpus: number;
+  memory: number;
+}
+
+/** Installs an OS from a vendor restore image into a new bundle (macOS IPSW on vz). */
+export interface RestoreImageInstaller {
+  /** The newest restore image this host supports, and where to download it. */
+  latest(): Promise<{ url: string; description?: string }>;
+  /**
+   * Installs `image` (a local file) onto the root disk `disk` (created at its
+   * full size) of the bundle at `paths`, writing the engine's state files and
+   * machine identity there.
+   */
+  install(opts: {
+    image: string;
+    paths: VmPaths;
+    disk: string;
+    cpus?: number;
+    memory?: number;
+    signal?: AbortSignal;
+    onProgress?: (fraction: number) => void;
+  }): Promise<InstallResult>;
 }
 
 /** Everything an engine needs to start a VM. */
@@ -84,6 +154,8 @@ export interface StartRequest {
   graphics: boolean;
   /** Resume from saved state if present (vz). */
   restore: boolean;
+  /** The host it runs on. */
+  host: HostInfo;
 }
 
 /** The lifecycle states a running handle reports. */
@@ -134,16 +206,25 @@ export interface RunningVm {
   info(): Record<string, unknown>;
 }
 
-/** One hypervisor behind cove's lifecycle. */
+/**
+ * One hypervisor behind cove's lifecycle. Everything that differs between
+ * engines is a method here (or of an object one returns); core never asks
+ * which engine it holds. {@link ./base.ts} gives the defaults.
+ */
 export interface Engine {
   readonly id: EngineId;
   /** What this engine can do on this host. Must not start a VM. */
   capabilities(host: HostInfo): Promise<Capabilities>;
   /**
-   * Engine-specific checks of a spec before anything starts. Throws a
-   * CoveError naming the first problem.
+   * Engine-specific checks of a spec before anything starts, including
+   * instance limits (`ctx` tells which other VMs run). Throws a CoveError
+   * naming the first problem.
    */
-  validate(spec: VmSpec, host: HostInfo, paths: VmPaths): Promise<void>;
+  validate(spec: VmSpec, host: HostInfo, paths: VmPaths, ctx?: EngineContext): Promise<void>;
   /** Starts the VM. The returned handle is running or starting. */
   start(req: StartRequest): Promise<RunningVm>;
+  /** How cove reaches the guest, and what the engine sets up for it. */
+  guestAccess(): GuestAccess;
+  /** The installer from restore images, or undefined when this engine has none. */
+  restoreImageInstaller(): RestoreImageInstaller | undefined;
 }

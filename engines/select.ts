@@ -16,6 +16,14 @@ export function resolveEngineId(spec: Pick<VmSpec, "engine" | "arch">, host: Hos
   return host.os === "darwin" && host.arch === "arm64" && spec.arch === "arm64" ? "vz" : "qemu";
 }
 
+/**
+ * The engine that installs guests from vendor restore images on this host
+ * (macOS IPSWs: vz, on a Mac with Apple silicon), or undefined.
+ */
+export function restoreImageEngineId(host: HostInfo): EngineId | undefined {
+  return host.os === "darwin" && host.arch === "arm64" ? "vz" : undefined;
+}
+
 /** Loads an engine module (vz loads its native library only when used). */
 export async function loadEngine(id: EngineId): Promise<Engine> {
   switch (id) {

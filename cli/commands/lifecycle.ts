@@ -140,9 +140,13 @@ export function register(program: Command): void {
     .option("--timeout <duration>", "how long to wait for the VM to run, e.g. 2m", "2m")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, parseFlag, startDetached } = await import("../../mod.ts");
-      const s = await startDetached(new Store(), name, {
-        timeoutMs: parseFlag("--timeout", opts.timeout),
+      const { Store, parseFlag, runsAsYou, startDetached } = await import("../../mod.ts");
+      const timeoutMs = parseFlag("--timeout", opts.timeout);
+      const store = new Store();
+      const spec = await (await store.get(name)).readSpec().catch(() => undefined);
+      for (const line of spec ? runsAsYou(spec) : []) log(`note: ${line}`);
+      const s = await startDetached(store, name, {
+        timeoutMs,
         graphics: opts.graphics,
       });
       if (opts.format === "json") outJson(s);
@@ -160,6 +164,7 @@ export function register(program: Command): void {
       const timeoutSeconds = parseFlag("--timeout", opts.timeout) / 1000;
       const b = await new Store().get(name);
       const r = await stopVm(b, { force: opts.force, timeoutSeconds });
+      if (r.unresponsive) log(`warning: ${r.unresponsive}`);
       if (opts.format === "json") outJson(r);
       else out(`stopped ${name}${r.forced ? " (powered off)" : ""}`);
     });

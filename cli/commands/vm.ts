@@ -5,6 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
+import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
 import { log, out, outJson, parseFormat, table } from "../output.ts";
 
@@ -13,7 +14,7 @@ const FORMAT_HELP = "output format: text or json";
 function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): string[] {
   return [
     s.name,
-    s.state,
+    s.busy ? `${s.state} (${s.busy})` : s.state,
     s.os ?? "-",
     s.arch ?? "-",
     s.cpus?.toString() ?? "-",
@@ -87,7 +88,7 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, getVm, withLive, showSize } = await import("../../mod.ts");
+      const { Store, getVm, runsAsYou, withLive, showSize } = await import("../../mod.ts");
       const store = new Store();
       const d = await withLive(store.bundle(name), await getVm(store, name));
       if (opts.format === "json") return outJson(d);
@@ -98,6 +99,7 @@ export function register(program: Command): void {
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
       const { stringify } = await import("yaml");
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
@@ -126,7 +128,8 @@ export function register(program: Command): void {
       const { Store, parseSpec } = await import("../../mod.ts");
       const b = await new Store().get(name);
       await editSpec(b.specPath, async (text) => {
-        await b.writeSpec(await parseSpec(text, "cove.yaml"));
+        const spec = await parseSpec(text, basename(b.specPath));
+        await b.withSpecLock(() => b.writeSpec(spec));
       });
       out(`saved ${name}`);
     });
@@ -161,11 +164,18 @@ export function register(program: Command): void {
     .description("delete VMs (stopped, or with --force stop them first)")
     .argument("<names...>", "VM names")
     .option("-f, --force", "stop running VMs first")
+    .option(
+      "--timeout <duration>",
+      "with --force: how long a VM's supervisor may take to answer before cove kills the VM",
+      "10s",
+    )
     .action(async (names, opts) => {
-      const { Store, deleteVm } = await import("../../mod.ts");
+      const { Store, deleteVm, parseFlag } = await import("../../mod.ts");
+      const timeoutSeconds = parseFlag("--timeout", opts.timeout) / 1000;
       const store = new Store();
       for (const name of names) {
-        await deleteVm(store, name, { force: opts.force });
+        const r = await deleteVm(store, name, { force: opts.force, timeoutSeconds });
+        if (r.unresponsive) log(`warning: ${r.unresponsive}`);
         out(`deleted ${name}`);
       }
     });

@@ -2,18 +2,21 @@
  * Where to reach a running VM's SSH server (`cove ip`, `cove ssh`,
  * `cove exec`):
  *
- * - vz, shared NAT: the guest's address from macOS's DHCP leases (matched
- *   by MAC, newest unexpired lease first), else from the ARP table; port
- *   `provision.sshPort`.
- * - qemu, user networking (`user`, and `nat` which qemu runs as user
- *   networking): the host side of the port forward to guest port
- *   `provision.sshPort` (`127.0.0.1:PORT`), as the supervisor reports it.
- * - bridged: the ARP table.
+ * The engine that runs the VM says how ({@link GuestAccess.route}):
+ * - through a port forward (qemu's user networking): the host side of the
+ *   forward to guest port `provision.sshPort` (`127.0.0.1:PORT`), as the
+ *   supervisor reports it;
+ * - at the guest's address (vz's shared NAT, bridged NICs): from macOS's
+ *   DHCP leases (matched by MAC, newest unexpired lease first) on NAT, else
+ *   from the ARP table; port `provision.sshPort`.
  *
  * A stopped VM and a VM without a network each get one clear line.
  * @module
  */
+import type { EngineId } from "../../engines/engine.ts";
+import { ENGINE_IDS, loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { CoveError, ExitCode } from "../errors.ts";
+import { detectHost, type HostInfo } from "../host.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { arpIpFor, leaseIpFor, parseArp, parseLeases } from "./leases.ts";
@@ -46,8 +49,10 @@ export interface AddressOptions {
   /** Keep looking this long (seconds) for an address to appear; default 0. */
   waitSeconds?: number;
   status?: StatusReader;
-  /** The engine when the status does not say; default from the host (vz on macOS, else qemu). */
-  engine?: "vz" | "qemu";
+  /** The engine when the status does not say; default: the spec's engine resolved for `host`. */
+  engine?: EngineId;
+  /** The host the engine is resolved for; default this one. */
+  host?: HostInfo;
   /** For tests: the lease file, and the ARP table reader. */
   leaseFile?: string;
   arp?: () => Promise<string>;
@@ -139,10 +144,12 @@ export async function guestAddress(
   const port = spec.provision.sshPort;
   while (true) {
     const status = opts.status ? await opts.status(bundle).catch(() => undefined) : undefined;
-    const engine = (status?.engine as string | undefined) ?? opts.engine ??
-      (Deno.build.os === "darwin" && spec.engine !== "qemu" ? "vz" : "qemu");
+    const said = ENGINE_IDS.find((id) => id === status?.engine);
+    const engine = await loadEngine(
+      said ?? opts.engine ?? resolveEngineId(spec, opts.host ?? detectHost()),
+    );
     let found: GuestAddress | undefined;
-    if (engine === "qemu" && nic.mode !== "bridged") {
+    if (engine.guestAccess().route(nic) === "port-forward") {
       const fwd = findForward(status, port);
       if (fwd) found = { host: fwd.address, port: fwd.host, via: "port-forward", mode };
       else if (status !== undefined && now() >= deadline) {

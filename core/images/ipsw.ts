@@ -3,11 +3,14 @@
  * `--from ipsw:PATH.ipsw`, `--from ipsw:https://…/x.ipsw` (a bare `.ipsw`
  * path or URL works too). The IPSW is downloaded through the image cache
  * (resumable, verified against nothing but its own size: Apple publishes no
- * checksums), the root disk is created sparse at its full size, and the vz
- * engine runs VZMacOSInstaller with progress. Only a Mac with Apple silicon
- * can do this; elsewhere it is one clear line.
+ * checksums), the root disk is created sparse at its full size, and the
+ * engine's {@link RestoreImageInstaller} (vz: VZMacOSInstaller) installs
+ * with progress. Only a Mac with Apple silicon can do this; elsewhere it is
+ * one clear line.
  * @module
  */
+import type { RestoreImageInstaller } from "../../engines/engine.ts";
+import { loadEngine, restoreImageEngineId } from "../../engines/select.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { detectHost, type HostInfo } from "../host.ts";
 import { memoryBytes } from "../spec/defaults.ts";
@@ -39,17 +42,29 @@ export function parseIpswSource(src: string): IpswLocation {
 
 /** Refuses hosts that cannot install macOS. */
 export function assertCanInstallMacOS(host: HostInfo = detectHost()): void {
-  if (host.os !== "darwin" || host.arch !== "arm64") {
-    throw new CoveError(
-      "ipsw.host",
-      "installing macOS from an IPSW needs a Mac with Apple silicon (the vz engine)",
-      {
-        hint:
-          "run this on an Apple silicon Mac, or pull a ready macOS image with 'cove clone REF NAME'",
-        exit: ExitCode.Host,
-      },
-    );
-  }
+  if (restoreImageEngineId(host) === undefined) throw noInstaller();
+}
+
+/** The installer of the engine that installs restore images on this host. */
+export async function restoreImageInstaller(
+  host: HostInfo = detectHost(),
+): Promise<RestoreImageInstaller> {
+  const id = restoreImageEngineId(host);
+  const installer = id ? (await loadEngine(id)).restoreImageInstaller() : undefined;
+  if (!installer) throw noInstaller();
+  return installer;
+}
+
+function noInstaller(): CoveError {
+  return new CoveError(
+    "ipsw.host",
+    "installing macOS from an IPSW needs a Mac with Apple silicon (the vz engine)",
+    {
+      hint:
+        "run this on an Apple silicon Mac, or pull a ready macOS image with 'cove clone REF NAME'",
+      exit: ExitCode.Host,
+    },
+  );
 }
 
 /**
@@ -62,14 +77,13 @@ export async function installFromIpsw(
   spec: VmSpec,
   opts: SourceOptions,
 ): Promise<VmSpec> {
-  assertCanInstallMacOS();
+  const installer = await restoreImageInstaller();
   if (spec.os !== "macos") {
     throw new CoveError("ipsw.os", "--from ipsw: creates macOS guests; remove --os linux", {
       exit: ExitCode.Usage,
     });
   }
   const emit: (e: SourceEvent) => void = opts.onProgress ?? (() => {});
-  const { installMacOS, latestRestoreImage } = await import("../../engines/vz/install.ts");
   const where = parseIpswSource(src);
   let ipsw: string;
   if (where.kind === "file") {
@@ -81,7 +95,7 @@ export async function installFromIpsw(
       });
     });
   } else {
-    const url = where.kind === "url" ? where.url : (await latestRestoreImage()).url;
+    const url = where.kind === "url" ? where.url : (await installer.latest()).url;
     emit({ type: "resolve", source: src, description: `macOS restore image ${url}` });
     ipsw = (await download(url, { cache: opts.cache, onProgress: emit, signal: opts.signal })).path;
   }
@@ -89,14 +103,14 @@ export async function installFromIpsw(
   if (!root) throw new CoveError("ipsw.no_disk", "a macOS guest needs a root disk", { exit: 2 });
   const disk = staging.resolve(root.path);
   await ensureSparseFile(disk, parseSize(root.size ?? "64GiB"), "disks[0].size");
-  const result = await installMacOS({
-    ipsw,
-    dir: staging.dir,
-    machine: staging.machinePath,
+  const result = await installer.install({
+    image: ipsw,
+    paths: staging.vmPaths(),
     disk,
     cpus: spec.cpus,
     memory: memoryBytes(spec),
     signal: opts.signal,
-  }, (fraction) => emit({ type: "install", fraction }));
+    onProgress: (fraction) => emit({ type: "install", fraction }),
+  });
   return { ...spec, cpus: result.cpus, memory: formatSize(result.memory) };
 }

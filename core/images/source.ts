@@ -27,8 +27,8 @@
  */
 import { isAbsolute, resolve as resolvePath } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
-import type { ArchName, DiskSpec, VmSpec } from "../spec/schema.ts";
-import type { Bundle } from "../store/bundle.ts";
+import type { DiskSpec, VmSpec } from "../spec/schema.ts";
+import { type Bundle, BUNDLE_FILES } from "../store/bundle.ts";
 import { cloneFile } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
 import { BlobCache } from "./cache.ts";
@@ -92,7 +92,7 @@ export function registerSourceHandler(kind: "oci" | "ipsw", h: SourceHandler): v
 }
 
 /** The bundle file name of the root disk made from a source. */
-export const SOURCE_DISK = "disk.img";
+export const SOURCE_DISK: string = BUNDLE_FILES.rootDisk;
 /** The bundle file name of an installer ISO downloaded from a URL. */
 export const INSTALLER_ISO = "installer.iso";
 
@@ -370,9 +370,4 @@ function defaultDisk(): DiskSpec {
     sync: "full",
     bus: "virtio",
   };
-}
-
-/** The architecture names the catalog uses, from Deno's. */
-export function hostArch(): ArchName {
-  return Deno.build.arch === "aarch64" ? "arm64" : "x86_64";
 }

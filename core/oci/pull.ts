@@ -31,6 +31,7 @@ import { formatReference, manifestReference, parseReference, type Reference } fr
 import { digestMismatch, networkError, RegistryClient, type RegistryOptions } from "./registry.ts";
 import {
   type DiskLayer,
+  IMAGE_DISK,
   parseTartConfig,
   parseTartManifest,
   type TartConfig,
@@ -228,7 +229,7 @@ async function localLayers(cache: OciCache): Promise<Map<string, LocalLayer>> {
       const img = parseTartManifest(e.name, await Deno.readFile(join(dir, "manifest.json")));
       for (const l of img.disks) {
         found.set(l.digest, {
-          diskPath: join(dir, "disk.img"),
+          diskPath: join(dir, IMAGE_DISK),
           offset: l.offset,
           size: l.uncompressedSize,
         });
@@ -371,7 +372,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
       ref,
       digest,
       dir,
-      diskPath: join(dir, "disk.img"),
+      diskPath: join(dir, IMAGE_DISK),
       nvramPath: hasNvram ? nvramPath : undefined,
       tart,
       image,
@@ -392,7 +393,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     if (await cache.has(digest)) return await finish(true, 0, 0);
     const staging = cache.staging(digest);
     const layersDir = join(staging, "layers");
-    const diskPath = join(staging, "disk.img");
+    const diskPath = join(staging, IMAGE_DISK);
     const resumed = await Deno.stat(diskPath).then((s) => s.size === image.diskSize, () => false);
     if (!resumed) {
       await Deno.remove(staging, { recursive: true }).catch(() => {});

@@ -27,7 +27,7 @@ import { parseFlag } from "../flags.ts";
 import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import type { Store } from "../store/store.ts";
-import type { MachineIdentity } from "../store/bundle.ts";
+import { heldError, type MachineIdentity } from "../store/bundle.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { OciCache } from "./cache.ts";
 import { compressStream } from "./layer.ts";
@@ -157,13 +157,9 @@ export async function pushVm(
   const concurrency = parseFlag("--concurrency", opts.concurrency ?? 4);
   const chunkSize = parseFlag("--chunk-size", opts.chunkSize ?? DEFAULT_CHUNK);
   const bundle = await store.get(name);
-  const lock = await bundle.tryLock();
-  if (!lock) {
-    throw new CoveError("vm.running", `cannot push '${name}': it is running`, {
-      hint: `stop it first with 'cove stop ${name}'`,
-      exit: ExitCode.State,
-    });
-  }
+  // Held for the whole push: the VM is "busy (push)", and start and delete refuse.
+  const lock = await bundle.tryLock({ purpose: "push" });
+  if (!lock) throw heldError(name, "push", (await bundle.holder()) ?? { purpose: "run" });
   const cache = new OciCache(join(opts.home, "cache"));
   await cache.ensure();
   const indexPath = join(cache.dir, "push-index.json");

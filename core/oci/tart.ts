@@ -16,8 +16,7 @@
 import { CoveError, ExitCode } from "../errors.ts";
 import type { SpecParsed } from "../spec/schema.ts";
 import { formatSize, parseSize } from "../units.ts";
-import { EFI_VARS, ROOT_DISK } from "../spec/defaults.ts";
-import { AUX_STORAGE } from "../../engines/vz/config.ts";
+import { BUNDLE_FILES } from "../store/bundle.ts";
 
 export const OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json";
 export const OCI_INDEX = "application/vnd.oci.image.index.v1+json";
@@ -296,10 +295,11 @@ export interface SpecFromTart {
 }
 
 /** The root disk and NVRAM file names cove gives a VM made from an image. */
-export const IMAGE_DISK = ROOT_DISK;
+export const IMAGE_DISK: string = BUNDLE_FILES.rootDisk;
 /** The Mac auxiliary storage (Tart's nvram layer) under the name the vz engine reads. */
-export const MAC_AUX = AUX_STORAGE;
-export { EFI_VARS };
+export const MAC_AUX: string = BUNDLE_FILES.auxStorage;
+/** The EFI variable store (Tart's nvram layer for Linux guests). */
+export const EFI_VARS: string = BUNDLE_FILES.efiVars;
 
 const MAC_RE = /^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$/;
 
@@ -322,7 +322,7 @@ export function specFromTart(c: TartConfig): SpecFromTart {
       sync: "full",
       bus: "virtio",
     }],
-    boot: macos ? { loader: "macos" } : { loader: "efi", variableStore: EFI_VARS },
+    boot: macos ? { loader: "macos" } : { loader: "efi", variableStore: BUNDLE_FILES.efiVars },
     networks: [{
       mode: "nat",
       forwards: [],

@@ -1,35 +1,27 @@
 /**
  * What a supervisor does for guest access right before it starts a VM:
- * writes (or refreshes) the cloud-init seed when the spec attaches one, and,
- * for QEMU user networking, forwards a free host port to the guest's SSH
- * port so `cove ssh` can reach it (the port is reported in the live status).
+ * writes (or refreshes) the cloud-init seed when the spec attaches one, and
+ * lets the engine add what it needs for `cove ssh` to reach the guest (QEMU
+ * user networking: a forward from a free host port, reported in the live
+ * status). Core does not know which engine needs what: the engine's
+ * {@link GuestAccess} says.
  * @module
  */
+import type { Engine, GuestAccess } from "../../engines/engine.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import { ensureSeed } from "./seed.ts";
 
-/** Adds a `{ host: 0, guest: sshPort }` forward to the first user-mode NIC when it has none (qemu only). */
-export function withSshForward(spec: VmSpec, engine: string): VmSpec {
-  if (engine !== "qemu") return spec;
-  const i = spec.networks.findIndex((n) => n.mode === "user" || n.mode === "nat");
-  if (i < 0) return spec;
-  const port = spec.provision.sshPort;
-  const nic = spec.networks[i];
-  if (nic.forwards.some((f) => f.guest === port && f.protocol === "tcp")) return spec;
-  const networks = [...spec.networks];
-  networks[i] = {
-    ...nic,
-    forwards: [...nic.forwards, { host: 0, guest: port, protocol: "tcp", address: "127.0.0.1" }],
-  };
-  return { ...spec, networks };
+/** The spec with what `access` needs for cove to reach the guest's SSH port. */
+export function withSshForward(spec: VmSpec, access: GuestAccess): VmSpec {
+  return access.withAccess(spec);
 }
 
 /** Seed and SSH forward; returns the spec to start (the file on disk is not changed). */
 export async function prepareGuest(
   bundleDir: string,
   spec: VmSpec,
-  engine: string,
+  engine: Pick<Engine, "guestAccess">,
 ): Promise<VmSpec> {
   await ensureSeed(bundleDir, spec);
-  return withSshForward(spec, engine);
+  return withSshForward(spec, engine.guestAccess());
 }

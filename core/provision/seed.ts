@@ -34,13 +34,14 @@ import { stringify } from "yaml";
 import { coveAuthorizedKey } from "../access/keys.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { DiskSpec, VmSpec } from "../spec/schema.ts";
+import { BUNDLE_FILES } from "../store/bundle.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
 import { buildIso9660 } from "./iso9660.ts";
 
 /** The seed's file name in the bundle. */
-export const SEED_DISK = "cidata.iso";
+export const SEED_DISK: string = BUNDLE_FILES.seedDisk;
 /** The sidecar recording what the seed was made from. */
-export const SEED_STATE = "cidata.json";
+export const SEED_STATE: string = BUNDLE_FILES.seedState;
 /**
  * cloud-init reads YAML 1.1 (PyYAML): unquoted `52:54:00:12:34:56` is a
  * base-60 integer there and `on`/`yes` are booleans. Writing in 1.1 mode

@@ -8,6 +8,7 @@ import { parse } from "yaml";
 import { CoveError, ExitCode } from "../errors.ts";
 import { flagRange, parseFlag } from "../flags.ts";
 import { parseSize } from "../units.ts";
+import { BUNDLE_FILES } from "../store/bundle.ts";
 import { parseSpec, SpecError, validateSpec } from "./load.ts";
 import type { SpecParsed } from "./schema.ts";
 
@@ -66,7 +67,8 @@ export function applyFlags(base: SpecParsed, flags: SpecFlags): SpecParsed {
   if (flags.display !== undefined) raw.display = parseDisplay(flags.display);
   if (flags.diskSize !== undefined) {
     parseFlag("--disk-size", flags.diskSize);
-    const disks = (raw.disks as Record<string, unknown>[] | undefined) ?? [{ path: "disk.img" }];
+    const disks = (raw.disks as Record<string, unknown>[] | undefined) ??
+      [{ path: BUNDLE_FILES.rootDisk }];
     const i = Math.max(0, disks.findIndex((d) => (d.media ?? "disk") === "disk"));
     disks[i] = { ...disks[i], size: flags.diskSize };
     raw.disks = disks;

@@ -6,19 +6,14 @@
  * a 16GiB disk. Nothing is larger than the host can give.
  * @module
  */
-import type { HostInfo } from "../../engines/engine.ts";
+import type { HostInfo } from "../host.ts";
+// A cycle (bundle.ts reads specs with these defaults): BUNDLE_FILES is only read inside functions.
+import { BUNDLE_FILES } from "../store/bundle.ts";
 import { usageError } from "../errors.ts";
 import { formatSize, parseSize } from "../units.ts";
 import type { SpecParsed, VmSpec } from "./schema.ts";
 
 const GiB = 2 ** 30;
-
-/** The default root disk file name inside a bundle. */
-export const ROOT_DISK = "disk.img";
-/** The default EFI variable store file name inside a bundle. */
-export const EFI_VARS = "efi-vars.fd";
-/** The default console log file name inside a bundle. */
-export const CONSOLE_LOG = "console.log";
 
 /** Fills in every default for this host. `name` seeds the hostname. */
 export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string): VmSpec {
@@ -36,7 +31,7 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
   const memory = parsed.memory ??
     formatSize(Math.min(macos ? 8 * GiB : 2 * GiB, floorGiB(host.memory / 2)));
   const disks = parsed.disks ?? [{
-    path: ROOT_DISK,
+    path: BUNDLE_FILES.rootDisk,
     size: macos ? "64GiB" : "16GiB",
     format: "raw" as const,
     media: "disk" as const,
@@ -46,7 +41,7 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
     bus: "virtio" as const,
   }];
   const boot = parsed.boot ?? (macos ? { loader: "macos" as const } : { loader: "efi" as const });
-  if (boot.loader === "efi" && !boot.variableStore) boot.variableStore = EFI_VARS;
+  if (boot.loader === "efi" && !boot.variableStore) boot.variableStore = BUNDLE_FILES.efiVars;
   if (boot.loader === "kernel" && !boot.kernel) {
     throw usageError(
       "spec.invalid",

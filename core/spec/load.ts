@@ -13,6 +13,8 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Document, Node as YamlNode } from "yaml";
 import type { z } from "zod";
 import { CoveError, ExitCode } from "../errors.ts";
+// A cycle (bundle.ts parses specs): BUNDLE_FILES is only read when parseSpec runs.
+import { BUNDLE_FILES } from "../store/bundle.ts";
 import { type SpecParsed, SpecSchema } from "./schema.ts";
 
 /** One problem found in a spec. */
@@ -83,7 +85,7 @@ function tooDeepNode(doc: Document): YamlNode | undefined {
 }
 
 /** Parses YAML text into a validated (not yet defaulted) spec. */
-export function parseSpec(text: string, source = "cove.yaml"): SpecParsed {
+export function parseSpec(text: string, source: string = BUNDLE_FILES.spec): SpecParsed {
   const lc = new LineCounter();
   let doc: Document;
   try {

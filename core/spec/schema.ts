@@ -156,10 +156,16 @@ export const QemuOptions = z.strictObject({
   accel: z.enum(["auto", "kvm", "hvf", "tcg"]).default("auto").meta({
     description: "Accelerator; COVE_QEMU_ACCEL overrides it.",
   }),
-  binary: z.string().optional().meta({ description: "qemu-system-* binary to use." }),
+  binary: z.string().optional().meta({
+    description:
+      "qemu-system-* binary to use. It runs as you; never taken from a pulled image; shown by cove get and cove start.",
+  }),
   machine: z.string().optional().meta({ description: "Machine type; default q35 or virt." }),
   cpu: z.string().optional().meta({ description: "CPU model; default host or max." }),
-  args: z.array(z.string()).default([]).meta({ description: "Extra arguments, appended." }),
+  args: z.array(z.string()).default([]).meta({
+    description:
+      "Extra arguments, appended. They run as you; never taken from a pulled image; shown by cove get and cove start.",
+  }),
 });
 
 /** The whole VM spec as written in cove.yaml. */

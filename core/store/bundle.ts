@@ -1,20 +1,227 @@
 /**
  * A VM bundle: the directory `$COVE_HOME/vms/NAME/` and the files it owns
- * (spec, disks, machine identity, engine state, console log, control socket,
- * lock). The Bundle type is the only code that knows these file names.
+ * (spec, disks, cloud-init seed, machine identity, engine state, saved
+ * state, console and supervisor logs, control socket, lock). This module
+ * is the only code that spells these file names ({@link BUNDLE_FILES});
+ * everything else asks a {@link Bundle} for a path.
  *
- * A VM is running exactly when some process holds the exclusive lock on the
- * bundle's `lock` file (flock): no pid files, and a dead supervisor releases
- * its lock with its last breath.
+ * A VM is running exactly when its supervisor holds the exclusive record
+ * lock on the bundle's `lock` file (an open file description lock on
+ * Linux, a POSIX record lock on macOS; see ffi/libc.ts): no pid files, and
+ * a dead supervisor releases its lock with its last breath. The holder
+ * writes `{pid, purpose}` into the file, so anyone can ask who holds the
+ * lock and why ({@link Bundle.holder}) without taking it: probes race
+ * nothing, and `cove list` changes nothing on disk.
  * @module
  */
-import { join } from "node:path";
+import { dirname, isAbsolute, join, normalize } from "node:path";
 import type { VmPaths } from "../../engines/engine.ts";
+import {
+  ENOENT,
+  LibcError,
+  lockClose,
+  lockHeld,
+  lockOpen,
+  lockTry,
+  lockWrite,
+} from "../../ffi/libc.ts";
 import { CoveError, ExitCode } from "../errors.ts";
-import { applyDefaults, CONSOLE_LOG } from "../spec/defaults.ts";
+import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { detectHost } from "../host.ts";
 import { writeFileAtomic } from "./fsutil.ts";
+
+/** Every file name of a bundle, defined once. */
+export const BUNDLE_FILES = {
+  /** The spec: the only file a person edits. */
+  spec: "cove.yaml",
+  /** The lock whose holder runs (or pushes, clones, deletes) the VM. */
+  lock: "lock",
+  /** The lock of read-modify-writes of the spec. */
+  specLock: "cove.yaml.lock",
+  /** Machine identity (uuid, VZ machine identifier and hardware model). */
+  machine: "machine.json",
+  /** The default root disk. */
+  rootDisk: "disk.img",
+  /** The default EFI variable store. */
+  efiVars: "efi-vars.fd",
+  /** The Mac auxiliary storage of a macOS guest (vz; Tart's nvram layer). */
+  auxStorage: "auxiliary-storage",
+  /** The cloud-init NoCloud seed, and the hash of what it was made from. */
+  seedDisk: "cidata.iso",
+  seedState: "cidata.json",
+  /** The serial console log of the current or last run. */
+  consoleLog: "console.log",
+  /** The supervisor's log. */
+  supervisorLog: "supervisor.log",
+  /** How the last run ended. */
+  lastExit: "last-exit.json",
+  /** The supervisor's control socket (or a symlink to it). */
+  controlSocket: "control.sock",
+  /** Engine runtime files (QMP socket, ...), or a symlink to them. */
+  runtimeDir: "run",
+  /** Saved machine state: the VM is suspended while it exists. */
+  savedState: "state.vzvmsave",
+  /** The pid of the process that runs the guest, recorded by the engine. */
+  enginePid: "engine.pid",
+  /** Marks a clone made by `cove run --ephemeral`. */
+  ephemeral: "ephemeral",
+} as const;
+
+/** Files that belong to one running instance, never copied by clone. */
+export const INSTANCE_FILES: ReadonlySet<string> = new Set([
+  BUNDLE_FILES.ephemeral,
+  BUNDLE_FILES.lock,
+  BUNDLE_FILES.specLock,
+  BUNDLE_FILES.controlSocket,
+  BUNDLE_FILES.consoleLog,
+  BUNDLE_FILES.supervisorLog,
+  BUNDLE_FILES.lastExit,
+  BUNDLE_FILES.runtimeDir,
+  BUNDLE_FILES.savedState,
+  BUNDLE_FILES.enginePid,
+]);
+
+/**
+ * Files cove itself writes in a bundle: a disk may not be one of them (a
+ * guest must never be able to rewrite its own spec or cove's state).
+ */
+export const OWNED_FILES: ReadonlySet<string> = new Set([
+  ...INSTANCE_FILES,
+  BUNDLE_FILES.spec,
+  BUNDLE_FILES.machine,
+  BUNDLE_FILES.seedState,
+]);
+
+/** Names a disk may not take: cove's own files, and the engine's state. */
+const NOT_DISKS: ReadonlySet<string> = new Set([
+  ...OWNED_FILES,
+  BUNDLE_FILES.efiVars,
+  BUNDLE_FILES.auxStorage,
+]);
+
+/** Where a disk of the spec is, and whether cove may create or grow it. */
+export interface DiskLocation {
+  /** The absolute path. */
+  path: string;
+  /** Inside the bundle: cove creates and grows it. Outside: never resized. */
+  inside: boolean;
+  /** True when the file exists. */
+  exists: boolean;
+}
+
+/**
+ * Refuses a path cove should not trust (ssh's StrictModes): one owned by
+ * another user, or writable by group or others. `what` names it in the
+ * line ("COVE_HOME", "the VM directory").
+ */
+export async function assertPrivatePath(path: string, what: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(path);
+  } catch {
+    return; // not there: nothing to trust yet
+  }
+  const me = Deno.uid();
+  const foreign = me !== null && st.uid !== null && st.uid !== me;
+  const why = foreign
+    ? `is owned by uid ${st.uid}, not by you (uid ${me})`
+    : st.mode !== null && (st.mode & 0o022) !== 0
+    ? `is writable by other users (mode ${(st.mode & 0o777).toString(8)})`
+    : "";
+  if (why) {
+    throw new CoveError("home.unsafe", `refusing to use ${what} ${path}: it ${why}`, {
+      hint: foreign
+        ? "another user could change what cove runs as you: use a COVE_HOME of your own"
+        : `another user could change what cove runs as you: chmod 700 ${path}`,
+      exit: ExitCode.Host,
+    });
+  }
+}
+
+/** Why a lock is held. */
+export type LockPurpose = "run" | "push" | "clone" | "delete" | "change" | "create";
+
+/** Who holds a bundle's lock, as it wrote into the lock file. */
+export interface LockHolder {
+  /** The holder's pid (undefined in the instant before it wrote it). */
+  pid?: number;
+  purpose: LockPurpose;
+}
+
+/** The state of a bundle on disk, without asking its supervisor. */
+export interface BundleState {
+  /**
+   * running: a supervisor holds the lock; busy: another command (a push)
+   * holds it; suspended: its machine state is saved; broken: its spec
+   * cannot be read.
+   */
+  state: "running" | "busy" | "suspended" | "stopped" | "broken";
+  /** The supervisor's (or the busy command's) pid. */
+  pid?: number;
+  /** What the busy command does (push, clone, ...). */
+  purpose?: LockPurpose;
+  /** Why it is broken. */
+  error?: string;
+}
+
+/**
+ * Takes the record lock of `path` once (creating the file), writing
+ * `{pid, purpose}` into it; null when another holder has it. POSIX record
+ * locks (macOS) belong to the process, and closing any descriptor of the
+ * file drops them: so a lock file this process holds is never opened again
+ * ({@link heldHere}), which also makes a second lock in this process fail,
+ * as it does across processes.
+ */
+async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock | null> {
+  const before = await Deno.stat(path).catch(() => undefined);
+  if (before && heldHere.has(fileKey(before))) return null;
+  let fd: number;
+  try {
+    fd = lockOpen(path);
+  } catch (e) {
+    throw lockError(e, path);
+  }
+  let key: string;
+  try {
+    if (!lockTry(fd)) {
+      lockClose(fd);
+      return null;
+    }
+    key = fileKey(await Deno.stat(path));
+    lockWrite(fd, JSON.stringify({ pid: Deno.pid, purpose }) + "\n");
+  } catch (e) {
+    lockClose(fd);
+    throw lockError(e, path);
+  }
+  heldHere.set(key, purpose);
+  let held = true;
+  return {
+    release() {
+      if (!held) return;
+      held = false;
+      heldHere.delete(key);
+      lockClose(fd);
+    },
+  };
+}
+
+/** Locks this process holds, by the lock file's device and inode (see {@link Bundle.tryLock}). */
+const heldHere = new Map<string, LockPurpose>();
+
+function fileKey(st: Deno.FileInfo): string {
+  return `${st.dev}:${st.ino}`;
+}
+
+function lockError(e: unknown, path: string): Error {
+  if (e instanceof LibcError) {
+    return new CoveError("vm.lock", `cannot use the lock ${path}: ${e.message}`, {
+      exit: ExitCode.Host,
+      cause: e,
+    });
+  }
+  return e instanceof Error ? e : new Error(String(e));
+}
 
 /** Machine identity kept in `machine.json`; a clone gets a new one. */
 export interface MachineIdentity {
@@ -37,32 +244,123 @@ export interface BundleLock {
 export class Bundle {
   constructor(readonly name: string, readonly dir: string) {}
 
+  /** The path of one of the bundle's files. */
+  file(name: keyof typeof BUNDLE_FILES): string {
+    return join(this.dir, BUNDLE_FILES[name]);
+  }
   get specPath(): string {
-    return join(this.dir, "cove.yaml");
+    return this.file("spec");
   }
   get lockPath(): string {
-    return join(this.dir, "lock");
+    return this.file("lock");
   }
   get machinePath(): string {
-    return join(this.dir, "machine.json");
+    return this.file("machine");
   }
   get consoleLog(): string {
-    return join(this.dir, CONSOLE_LOG);
+    return this.file("consoleLog");
   }
   get controlSocket(): string {
-    return join(this.dir, "control.sock");
+    return this.file("controlSocket");
   }
   get supervisorLog(): string {
-    return join(this.dir, "supervisor.log");
+    return this.file("supervisorLog");
   }
   get lastExitPath(): string {
-    return join(this.dir, "last-exit.json");
+    return this.file("lastExit");
   }
   get runtimeDir(): string {
-    return join(this.dir, "run");
+    return this.file("runtimeDir");
   }
   get savedStatePath(): string {
-    return join(this.dir, "state.vzvmsave");
+    return this.file("savedState");
+  }
+  get enginePidPath(): string {
+    return this.file("enginePid");
+  }
+  get ephemeralMark(): string {
+    return this.file("ephemeral");
+  }
+
+  /**
+   * Checks where disk `i` of a spec may live, as one line when it may not:
+   * a relative path stays inside the bundle and names no file cove keeps
+   * there (a guest must never be able to rewrite its own spec); an absolute
+   * path is an existing file (never resized) or a new one in a directory of
+   * yours that nobody else can write.
+   */
+  async diskLocation(d: { path: string }, i: number): Promise<DiskLocation> {
+    const field = `disks[${i}].path`;
+    const bad = (why: string, hint: string) =>
+      new CoveError("disk.path", `${field}: '${d.path}' ${why}`, { hint, exit: ExitCode.Usage });
+    if (d.path === "") throw bad("is empty", "give a file name");
+    if (!isAbsolute(d.path)) {
+      const rel = normalize(d.path);
+      if (rel === ".." || rel.startsWith("../") || rel === "." || isAbsolute(rel)) {
+        throw bad(
+          "leaves the VM's directory",
+          "use a file name inside the VM's directory, or an absolute path",
+        );
+      }
+      if (NOT_DISKS.has(rel.split("/")[0])) {
+        throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+      }
+      const path = join(this.dir, rel);
+      let exists = false;
+      try {
+        const real = await Deno.realPath(path);
+        const home = await Deno.realPath(this.dir);
+        if (!real.startsWith(home + "/")) {
+          throw bad("leads out of the VM's directory (a symlink)", "use a plain file");
+        }
+        exists = true;
+      } catch (e) {
+        if (e instanceof CoveError) throw e;
+      }
+      return { path, inside: true, exists };
+    }
+    try {
+      const st = await Deno.stat(d.path);
+      if (!st.isFile && !st.isBlockDevice) {
+        throw bad("is not a file", "give an image file or a block device");
+      }
+      // An absolute path into this bundle follows the rules of a relative one.
+      const real = await Deno.realPath(d.path);
+      const home = await Deno.realPath(this.dir);
+      if (real.startsWith(home + "/")) {
+        const rel = real.slice(home.length + 1);
+        if (NOT_DISKS.has(rel.split("/")[0])) {
+          throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+        }
+        return { path: d.path, inside: true, exists: true };
+      }
+      return { path: d.path, inside: false, exists: true };
+    } catch (e) {
+      if (e instanceof CoveError) throw e;
+    }
+    const parent = dirname(d.path);
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(parent);
+    } catch {
+      throw bad("does not exist, nor does its directory", "create the directory first");
+    }
+    const me = Deno.uid();
+    if (!st.isDirectory) throw bad("is in something that is not a directory", "fix the path");
+    if ((me !== null && st.uid !== me) || (st.mode !== null && (st.mode & 0o022) !== 0)) {
+      throw bad(
+        `does not exist, and cove creates new disks only in directories of yours that others cannot write (${parent} is not)`,
+        "create the image yourself, or put it in a directory of yours",
+      );
+    }
+    return { path: d.path, inside: false, exists: false };
+  }
+
+  /** Checks every disk of a spec with {@link diskLocation}. */
+  async checkDisks(spec: { disks: { path: string }[] }): Promise<DiskLocation[]> {
+    const out: DiskLocation[] = [];
+    for (const [i, d] of spec.disks.entries()) out.push(await this.diskLocation(d, i));
+    return out;
   }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
@@ -78,6 +376,9 @@ export class Bundle {
       runtimeDir: this.runtimeDir,
       machine: this.machinePath,
       savedState: this.savedStatePath,
+      auxStorage: this.file("auxStorage"),
+      efiVars: this.file("efiVars"),
+      enginePid: this.enginePidPath,
     };
   }
 
@@ -116,72 +417,151 @@ export class Bundle {
   }
 
   /**
-   * Tries to take the exclusive lock; null when another process holds it.
-   * With `retryMs`, keeps trying for that long: a process that needs the
-   * lock for real (a supervisor starting, delete, clone) must not fail
-   * because a `cove list` is probing the lock at that very moment.
+   * Tries to take the exclusive lock, once: null when another process (or
+   * another lock in this process) holds it. Nothing retries, because
+   * nothing else ever takes the lock just to look: probes use
+   * {@link holder}. The holder writes its pid and `purpose` into the file.
    */
-  async tryLock(opts: { retryMs?: number } = {}): Promise<BundleLock | null> {
-    const f = await Deno.open(this.lockPath, {
-      read: true,
-      write: true,
-      create: true,
-      mode: 0o600,
-    });
-    let ok = false;
-    try {
-      const until = Date.now() + (opts.retryMs ?? 0);
-      ok = await f.tryLock(true);
-      while (!ok && Date.now() < until) {
-        await new Promise((r) => setTimeout(r, 20));
-        ok = await f.tryLock(true);
+  async tryLock(opts: { purpose?: LockPurpose } = {}): Promise<BundleLock | null> {
+    return await takeLock(this.lockPath, opts.purpose ?? "run");
+  }
+
+  /**
+   * Runs `fn` holding the spec lock (`cove.yaml.lock`, apart from the run
+   * lock: a running VM's spec may change for its next start), so that
+   * concurrent read-modify-writes of cove.yaml never lose an update. Waits
+   * for another writer at most `waitMs`.
+   */
+  async withSpecLock<T>(fn: () => Promise<T>, waitMs = 10_000): Promise<T> {
+    const deadline = Date.now() + waitMs;
+    let lock = await takeLock(this.file("specLock"), "change");
+    while (!lock) {
+      if (Date.now() > deadline) {
+        throw new CoveError("vm.spec_locked", `the spec of '${this.name}' is being changed`, {
+          hint: "another 'cove set' or 'cove edit' is running; retry when it is done",
+          exit: ExitCode.State,
+        });
       }
+      await new Promise((r) => setTimeout(r, 10 + Math.random() * 20));
+      lock = await takeLock(this.file("specLock"), "change");
+    }
+    try {
+      return await fn();
+    } finally {
+      lock.release();
+    }
+  }
+
+  /**
+   * Who holds the lock, without taking it (F_OFD_GETLK / lockf F_TEST);
+   * null when nobody does. Creates nothing: a bundle without a lock file
+   * is not held.
+   */
+  async holder(): Promise<LockHolder | null> {
+    let st: Deno.FileInfo;
+    try {
+      st = await Deno.stat(this.lockPath);
     } catch (e) {
-      f.close();
+      if (e instanceof Deno.errors.NotFound) return null;
       throw e;
     }
-    if (!ok) {
-      f.close();
-      return null;
+    const mine = heldHere.get(fileKey(st));
+    if (mine) return { pid: Deno.pid, purpose: mine };
+    let fd: number;
+    try {
+      fd = lockOpen(this.lockPath, false);
+    } catch (e) {
+      // Gone since the stat (a delete retired the bundle): nobody holds it.
+      if (e instanceof LibcError && e.errno === ENOENT) return null;
+      throw lockError(e, this.lockPath);
     }
-    let held = true;
-    return {
-      release() {
-        if (!held) return;
-        held = false;
-        try {
-          f.unlockSync();
-        } finally {
-          f.close();
-        }
-      },
-    };
+    let held: boolean;
+    try {
+      held = lockHeld(fd);
+    } catch (e) {
+      throw lockError(e, this.lockPath);
+    } finally {
+      lockClose(fd);
+    }
+    if (!held) return null;
+    try {
+      const v = JSON.parse(await Deno.readTextFile(this.lockPath)) as Partial<LockHolder>;
+      return {
+        pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
+        purpose: v.purpose ?? "run",
+      };
+    } catch {
+      // Locked an instant ago, or by an older cove: a supervisor.
+      return { purpose: "run" };
+    }
   }
 
-  /** True when a supervisor holds the bundle lock (a single try: probes never wait). */
+  /** True when a supervisor holds the bundle lock (a probe: takes nothing). */
   async isRunning(): Promise<boolean> {
-    const lock = await this.tryLock();
-    if (!lock) return true;
-    lock.release();
-    return false;
+    return (await this.holder())?.purpose === "run";
   }
 
-  /** Throws a clear state error when the VM is running. */
-  async assertStopped(action: string): Promise<void> {
-    if (await this.isRunning()) {
-      throw new CoveError("vm.running", `cannot ${action} '${this.name}': it is running`, {
-        hint: `stop it first with 'cove stop ${this.name}'`,
-        exit: ExitCode.State,
-      });
+  /**
+   * Running, busy, suspended, stopped or broken, and by which pid, from the
+   * disk alone (the supervisor's live state is {@link ../supervisor/live.ts}).
+   */
+  async state(): Promise<BundleState> {
+    let h: LockHolder | null;
+    try {
+      h = await this.holder();
+    } catch (e) {
+      const msg = e instanceof Error ? e.message : String(e);
+      return { state: "broken", error: `cannot check whether it runs: ${msg}` };
     }
+    if (h?.purpose === "run") return { state: "running", pid: h.pid };
+    if (h) return { state: "busy", pid: h.pid, purpose: h.purpose };
+    try {
+      await Deno.stat(this.specPath);
+    } catch {
+      return { state: "broken", error: `it has no readable ${BUNDLE_FILES.spec}` };
+    }
+    const saved = await Deno.stat(this.savedStatePath).then(() => true, () => false);
+    return { state: saved ? "suspended" : "stopped" };
+  }
+
+  /** The pid the engine recorded for the process that runs the guest, if any. */
+  async enginePid(): Promise<number | undefined> {
+    try {
+      const n = Number((await Deno.readTextFile(this.enginePidPath)).trim());
+      return Number.isSafeInteger(n) && n > 0 ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Throws a clear state error when the VM is running or busy. */
+  async assertStopped(action: string): Promise<void> {
+    const h = await this.holder();
+    if (h) throw heldError(this.name, action, h);
   }
 }
 
-/**
- * How long a process that needs a bundle lock for real keeps trying: longer
- * than any probe (`isRunning`, `cove list`) holds it.
- */
-export const LOCK_RETRY_MS = 300;
+/** The error for an action on a bundle whose lock someone holds. */
+export function heldError(name: string, action: string, h: LockHolder): CoveError {
+  if (h.purpose === "run") {
+    return new CoveError("vm.running", `cannot ${action} '${name}': it is running`, {
+      hint: `stop it first with 'cove stop ${name}'`,
+      exit: ExitCode.State,
+    });
+  }
+  const what = {
+    push: "a push",
+    clone: "a clone",
+    delete: "a delete",
+    change: "a change of its disk or name",
+    create: "a create",
+    run: "a run",
+  }[h.purpose] ?? `a ${h.purpose}`;
+  return new CoveError("vm.busy", `cannot ${action} '${name}': busy: ${what} is in progress`, {
+    hint: `wait for ${h.pid ? `pid ${h.pid}` : "it"} to finish, then retry`,
+    exit: ExitCode.State,
+  });
+}
 
 /** The YAML text cove writes for a spec. */
 export async function specYaml(spec: SpecParsed | VmSpec): Promise<string> {

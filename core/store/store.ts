@@ -3,8 +3,9 @@
  * `cache/` and `tmp/`. Creating, cloning, renaming and deleting VMs are
  * atomic from the point of view of `cove list`: work happens in `tmp/` and a
  * single rename publishes (or retires) a bundle. A kill -9 at any moment
- * leaves at worst a stale directory under `tmp/`, which the next create
- * sweeps away.
+ * leaves at worst a stale directory under `tmp/`, which the next command
+ * that writes sweeps away ({@link Store.sweep}), together with ephemeral
+ * clones whose supervisor died. `list` only reads.
  * @module
  */
 import { basename, join } from "node:path";
@@ -13,7 +14,16 @@ import { detectHost, type HostInfo } from "../host.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { formatSize, parseSize } from "../units.ts";
-import { Bundle, type BundleLock, LOCK_RETRY_MS, type MachineIdentity } from "./bundle.ts";
+import {
+  assertPrivatePath,
+  Bundle,
+  BUNDLE_FILES,
+  type BundleLock,
+  heldError,
+  INSTANCE_FILES,
+  type LockPurpose,
+  type MachineIdentity,
+} from "./bundle.ts";
 import { cloneFile, type CopyMethod, ensureSparseFile } from "./fsutil.ts";
 
 /** The rule for VM names, shown in errors. */
@@ -49,6 +59,9 @@ export interface VmSummary {
     | "running"
     | "stopped"
     | "broken"
+    | "busy"
+    | "suspended"
+    | "unresponsive"
     | "starting"
     | "paused"
     | "stopping"
@@ -61,6 +74,8 @@ export interface VmSummary {
   memory?: number;
   /** Size of the root disk in bytes (its virtual size). */
   disk?: number;
+  /** What a busy VM is doing (push, clone, ...). */
+  busy?: string;
   /** Why the bundle is broken. */
   error?: string;
 }
@@ -79,19 +94,7 @@ export interface CreateOptions {
 }
 
 /** Marks a bundle made by `cove run --ephemeral`: deleted when its run ends. */
-export const EPHEMERAL_MARK = "ephemeral";
-
-/** Files that belong to one running instance, never copied by clone. */
-const INSTANCE_FILES = new Set([
-  EPHEMERAL_MARK,
-  "lock",
-  "control.sock",
-  "console.log",
-  "supervisor.log",
-  "last-exit.json",
-  "run",
-  "state.vzvmsave",
-]);
+export const EPHEMERAL_MARK: string = BUNDLE_FILES.ephemeral;
 
 /** The VM store rooted at a COVE_HOME. */
 export class Store {
@@ -110,9 +113,20 @@ export class Store {
     return join(this.home, "tmp");
   }
 
+  /**
+   * Refuses a COVE_HOME or `vms/` that another user owns or can write (as
+   * ssh's StrictModes does): such a user could swap in a bundle whose
+   * `qemu.binary` would then run as you.
+   */
+  async assertSafe(): Promise<void> {
+    await assertPrivatePath(this.home, "COVE_HOME");
+    await assertPrivatePath(this.vmsDir, "the VM directory");
+  }
+
   /** Creates the store directories (0700), or says clearly why it cannot. */
   async ensure(): Promise<void> {
     for (const d of [this.home, this.vmsDir, this.cacheDir, this.tmpDir]) {
+      await assertPrivatePath(d, d === this.home ? "COVE_HOME" : "the directory");
       try {
         await Deno.mkdir(d, { recursive: true, mode: 0o700 });
         const probe = join(d, `.probe-${crypto.randomUUID()}`);
@@ -138,21 +152,23 @@ export class Store {
   /** True when a VM of that name exists. */
   async exists(name: string): Promise<boolean> {
     try {
-      return (await Deno.stat(join(this.vmsDir, name, "cove.yaml"))).isFile;
+      return (await Deno.stat(new Bundle(name, join(this.vmsDir, name)).specPath)).isFile;
     } catch {
       return false;
     }
   }
 
-  /** The bundle of an existing VM, or a not-found error. */
+  /** The bundle of an existing VM, or a not-found error; refuses one another user could change. */
   async get(name: string): Promise<Bundle> {
     const b = this.bundle(name);
+    await this.assertSafe();
     if (!(await this.exists(name))) {
       throw new CoveError("vm.not_found", `no VM named '${name}'`, {
         hint: "run 'cove list' to see your VMs",
         exit: ExitCode.NotFound,
       });
     }
+    await assertPrivatePath(b.dir, `the directory of VM '${name}'`);
     return b;
   }
 
@@ -176,9 +192,10 @@ export class Store {
     return names.sort((a, b) => a.localeCompare(b));
   }
 
-  /** Every VM, sorted by name. */
+  /** Every VM, sorted by name. Reads only: nothing on disk changes. */
   async list(): Promise<VmSummary[]> {
     const out: VmSummary[] = [];
+    await this.assertSafe();
     let entries: Deno.DirEntry[] = [];
     try {
       entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
@@ -190,7 +207,14 @@ export class Store {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (!(await this.exists(ent.name))) continue;
       const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
-      if (await this.reapEphemeral(b)) continue;
+      // A dead ephemeral clone is not a VM of the user's; the next command that writes reaps it.
+      if (await this.isDeadEphemeral(b)) continue;
+      try {
+        await assertPrivatePath(b.dir, `the directory of VM '${b.name}'`);
+      } catch (e) {
+        out.push({ name: b.name, state: "broken", error: (e as CoveError).message });
+        continue;
+      }
       out.push(await this.summary(b));
     }
     return out.sort((a, b) => a.name.localeCompare(b.name));
@@ -198,14 +222,13 @@ export class Store {
 
   /** The summary of one bundle. */
   async summary(b: Bundle): Promise<VmSummary> {
-    let state: "running" | "stopped";
-    try {
-      state = (await b.isRunning()) ? "running" : "stopped";
-    } catch (e) {
-      // An unreadable lock file breaks this VM's line, not the whole list.
-      const msg = e instanceof Error ? e.message : String(e);
-      return { name: b.name, state: "broken", error: `cannot check whether it runs: ${msg}` };
+    // An unreadable lock file breaks this VM's line, not the whole list.
+    const st = await b.state();
+    if (st.state === "broken" && st.error?.startsWith("cannot check")) {
+      return { name: b.name, state: "broken", error: st.error };
     }
+    const state = st.state === "broken" ? "stopped" : st.state;
+    const busy = st.state === "busy" ? { busy: st.purpose } : {};
     try {
       const spec = await b.readSpec();
       let disk: number | undefined;
@@ -222,10 +245,11 @@ export class Store {
         cpus: spec.cpus,
         memory: parseSize(spec.memory),
         disk,
+        ...busy,
       };
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
-      return { name: b.name, state: state === "running" ? "running" : "broken", error: msg };
+      return { name: b.name, state: state === "stopped" ? "broken" : state, error: msg };
     }
   }
 
@@ -234,7 +258,7 @@ export class Store {
     validateName(name);
     await this.ensure();
     await this.assertFree(name);
-    await this.sweepStale();
+    await this.sweep();
     const host = opts.host ?? detectHost();
     let spec = withMacs(applyDefaults(opts.spec, host, name));
     const { value } = await this.stage(`create-${name}`, async (staging) => {
@@ -260,15 +284,15 @@ export class Store {
     validateName(dst);
     await this.ensure();
     await this.assertFree(dst);
-    await this.sweepStale();
-    const lock = await this.lockStopped(from, "clone");
+    await this.sweep();
+    const lock = await this.lockStopped(from, "clone", "clone");
     try {
       const parsed = await from.readParsedSpec();
       const methods: CopyMethod[] = [];
       const { value: bundle, lock: held } = await this.stage(`clone-${dst}`, async (staging) => {
         for await (const ent of Deno.readDir(from.dir)) {
           if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
-          if (ent.name === "cove.yaml" || ent.name === "machine.json") continue;
+          if (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine) continue;
           methods.push(await cloneFile(join(from.dir, ent.name), join(staging.dir, ent.name)));
         }
         const old = await from.readMachine().catch((): MachineIdentity => ({
@@ -284,7 +308,9 @@ export class Store {
         spec.networks = spec.networks?.map((n) => ({ ...n, mac: randomMac() }));
         if (spec.provision?.hostname === src) spec.provision.hostname = dst;
         await staging.writeSpec(withMacs(applyDefaults(spec, detectHost(), dst)));
-        if (opts.ephemeral) await Deno.writeTextFile(join(staging.dir, EPHEMERAL_MARK), `${src}\n`);
+        if (opts.ephemeral) {
+          await Deno.writeTextFile(staging.ephemeralMark, `${src}\n`, { mode: 0o600 });
+        }
         return await this.publish(staging, dst);
       }, opts.ephemeral);
       return { bundle, methods, lock: held ?? undefined };
@@ -298,7 +324,7 @@ export class Store {
     const from = await this.get(oldName);
     validateName(newName);
     await this.assertFree(newName);
-    const lock = await this.lockStopped(from, "rename");
+    const lock = await this.lockStopped(from, "rename", "change");
     try {
       const to = this.bundle(newName);
       await Deno.rename(from.dir, to.dir);
@@ -312,7 +338,7 @@ export class Store {
   async delete(name: string): Promise<void> {
     const b = await this.get(name);
     await this.ensure();
-    const lock = await this.lockStopped(b, "delete");
+    const lock = await this.lockStopped(b, "delete", "delete");
     const grave = join(this.tmpDir, `delete-${name}-${crypto.randomUUID()}`);
     try {
       await Deno.rename(b.dir, grave);
@@ -323,12 +349,14 @@ export class Store {
     await Deno.remove(grave, { recursive: true }).catch((e) => {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     });
+    // Deleting writes: reap what killed runs left, as create and clone do.
+    await this.sweep().catch(() => {});
   }
 
   /** Resizes a stopped VM's root disk (grow only). */
   async resizeRootDisk(name: string, size: number): Promise<void> {
     const b = await this.get(name);
-    const lock = await this.lockStopped(b, "change the disk of");
+    const lock = await this.lockStopped(b, "change the disk of", "change");
     try {
       const spec = await b.readParsedSpec();
       const full = applyDefaults(spec, detectHost(), name);
@@ -341,8 +369,16 @@ export class Store {
           "resize the image with its own tool (e.g. qemu-img resize) and update disks[].size",
         );
       }
+      const where = await b.diskLocation(full.disks[i], i);
+      if (!where.inside) {
+        throw usageError(
+          "disk.outside",
+          `cannot resize VM '${name}': its root disk ${where.path} is outside the VM's directory`,
+          "cove never resizes a disk it does not own: resize it yourself and update disks[].size",
+        );
+      }
       full.disks[i] = { ...full.disks[i], size: formatSize(size) };
-      await ensureSparseFile(b.resolve(full.disks[i].path), size, `disks[${i}].size`);
+      await ensureSparseFile(where.path, size, `disks[${i}].size`);
       spec.disks = full.disks;
       await b.writeSpec(spec);
     } finally {
@@ -363,14 +399,13 @@ export class Store {
     });
   }
 
-  private async lockStopped(b: Bundle, action: string): Promise<BundleLock> {
-    const lock = await b.tryLock({ retryMs: LOCK_RETRY_MS });
-    if (!lock) {
-      throw new CoveError("vm.running", `cannot ${action} '${b.name}': it is running`, {
-        hint: `stop it first with 'cove stop ${b.name}'`,
-        exit: ExitCode.State,
-      });
-    }
+  /**
+   * Takes the lock of a VM that is neither running nor busy, for `purpose`;
+   * one try, since probes never take the lock.
+   */
+  async lockStopped(b: Bundle, action: string, purpose: LockPurpose): Promise<BundleLock> {
+    const lock = await b.tryLock({ purpose });
+    if (!lock) throw heldError(b.name, action, (await b.holder()) ?? { purpose: "run" });
     return lock;
   }
 
@@ -390,7 +425,8 @@ export class Store {
     const id = `${label}-${crypto.randomUUID()}`;
     const fresh = join(this.tmpDir, `.new-${id}`);
     await Deno.mkdir(fresh, { mode: 0o700 });
-    const lock = (await new Bundle(id, fresh).tryLock())!;
+    // A lock kept for the caller is a supervisor's (an ephemeral run).
+    const lock = (await new Bundle(id, fresh).tryLock({ purpose: keepLock ? "run" : "create" }))!;
     const dir = join(this.tmpDir, id);
     try {
       await Deno.rename(fresh, dir);
@@ -430,18 +466,38 @@ export class Store {
     return final;
   }
 
-  /**
-   * Deletes an `--ephemeral` clone whose supervisor is gone (killed with -9,
-   * so it could not delete it itself). Returns true when it was deleted.
-   */
-  private async reapEphemeral(b: Bundle): Promise<boolean> {
-    const marked = await Deno.stat(join(b.dir, EPHEMERAL_MARK)).then(() => true, () => false);
-    if (!marked || (await b.isRunning())) return false;
-    await this.delete(b.name).catch(() => {});
-    return true;
+  /** True for an `--ephemeral` clone whose supervisor is gone (killed with -9). */
+  async isDeadEphemeral(b: Bundle): Promise<boolean> {
+    const marked = await Deno.stat(b.ephemeralMark).then(() => true, () => false);
+    return marked && (await b.holder().catch(() => null)) === null;
   }
 
-  /** Removes staging directories left by killed processes (their lock is free). */
+  /**
+   * What commands that write do first: delete `--ephemeral` clones whose
+   * supervisor died (it could not delete them itself), and remove staging
+   * directories left by killed processes. `list` never does this.
+   */
+  async sweep(): Promise<void> {
+    await this.reapEphemerals();
+    await this.sweepStale();
+  }
+
+  /** Deletes every dead ephemeral clone. */
+  async reapEphemerals(): Promise<void> {
+    let entries: Deno.DirEntry[];
+    try {
+      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+    } catch {
+      return;
+    }
+    for (const ent of entries) {
+      if (!ent.isDirectory || !NAME_RE.test(ent.name)) continue;
+      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      if (await this.isDeadEphemeral(b)) await this.delete(b.name).catch(() => {});
+    }
+  }
+
+  /** Removes staging directories left by killed processes (nobody holds their lock). */
   async sweepStale(): Promise<void> {
     let entries: Deno.DirEntry[];
     try {
@@ -466,10 +522,13 @@ export class Store {
         );
         if (age < STAGING_GRACE_MS) continue;
       }
-      const lock = await new Bundle(ent.name, dir).tryLock().catch(() => null);
+      const lock = await new Bundle(ent.name, dir).tryLock({ purpose: "create" }).catch(() => null);
       if (!lock) continue;
-      lock.release();
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      try {
+        await Deno.remove(dir, { recursive: true }).catch(() => {});
+      } finally {
+        lock.release();
+      }
     }
   }
 }
@@ -477,13 +536,30 @@ export class Store {
 /** How old a `.new-` staging directory (made, not yet locked) must be before a sweep removes it. */
 const STAGING_GRACE_MS = 60_000;
 
-/** Creates or grows every writable raw disk of a spec to its size. */
+/**
+ * Creates or grows every writable raw disk of a spec to its size, within
+ * the confinement rules of {@link Bundle.diskLocation}: a disk outside the
+ * bundle is never resized.
+ */
 async function sizeDisks(b: Bundle, spec: VmSpec): Promise<void> {
+  const where = await b.checkDisks(spec);
   for (const [i, d] of spec.disks.entries()) {
     if (d.media !== "disk") continue;
-    const path = b.resolve(d.path);
+    const { path, inside, exists } = where[i];
+    if (!inside && exists) {
+      const have = (await Deno.stat(path)).size;
+      if (d.size !== undefined && parseSize(d.size) > have) {
+        throw usageError(
+          "disk.outside",
+          `disks[${i}]: cove does not resize '${d.path}' (${
+            formatSize(have)
+          }), which is outside the VM's directory, to ${d.size}`,
+          "resize it yourself, or drop its size",
+        );
+      }
+      continue;
+    }
     if (d.size === undefined) {
-      const exists = await Deno.stat(path).then(() => true, () => false);
       if (!exists) {
         throw usageError(
           "spec.invalid",

@@ -8,7 +8,8 @@
 import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { Bundle } from "../store/bundle.ts";
-import { httpRequest, httpUpgrade } from "./http.ts";
+import { httpRequest, HttpTimeout, httpUpgrade } from "./http.ts";
+import { consoleTailLines, writeLastExit } from "./lastexit.ts";
 import { controlSocketTarget } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
 
@@ -93,19 +94,115 @@ export interface StopResult {
   exit: ExitInfo;
   /** True when the VM was powered off rather than shut down by the guest. */
   forced: boolean;
+  /**
+   * Set when the supervisor did not answer within the timeout and cove
+   * killed the engine's process (and the supervisor) itself: one line saying so.
+   */
+  unresponsive?: string;
 }
 
-/** Stops a running VM and waits until its supervisor has let go of the bundle. */
+/** How long a supervisor may take to answer beyond the stop's own timeout. */
+const STOP_ANSWER_GRACE_MS = 10_000;
+/** How long a supervisor may take to answer a status probe before a stop. */
+const PROBE_MS = 2000;
+
+function signal(pid: number, sig: Deno.Signal): boolean {
+  try {
+    Deno.kill(pid, sig);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitReleased(bundle: Bundle, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  // An ephemeral bundle is deleted on exit: a vanished lock is released.
+  const held = () => bundle.holder().then((h) => h?.purpose === "run", () => false);
+  while (await held()) {
+    if (Date.now() > deadline) return false;
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  return true;
+}
+
+/**
+ * Stops a VM whose supervisor does not answer: kills the process that runs
+ * the guest (the pid the engine recorded in the bundle), then the
+ * supervisor (the lock holder), and records the end.
+ */
+async function killUnresponsive(bundle: Bundle, waitedMs: number): Promise<StopResult> {
+  const holder = await bundle.holder();
+  const enginePid = await bundle.enginePid();
+  const killed: string[] = [];
+  if (enginePid && enginePid !== Deno.pid && signal(enginePid, "SIGKILL")) {
+    killed.push(`its engine process (pid ${enginePid})`);
+  }
+  const sup = holder?.purpose === "run" ? holder.pid : undefined;
+  if (sup && sup !== Deno.pid && sup !== enginePid && signal(sup, "SIGKILL")) {
+    killed.push(`the supervisor (pid ${sup})`);
+  }
+  const line = `the supervisor of '${bundle.name}' did not answer within ${
+    Math.round(waitedMs / 100) / 10
+  }s; cove killed ${killed.length ? killed.join(" and ") : "nothing (no pid was recorded)"}`;
+  if (!(await waitReleased(bundle, 10_000))) {
+    throw new CoveError("vm.unresponsive", line + ", and the VM still holds its lock", {
+      hint: `kill it by hand${sup ? ` (kill -9 ${sup})` : ""}; see ${bundle.supervisorLog}`,
+      exit: ExitCode.State,
+    });
+  }
+  const tail = await Deno.readFile(bundle.consoleLog).then(
+    (b) => consoleTailLines(b.subarray(Math.max(0, b.length - 8192)), 8),
+    () => [],
+  );
+  const message = "the supervisor did not answer: killed by cove stop";
+  await writeLastExit(bundle, {
+    time: new Date().toISOString(),
+    reason: "crash",
+    message,
+    consoleTail: tail,
+  }).catch(() => {});
+  return {
+    name: bundle.name,
+    state: "stopped",
+    exit: { reason: "crash", message },
+    forced: true,
+    unresponsive: line,
+  };
+}
+
+/**
+ * Stops a running VM and waits until its supervisor has let go of the
+ * bundle. Bounded: a supervisor that does not answer within the timeout
+ * (plus a short grace) has its engine process killed by cove, which says so
+ * in {@link StopResult.unresponsive}.
+ */
 export async function stopVm(bundle: Bundle, opts: StopOptions = {}): Promise<StopResult> {
   await assertRunning(bundle, "stop");
   const timeout = opts.timeoutSeconds ?? DEFAULT_STOP_TIMEOUT;
-  const r = await control<StopResult>(bundle, "POST", "/stop", { force: !!opts.force, timeout });
-  // The supervisor answers, then cleans up and releases the lock.
-  const deadline = Date.now() + 10_000;
-  const running = () => bundle.isRunning().catch(() => false); // an ephemeral bundle is deleted on exit
-  while (Date.now() < deadline && (await running())) {
-    await new Promise((res) => setTimeout(res, 50));
+  const socket = await controlSocketTarget(bundle);
+  // A supervisor that accepts but never answers is found at once, not after the whole timeout.
+  const probeMs = Math.min(PROBE_MS, Math.max(500, timeout * 1000));
+  try {
+    await httpRequest(socket, "GET", "/status", undefined, { timeoutMs: probeMs });
+  } catch (e) {
+    if (e instanceof HttpTimeout) return await killUnresponsive(bundle, probeMs);
+    // Not listening yet (starting): the stop request below says what it says.
   }
+  const answerMs = timeout * 1000 + STOP_ANSWER_GRACE_MS;
+  let r: StopResult;
+  try {
+    r = await control<StopResult>(bundle, "POST", "/stop", { force: !!opts.force, timeout }, {
+      timeoutMs: answerMs,
+    });
+  } catch (e) {
+    if (e instanceof CoveError && e.cause instanceof HttpTimeout) {
+      return await killUnresponsive(bundle, answerMs + probeMs);
+    }
+    throw e;
+  }
+  // The supervisor answers, then cleans up and releases the lock.
+  await waitReleased(bundle, 10_000);
   return r;
 }
 

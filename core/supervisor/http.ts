@@ -221,7 +221,18 @@ export interface ClientResponse {
   json<T = unknown>(): T;
 }
 
-/** Sends one request over a new connection to a unix socket. */
+/** A request that got no answer within its timeout (the peer accepted, then said nothing). */
+export class HttpTimeout extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`no answer within ${timeoutMs / 1000}s`);
+    this.name = "HttpTimeout";
+  }
+}
+
+/**
+ * Sends one request over a new connection to a unix socket. With
+ * `timeoutMs`, the whole exchange is bounded and ends in {@link HttpTimeout}.
+ */
 export async function httpRequest(
   socket: string,
   method: string,
@@ -231,14 +242,35 @@ export async function httpRequest(
 ): Promise<ClientResponse> {
   const conn = await Deno.connect({ transport: "unix", path: socket });
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let timedOut = false;
   if (opts.timeoutMs) {
     timer = setTimeout(() => {
+      timedOut = true;
       try {
         conn.close();
       } catch { /* closed */ }
     }, opts.timeoutMs);
   }
   try {
+    return await exchange(conn, method, path, body);
+  } catch (e) {
+    if (timedOut) throw new HttpTimeout(opts.timeoutMs!);
+    throw e;
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    try {
+      conn.close();
+    } catch { /* closed */ }
+  }
+}
+
+async function exchange(
+  conn: Deno.UnixConn,
+  method: string,
+  path: string,
+  body: unknown,
+): Promise<ClientResponse> {
+  {
     const payload = body === undefined
       ? new Uint8Array()
       : new TextEncoder().encode(JSON.stringify(body));
@@ -268,11 +300,6 @@ export async function httpRequest(
         return (text.trim() ? JSON.parse(text) : undefined) as T;
       },
     };
-  } finally {
-    if (timer !== undefined) clearTimeout(timer);
-    try {
-      conn.close();
-    } catch { /* closed */ }
   }
 }
 

@@ -1,21 +1,32 @@
 /**
  * Live state for `cove list` and `cove get`: a VM is running exactly when
  * its supervisor holds the bundle lock; then the supervisor's status says
- * more (paused, QEMU pid, forwarded ports). A stopped VM shows how its last
- * run ended, with an error quoting the last console lines after a crash.
+ * more (paused, QEMU pid, forwarded ports), or, when it accepts the
+ * connection and then says nothing, that it is `unresponsive`. A push holds
+ * the lock too: the VM is `busy`. A stopped VM shows how its last run
+ * ended, with an error quoting the last console lines after a crash. This
+ * only reads: it asks who holds the lock without taking it, and never
+ * cleans up (the supervisor that starts next does).
  * @module
  */
 import type { VmState } from "../../engines/engine.ts";
 import type { Bundle } from "../store/bundle.ts";
-import { httpRequest } from "./http.ts";
+import { httpRequest, HttpTimeout } from "./http.ts";
 import { type LastExit, lastExitError, readLastExit } from "./lastexit.ts";
 import { controlSocketTarget } from "./paths.ts";
 import type { SupervisorStatus } from "./protocol.ts";
 
+/** What live state can say beyond the engine's states. */
+export type LiveState = VmState | "busy" | "suspended" | "unresponsive";
+
 /** The live state of one VM. */
 export interface LiveStatus {
-  /** "stopped" when no supervisor holds the lock; otherwise the supervisor's state. */
-  state: VmState;
+  /** "stopped" when nobody holds the lock; otherwise the supervisor's state, or what holds it. */
+  state: LiveState;
+  /** The supervisor's (or busy command's) pid, from the lock. */
+  pid?: number;
+  /** What a busy VM is doing (push, clone, ...). */
+  busy?: string;
   /** The supervisor's status, when it answered. */
   supervisor?: SupervisorStatus;
   /** How the last run ended (stopped VMs). */
@@ -24,7 +35,11 @@ export interface LiveStatus {
   error?: string;
 }
 
-/** Removes a stale control socket and runtime directory (and their short targets). Hold the lock. */
+/**
+ * Removes a stale control socket and runtime directory (and their short
+ * targets). Only for a process that holds the lock (the supervisor, before
+ * it starts).
+ */
 export async function removeStaleRuntime(bundle: Bundle): Promise<void> {
   for (const p of [bundle.controlSocket, bundle.runtimeDir]) {
     let st: Deno.FileInfo;
@@ -41,48 +56,54 @@ export async function removeStaleRuntime(bundle: Bundle): Promise<void> {
   }
 }
 
-/** The live state of a bundle. Never throws. */
+/** The live state of a bundle. Never throws, and changes nothing. */
 export async function liveStatus(
   bundle: Bundle,
   opts: { timeoutMs?: number } = {},
 ): Promise<LiveStatus> {
-  let running = false;
-  try {
-    const lock = await bundle.tryLock();
-    if (lock) {
-      // Nobody runs it: sweep what a killed supervisor left (only while holding the lock).
-      try {
-        await removeStaleRuntime(bundle);
-      } finally {
-        lock.release();
-      }
-    } else running = true;
-  } catch {
-    running = false;
+  const st = await bundle.state();
+  if (st.state === "busy") {
+    return { state: "busy", pid: st.pid, busy: st.purpose };
   }
-  if (!running) {
+  if (st.state !== "running") {
     const lastExit = await readLastExit(bundle);
-    return { state: "stopped", lastExit, error: lastExitError(lastExit) };
+    return {
+      state: st.state === "suspended" ? "suspended" : "stopped",
+      lastExit,
+      error: lastExitError(lastExit),
+    };
   }
+  const timeoutMs = opts.timeoutMs ?? 2000;
   try {
     const res = await httpRequest(await controlSocketTarget(bundle), "GET", "/status", undefined, {
-      timeoutMs: opts.timeoutMs ?? 2000,
+      timeoutMs,
     });
     if (res.status === 200) {
       const s = res.json<SupervisorStatus>();
-      return { state: s.state, supervisor: s };
+      return { state: s.state, pid: st.pid, supervisor: s };
     }
-    return { state: "running", error: `the supervisor answered ${res.status}` };
-  } catch {
-    // Locked but no socket yet: the supervisor is starting (or stuck).
-    return { state: "starting" };
+    return { state: "running", pid: st.pid, error: `the supervisor answered ${res.status}` };
+  } catch (e) {
+    if (e instanceof HttpTimeout) {
+      return {
+        state: "unresponsive",
+        pid: st.pid,
+        error: `the supervisor${st.pid ? ` (pid ${st.pid})` : ""} did not answer within ${
+          timeoutMs / 1000
+        }s`,
+      };
+    }
+    // Locked but no socket yet: the supervisor is starting.
+    return { state: "starting", pid: st.pid };
   }
 }
 
 /** A list/get row that live state can refine. */
 export interface LiveRow {
   name: string;
-  state: "running" | "stopped" | "broken" | VmState;
+  state: "running" | "stopped" | "broken" | LiveState;
+  /** What a busy VM is doing. */
+  busy?: string;
   error?: string;
 }
 
@@ -101,6 +122,7 @@ export async function withLive<T extends LiveRow>(
   const live = await liveStatus(bundle);
   const out: T & { live?: LiveStatus } = opts.details === false ? { ...row } : { ...row, live };
   if (row.state !== "broken") out.state = live.state;
+  if (live.busy) out.busy = live.busy;
   if (live.error && !row.error) out.error = live.error;
   return out;
 }

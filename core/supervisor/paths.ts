@@ -10,7 +10,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
-import type { Bundle } from "../store/bundle.ts";
+import { type Bundle, BUNDLE_FILES } from "../store/bundle.ts";
 
 /** The longest socket path cove binds (macOS allows 103 bytes plus NUL). */
 export const MAX_SOCKET_PATH = 100;
@@ -94,7 +94,7 @@ export async function runtimeLayout(bundle: Bundle): Promise<RuntimeLayout> {
   const short = join(root, await bundleId(bundle.dir));
   if (!runtimeFits || !controlFits) await ensurePrivateRoot(root);
   return {
-    controlSocket: controlFits ? bundle.controlSocket : join(short, "control.sock"),
+    controlSocket: controlFits ? bundle.controlSocket : join(short, BUNDLE_FILES.controlSocket),
     controlLinked: !controlFits,
     runtimeDir: runtimeFits ? inBundleRuntime : join(short, "run"),
     runtimeLinked: !runtimeFits,

@@ -8,6 +8,7 @@
  */
 import { fileURLToPath } from "node:url";
 import { CoveError, ExitCode } from "../errors.ts";
+import { heldError } from "../store/bundle.ts";
 import type { Store } from "../store/store.ts";
 import { httpRequest } from "./http.ts";
 import { controlSocketTarget } from "./paths.ts";
@@ -68,12 +69,14 @@ export async function startDetached(
   opts: StartOptions = {},
 ): Promise<SupervisorStatus> {
   const bundle = await store.get(name);
-  if (await bundle.isRunning()) {
+  const holder = await bundle.holder();
+  if (holder?.purpose === "run") {
     throw new CoveError("vm.running", `VM '${name}' is already running`, {
       hint: `attach with 'cove console ${name}' or stop it with 'cove stop ${name}'`,
       exit: ExitCode.State,
     });
   }
+  if (holder) throw heldError(name, "start", holder);
   const cmd = coveCommand([
     "run",
     name,
@@ -145,7 +148,9 @@ export async function startDetached(
       );
       if (res.status === 200) {
         const s = res.json<SupervisorStatus>();
-        if (s.state !== "starting") {
+        // Only our own supervisor's answer counts: a concurrent start's
+        // supervisor may hold the VM, and then ours fails "already running".
+        if (s.state !== "starting" && s.pid === child.pid) {
           await reader.cancel().catch(() => {});
           child.unref();
           return s;

@@ -9,13 +9,13 @@
  * @module
  */
 import { dirname } from "node:path";
-import type { Engine, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
+import type { Engine, EngineContext, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
 import type { VmSpec } from "../spec/schema.ts";
-import { type Bundle, type BundleLock, LOCK_RETRY_MS } from "../store/bundle.ts";
+import { type Bundle, type BundleLock, heldError } from "../store/bundle.ts";
 import { Store } from "../store/store.ts";
 import {
   type HttpRequest,
@@ -412,6 +412,7 @@ async function removeQuietly(path: string, recursive = false): Promise<void> {
 
 /** Removes what a previous (killed) run left, and makes the runtime directory. */
 async function prepareRuntime(bundle: Bundle, layout: RuntimeLayout): Promise<void> {
+  await removeQuietly(bundle.enginePidPath);
   await removeQuietly(bundle.controlSocket);
   await removeQuietly(layout.controlSocket);
   await removeQuietly(bundle.runtimeDir, true);
@@ -426,6 +427,7 @@ async function cleanupRuntime(bundle: Bundle, layout: RuntimeLayout): Promise<vo
   await removeQuietly(layout.controlSocket);
   await removeQuietly(bundle.runtimeDir, true);
   await removeQuietly(layout.runtimeDir, true);
+  await removeQuietly(bundle.enginePidPath);
   if (layout.runtimeLinked || layout.controlLinked) {
     // The short directory per bundle: remove it when empty.
     await Deno.remove(dirname(layout.controlLinked ? layout.controlSocket : layout.runtimeDir))
@@ -460,6 +462,8 @@ export async function runSupervisor(
   let bundle = original;
   let ephemeral = false;
   let heldLock: BundleLock | null = null;
+  // Starting writes: first reap what killed runs left (never done by list).
+  await store.sweep().catch(() => {});
   if (opts.ephemeral) {
     if (await original.isRunning()) {
       throw new CoveError("vm.running", `VM '${name}' is already running`, {
@@ -477,9 +481,12 @@ export async function runSupervisor(
   }
   let lock: BundleLock | null = null;
   try {
-    // Retry briefly: a concurrent `cove list` may be probing the lock right now.
-    lock = heldLock ?? await bundle.tryLock({ retryMs: LOCK_RETRY_MS });
+    // One try, never a wait: probes do not take the lock, and a second
+    // start must fail at once rather than queue behind the first.
+    lock = heldLock ?? await bundle.tryLock({ purpose: "run" });
     if (!lock) {
+      const h = await bundle.holder();
+      if (h && h.purpose !== "run") throw heldError(name, "start", h);
       throw new CoveError("vm.running", `VM '${name}' is already running`, {
         hint: `attach with 'cove console ${name}' or stop it with 'cove stop ${name}'`,
         exit: ExitCode.State,
@@ -511,17 +518,16 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   try {
     log({ type: "starting", pid: Deno.pid, name: bundle.name });
     spec = await bundle.readSpec();
+    // A hand-edited spec gets the same disk confinement as a created one.
+    await bundle.checkDisks(spec);
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
-    // cloud-init seed (refreshed when the spec changed) and, for qemu user networking, the SSH forward.
-    spec = await prepareGuest(bundle.dir, spec, engineId);
     const engine: Engine = await loadEngine(engineId);
-    if (isVzEngine(engine)) {
-      engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
-    }
+    // cloud-init seed (refreshed when the spec changed) and what the engine needs to reach the guest.
+    spec = await prepareGuest(bundle.dir, spec, engine);
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
-    await engine.validate(spec, host, paths);
+    await engine.validate(spec, host, paths, storeContext(bundle));
 
     const consoleFile = await Deno.open(bundle.consoleLog, {
       write: true,
@@ -560,6 +566,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         paths,
         graphics: opts.graphics ?? false,
         restore: true,
+        host,
       });
     } catch (e) {
       throw toCoveError(e);
@@ -623,19 +630,19 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   }
 }
 
-/** The vz engine's extra hook, found without importing (and so loading) the vz module. */
-function isVzEngine(
-  e: Engine,
-): e is Engine & { setRunningMacOSCounter(c: (selfDir: string) => Promise<number>): void } {
-  return e.id === "vz" && "setRunningMacOSCounter" in e;
-}
-
-/** How many other macOS VMs of this store are running (VZ allows two at once). */
-async function runningMacOSCount(bundle: Bundle, selfDir: string): Promise<number> {
-  const store = new Store(dirname(dirname(bundle.dir)));
-  let n = 0;
-  for (const v of await store.list()) {
-    if (v.os === "macos" && v.state === "running" && store.bundle(v.name).dir !== selfDir) n++;
-  }
-  return n;
+/** What the engine learns about the other VMs of this bundle's store (for instance limits). */
+function storeContext(bundle: Bundle): EngineContext {
+  return {
+    async peers() {
+      const store = new Store(dirname(dirname(bundle.dir)));
+      return (await store.list())
+        .filter((v) => store.bundle(v.name).dir !== bundle.dir && v.os && v.arch)
+        .map((v) => ({
+          dir: store.bundle(v.name).dir,
+          os: v.os as "linux" | "macos",
+          arch: v.arch as "x86_64" | "arm64",
+          running: v.state === "running",
+        }));
+    },
+  };
 }

@@ -11,19 +11,21 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type {
   Capabilities,
   Engine,
   EngineEvent,
   ExitInfo,
+  GuestAccess,
   HostInfo,
   RunningVm,
   StartRequest,
   VmPaths,
   VmState,
 } from "../engine.ts";
+import { BaseEngine } from "../base.ts";
 import {
   type Accel,
   buildQemuArgs,
@@ -216,15 +218,25 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
   return binary;
 }
 
-/** The facts of this host that accelerator choice needs (engines do not import core's host module). */
-function localHost(): HostInfo {
-  return {
-    os: Deno.build.os === "linux" ? "linux" : Deno.build.os === "darwin" ? "darwin" : "other",
-    arch: Deno.build.arch === "aarch64" ? "arm64" : "x86_64",
-    cpus: navigator.hardwareConcurrency || 1,
-    memory: 0,
-  };
-}
+/** How cove reaches a qemu guest: see {@link QemuEngine.guestAccess}. */
+export const qemuAccess: GuestAccess = {
+  route(nic: NetworkSpec) {
+    return nic.mode === "bridged" ? "guest-address" : "port-forward";
+  },
+  withAccess(spec: VmSpec): VmSpec {
+    const i = spec.networks.findIndex((n) => n.mode === "user" || n.mode === "nat");
+    if (i < 0) return spec;
+    const port = spec.provision.sshPort;
+    const nic = spec.networks[i];
+    if (nic.forwards.some((f) => f.guest === port && f.protocol === "tcp")) return spec;
+    const networks = [...spec.networks];
+    networks[i] = {
+      ...nic,
+      forwards: [...nic.forwards, { host: 0, guest: port, protocol: "tcp", address: "127.0.0.1" }],
+    };
+    return { ...spec, networks };
+  },
+};
 
 /** QEMU's noise that is not an error. */
 function isNoise(line: string): boolean {
@@ -232,8 +244,17 @@ function isNoise(line: string): boolean {
 }
 
 /** The engine object. */
-export class QemuEngine implements Engine {
+export class QemuEngine extends BaseEngine implements Engine {
   readonly id = "qemu" as const;
+
+  /**
+   * User networking (`user`, and `nat`, which qemu runs as user networking)
+   * reaches the guest through a host port forward; bridged NICs at the
+   * guest's address.
+   */
+  override guestAccess(): GuestAccess {
+    return qemuAccess;
+  }
 
   async capabilities(host: HostInfo): Promise<Capabilities> {
     const native = which(qemuSystemName(host.arch));
@@ -317,7 +338,7 @@ export class QemuEngine implements Engine {
 
   async start(req: StartRequest): Promise<RunningVm> {
     const { spec, paths } = req;
-    const host = localHost();
+    const host = req.host;
     const binary = await check(spec, paths, { ports: true });
     const accel = await chooseAccel(spec, host, binary);
     await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
@@ -337,7 +358,7 @@ export class QemuEngine implements Engine {
       shares: [],
       qmpSocket: rt("qmp.sock"),
       consoleSocket: rt("console.sock"),
-      pidFile: rt("qemu.pid"),
+      pidFile: paths.enginePid,
       uuid: await readUuid(paths),
       graphics: req.graphics && hostCanShowWindows(),
       memoryBytes: parseSize(spec.memory, "memory"),

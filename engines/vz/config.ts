@@ -38,9 +38,6 @@ export interface VzConfigContext {
   macosVersion: string;
 }
 
-/** The Mac auxiliary storage's file name inside a bundle. */
-export const AUX_STORAGE = "auxiliary-storage";
-
 /** The kernel command line used when the spec gives none. */
 export const DEFAULT_CMDLINE = "console=hvc0";
 
@@ -129,7 +126,7 @@ function bootLoader(spec: VmSpec, paths: VmPaths): VzConfig["bootLoader"] {
     case "macos":
       return { type: "macos" };
     case "efi":
-      return { type: "efi", variableStore: resolve(paths, b.variableStore ?? "efi-vars.fd") };
+      return { type: "efi", variableStore: resolve(paths, b.variableStore ?? paths.efiVars) };
     case "kernel": {
       const out: VzConfig["bootLoader"] = {
         type: "linux",

@@ -15,15 +15,14 @@
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import type { CoveVz, VzConfig, VzRestoreImage } from "../../ffi/cove_vz.ts";
-import { AUX_STORAGE } from "./config.ts";
 import { vzError } from "./errors.ts";
 import { engine, writeIdentity } from "./mod.ts";
 
 export interface InstallMacOSOptions {
   /** A local IPSW file. */
   ipsw: string;
-  /** The bundle directory (auxiliary storage goes here). */
-  dir: string;
+  /** Where the Mac auxiliary storage goes (the bundle's file). */
+  auxiliaryStorage: string;
   /** The bundle's machine.json. */
   machine: string;
   /** The raw root disk, already created at its full size. */
@@ -80,7 +79,7 @@ export async function installMacOS(
   }
   const cpus = Math.max(req.minimumCPUCount, opts.cpus ?? 4);
   const memory = Math.max(req.minimumMemorySize, opts.memory ?? 8 * 2 ** 30);
-  const auxiliaryStorage = `${opts.dir}/${AUX_STORAGE}`;
+  const auxiliaryStorage = opts.auxiliaryStorage;
   await Deno.remove(auxiliaryStorage).catch(() => {});
   await call(
     "creating auxiliary storage",

@@ -5,26 +5,29 @@
  * and runs the VM inside this process (./running.ts). The native library is
  * opened on first use, never at import.
  *
- * Beyond the Engine interface, for the CLI and supervisor:
- * - {@link VzEngine.setRunningMacOSCounter}: how many other macOS VMs run
- *   (core counts locked macOS bundles; the engine must not import the store);
- * - ./install.ts: installMacOS(opts, onProgress) and latestRestoreImage().
+ * Through the Engine interface it also limits macOS guests to two at once
+ * (the store's peers come in the validate context) and installs macOS from
+ * restore images ({@link VzEngine.restoreImageInstaller}, over ./install.ts).
  * @module
  */
+import { basename } from "node:path";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
+import { BaseEngine } from "../base.ts";
 import type {
   Availability,
   Capabilities,
   Engine,
+  EngineContext,
   HostInfo,
+  RestoreImageInstaller,
   RunningVm,
   StartRequest,
   VmPaths,
 } from "../engine.ts";
 import { type CoveVz, openCoveVz, type VzHostInfo } from "../../ffi/cove_vz.ts";
 import { fds } from "../../ffi/fd.ts";
-import { AUX_STORAGE, buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
+import { buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
 import { vzError } from "./errors.ts";
 import { preflight } from "./preflight.ts";
 import { VzRunningVm } from "./running.ts";
@@ -62,30 +65,46 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Counts other running macOS VMs; `selfDir` is the bundle being started. */
-export type RunningMacOSCounter = (selfDir: string) => Promise<number>;
-
 export interface VzEngineOptions {
   /** Opens the library; tests point this at the test double. */
   open?: () => Promise<CoveVz>;
-  runningMacOSVms?: RunningMacOSCounter;
 }
 
 /** The vz engine. */
-export class VzEngine implements Engine {
+export class VzEngine extends BaseEngine implements Engine {
   readonly id = "vz" as const;
   #open: () => Promise<CoveVz>;
   #lib?: Promise<CoveVz>;
-  #count?: RunningMacOSCounter;
 
   constructor(opts: VzEngineOptions = {}) {
+    super();
     this.#open = opts.open ?? (() => openCoveVz());
-    this.#count = opts.runningMacOSVms;
   }
 
-  /** Wires the two-macOS-VMs check to cove's store. */
-  setRunningMacOSCounter(count: RunningMacOSCounter): void {
-    this.#count = count;
+  /** macOS from IPSW restore images, with VZMacOSInstaller. */
+  override restoreImageInstaller(): RestoreImageInstaller {
+    const lib = () => this.library();
+    return {
+      async latest() {
+        const { latestRestoreImage } = await import("./install.ts");
+        const image = await latestRestoreImage(await lib());
+        return { url: image.url, description: `macOS restore image ${image.url}` };
+      },
+      async install(o) {
+        const { installMacOS } = await import("./install.ts");
+        const r = await installMacOS({
+          ipsw: o.image,
+          auxiliaryStorage: o.paths.auxStorage,
+          machine: o.paths.machine,
+          disk: o.disk,
+          cpus: o.cpus,
+          memory: o.memory,
+          signal: o.signal,
+          vz: await lib(),
+        }, o.onProgress);
+        return { cpus: r.cpus, memory: r.memory };
+      },
+    };
   }
 
   /** The opened library (once per process). */
@@ -121,6 +140,7 @@ export class VzEngine implements Engine {
         guests: guestsNone,
         features: {},
         details: {},
+        nativeAbi: { version: null, note: "vz needs macOS on Apple silicon" },
       };
     }
     let vz: CoveVz;
@@ -130,7 +150,14 @@ export class VzEngine implements Engine {
       info = await vz.hostInfo();
     } catch (e) {
       const err = vzError(e, "vz");
-      return { engine: "vz", ...no(err.line()), guests: guestsNone, features: {}, details: {} };
+      return {
+        engine: "vz",
+        ...no(err.line()),
+        guests: guestsNone,
+        features: {},
+        details: {},
+        nativeAbi: { version: null, note: err.line() },
+      };
     }
     const yes: Availability = { available: true };
     const major = macosMajor(info.macosVersion);
@@ -181,10 +208,16 @@ export class VzEngine implements Engine {
         entitlement: entitled,
         cpus: `${info.cpuCount.min}..${info.cpuCount.max}`,
       },
+      nativeAbi: { version: vz.abiVersion },
     };
   }
 
-  async validate(spec: VmSpec, host: HostInfo, paths: VmPaths): Promise<void> {
+  async validate(
+    spec: VmSpec,
+    host: HostInfo,
+    paths: VmPaths,
+    ctx?: EngineContext,
+  ): Promise<void> {
     if (host.os !== "darwin" || host.arch !== "arm64") {
       throw new CoveError("vz.unsupported", "vz needs macOS on Apple silicon", {
         hint: "use engine: qemu",
@@ -192,8 +225,9 @@ export class VzEngine implements Engine {
       });
     }
     const info = await this.#hostInfo();
-    const runningMacOSVms = spec.os === "macos" && this.#count
-      ? await this.#count(paths.dir)
+    const runningMacOSVms = spec.os === "macos" && ctx
+      ? (await ctx.peers()).filter((p) => p.os === "macos" && p.running && p.dir !== paths.dir)
+        .length
       : undefined;
     await preflight({ spec, paths, host: info, runningMacOSVms });
   }
@@ -211,7 +245,7 @@ export class VzEngine implements Engine {
     };
 
     const identity = await readIdentity(paths.machine);
-    const auxiliaryStorage = `${paths.dir}/${AUX_STORAGE}`;
+    const auxiliaryStorage = paths.auxStorage;
     if (spec.os === "macos") {
       const hasAux = await exists(auxiliaryStorage);
       if (!hasAux && !identity.vzHardwareModel && !identity.vzMachineIdentifier) {
@@ -226,7 +260,7 @@ export class VzEngine implements Engine {
         : !identity.vzMachineIdentifier
         ? "machine identifier (vzMachineIdentifier)"
         : !hasAux
-        ? `auxiliary storage (${AUX_STORAGE})`
+        ? `auxiliary storage (${basename(auxiliaryStorage)})`
         : undefined;
       if (missing) {
         throw new CoveError(
@@ -248,7 +282,7 @@ export class VzEngine implements Engine {
       await writeIdentity(paths.machine, { vzMachineIdentifier: identity.vzMachineIdentifier });
     }
     if (spec.boot.loader === "efi") {
-      const store = spec.boot.variableStore ?? "efi-vars.fd";
+      const store = spec.boot.variableStore ?? paths.efiVars;
       const path = store.startsWith("/") ? store : `${paths.dir}/${store}`;
       if (!(await exists(path))) {
         await call("EFI variable store", () => vz.efiVariableStoreCreate(path));
@@ -311,6 +345,8 @@ export class VzEngine implements Engine {
       const restored = req.restore && saveRestore.supported && (await exists(paths.savedState)) &&
         await this.#restore(vz, handle, paths.savedState);
       if (!restored) await call("start", () => vz.start(handle, {}));
+      // The VM runs inside this process: it is the one to stop if the supervisor hangs.
+      await Deno.writeTextFile(paths.enginePid, `${Deno.pid}\n`, { mode: 0o600 }).catch(() => {});
       if (graphics) {
         const d = spec.display === "none" ? { width: 1280, height: 800 } : spec.display;
         vz.showWindow(handle, {

@@ -487,7 +487,7 @@ linuxTest(
           const small = join(home, "small");
           await Deno.mkdir(small);
           const mount = await new Deno.Command("mount", {
-            args: ["-t", "tmpfs", "-o", "size=2m", "tmpfs", small],
+            args: ["-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", small], // a private COVE_HOME
             stderr: "piped",
           }).output();
           assert(

@@ -61,9 +61,10 @@ for (const reaper of ["pdeathsig", "sh"] as const) {
         Deno.kill(sup.pid, "SIGKILL");
         await waitFor("qemu to die with its supervisor", () => !alive(qemu[0]), 10_000);
         assertEquals(qemuPids(dir), []);
-        // The lock went with the supervisor; list sweeps the stale socket.
+        // The lock went with the supervisor. get and list only read: the stale
+        // socket stays until the next start of the VM, which sweeps it.
         assertEquals((await getJson(home, name)).state, "stopped");
-        await assertNothingLeft(home, name);
+        assertEquals((await run(home, ["list", "--format", "json"])).code, 0);
         // And the VM starts again.
         const again = await run(home, ["start", name], { env });
         assertEquals(again.code, 0, again.stderr);

@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureTinyGuest, type TinyGuest } from "../fixtures/tinyguest.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 
 export {
   BOOT_MARKER,
@@ -214,12 +215,7 @@ export async function assertNothingLeft(home: string, name: string): Promise<voi
       leftovers.push(f);
     } catch { /* good */ }
   }
-  try {
-    const f = await Deno.open(join(dir, "lock"), { read: true, write: true });
-    const ok = await f.tryLock(true);
-    f.close();
-    if (!ok) leftovers.push("a held lock");
-  } catch { /* no lock file: fine */ }
+  if (await new Bundle(name, dir).holder().catch(() => null)) leftovers.push("a held lock");
   const pids = qemuPids(dir);
   if (pids.length) leftovers.push(`qemu pids ${pids.join(",")}`);
   if (leftovers.length) throw new Error(`VM '${name}' left ${leftovers.join(", ")} behind`);

@@ -18,9 +18,9 @@ import { applyDefaults } from "../../core/spec/defaults.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { EngineEvent, HostInfo, RunningVm, VmPaths } from "../../engines/engine.ts";
 import { readIdentity, VzEngine } from "../../engines/vz/mod.ts";
-import { AUX_STORAGE } from "../../engines/vz/config.ts";
 import { installMacOS } from "../../engines/vz/install.ts";
 import { openLibraryAt } from "../../ffi/cove_vz.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 
 const host: HostInfo = {
   os: "darwin",
@@ -41,13 +41,7 @@ async function bundle(): Promise<VmPaths> {
   const image = new Uint8Array(128);
   image.set(new TextEncoder().encode("ARM\x64"), 0x38);
   await Deno.writeFile(`${dir}/Image`, image);
-  return {
-    dir,
-    consoleLog: `${dir}/console.log`,
-    runtimeDir: `${dir}/run`,
-    machine: `${dir}/machine.json`,
-    savedState: `${dir}/state.vzvmsave`,
-  };
+  return new Bundle("t", dir).vmPaths();
 }
 
 function spec(extra = ""): VmSpec {
@@ -91,7 +85,7 @@ Deno.test("vz engine runs a Linux VM: console both ways, then the guest powers o
   try {
     const s = spec();
     await eng.validate(s, host, paths);
-    const vm = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const vm = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     const events = collect(vm.events);
     const con = consoleReader(vm);
     await con.until("guest running\n");
@@ -119,10 +113,24 @@ Deno.test("vz engine: request stop ends as a guest stop, stop ends as a host sto
   const eng = await engine();
   const paths = await bundle();
   try {
-    const a = await eng.start({ name: "t", spec: spec(), paths, graphics: false, restore: false });
+    const a = await eng.start({
+      name: "t",
+      spec: spec(),
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+    });
     await a.requestStop();
     assertEquals(await a.wait(), { reason: "guest" });
-    const b = await eng.start({ name: "t", spec: spec(), paths, graphics: false, restore: false });
+    const b = await eng.start({
+      name: "t",
+      spec: spec(),
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+    });
     await b.pause();
     await b.resume();
     await b.stop();
@@ -138,11 +146,11 @@ Deno.test("vz engine suspends to the bundle and the next start resumes from it",
   const paths = await bundle();
   try {
     const s = spec("entropy: false\n"); // the double, like VZ, cannot save an entropy device
-    const a = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const a = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     await a.suspend();
     assertEquals(await a.wait(), { reason: "suspended" });
     assert((await Deno.stat(paths.savedState)).isFile, "the machine state was saved");
-    const b = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true });
+    const b = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: true, host });
     assertEquals(b.state(), "running");
     await assertRejects(() => Deno.stat(paths.savedState), Deno.errors.NotFound);
     await b.stop();
@@ -161,6 +169,7 @@ Deno.test("vz engine refuses to suspend a VM whose devices VZ cannot save, and i
       paths,
       graphics: false,
       restore: false,
+      host,
     });
     const err = await assertCoveError(() => vm.suspend());
     assertEquals(err.code, "vz.suspend");
@@ -178,7 +187,7 @@ Deno.test("vz engine refuses a macOS VM that was never installed", async () => {
   try {
     const s = applyDefaults(parseSpec("os: macos\n"), host, "m");
     const err = await assertRejects(
-      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false, host }),
       CoveError,
     );
     assertEquals(err.code, "vz.not_installed");
@@ -193,17 +202,17 @@ Deno.test("vz engine names the missing piece of an installed macOS VM's identity
   const paths = await bundle();
   try {
     const s = applyDefaults(parseSpec("os: macos\n"), host, "m");
-    await Deno.writeFile(`${paths.dir}/${AUX_STORAGE}`, new Uint8Array(16));
+    await Deno.writeFile(paths.auxStorage, new Uint8Array(16));
     await Deno.writeTextFile(paths.machine, JSON.stringify({ vzMachineIdentifier: "AAAA" }));
     const noModel = await assertRejects(
-      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false, host }),
       CoveError,
     );
     assertEquals(noModel.code, "vz.identity");
     assertMatch(noModel.message, /lost its macOS hardware model/);
     await Deno.writeTextFile(paths.machine, JSON.stringify({ vzHardwareModel: "AAAA" }));
     const noId = await assertRejects(
-      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false }),
+      () => eng.start({ name: "m", spec: s, paths, graphics: false, restore: false, host }),
       CoveError,
     );
     assertEquals(noId.code, "vz.identity");
@@ -235,7 +244,7 @@ Deno.test("macOS install records the identity, reports growing progress, and can
     const progress: number[] = [];
     const r = await installMacOS({
       ipsw,
-      dir: paths.dir,
+      auxiliaryStorage: paths.auxStorage,
       machine: paths.machine,
       disk: `${paths.dir}/disk.img`,
       vz,
@@ -253,7 +262,7 @@ Deno.test("macOS install records the identity, reports growing progress, and can
       () =>
         installMacOS({
           ipsw,
-          dir: paths.dir,
+          auxiliaryStorage: paths.auxStorage,
           machine: paths.machine,
           disk: `${paths.dir}/disk.img`,
           vz,

@@ -235,3 +235,30 @@ Deno.test("processes creating cove's SSH key at once end with one matching pair"
     await Deno.remove(home, { recursive: true });
   }
 });
+
+Deno.test("the route to the guest is the engine's, resolved with the guest's arch: an x86_64 guest on an Apple silicon Mac goes through qemu's forward", async () => {
+  await withBundle(async (b) => {
+    const lock = (await b.tryLock())!;
+    try {
+      const mac = { os: "darwin", arch: "arm64", cpus: 8, memory: 16 * 2 ** 30 } as const;
+      const status = () =>
+        Promise.resolve({ forwards: [{ protocol: "tcp", host: 40022, guest: 22 }] });
+      const x86 = spec(`arch: x86_64\nnetworks: [{ mode: nat, mac: "52:54:00:0a:0b:0c" }]`);
+      assertEquals(await guestAddress(b, x86, { status, host: mac }), {
+        host: "127.0.0.1",
+        port: 40022,
+        via: "port-forward",
+        mode: "nat",
+      });
+      // An arm64 guest there is vz's: its NAT address, never a forward.
+      const arm = spec(`arch: arm64\nnetworks: [{ mode: nat, mac: "52:54:00:0a:0b:0c" }]`);
+      const err = await assertRejects(
+        () => guestAddress(b, arm, { status, host: mac, arp: () => Promise.resolve("") }),
+        CoveError,
+      );
+      assertEquals(err.code, "vm.no_address");
+    } finally {
+      lock.release();
+    }
+  });
+});

@@ -190,7 +190,7 @@ linuxTest(
   },
 );
 
-Deno.test("store: an ephemeral clone comes back locked, and once its supervisor is gone the next list deletes it", () =>
+Deno.test("store: an ephemeral clone comes back locked; once its supervisor is gone list hides it and the next command that writes deletes it", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
     await store.create("base", { spec: parseSpec("disks: [{ path: disk.img, size: 1GiB }]\n") });
@@ -202,24 +202,62 @@ Deno.test("store: an ephemeral clone comes back locked, and once its supervisor 
     ]]);
     lock.release(); // the supervisor died (kill -9 releases the lock the same way)
     assertEquals((await store.list()).map((v) => v.name), ["base"]);
-    assertEquals(await Deno.stat(bundle.dir).catch(() => null), null);
+    assert((await Deno.stat(bundle.dir)).isDirectory, "list only reads: the clone is still there");
+    await store.create("other", { spec: parseSpec("") });
+    assertEquals(await Deno.stat(bundle.dir).catch(() => null), null, "create reaped it");
   }));
 
-Deno.test("store: a lock wanted for real waits out a brief probe; a probe never waits", () =>
+Deno.test("store: probes take no lock: while another process holds it, holder() names its pid and purpose, and a push is never refused because someone looks", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
     const b = await store.create("probed", { spec: parseSpec("") });
-    const probe = (await b.tryLock())!;
-    assertEquals(await b.tryLock(), null, "a single try fails while the lock is held");
-    setTimeout(() => probe.release(), 50);
-    const lock = await b.tryLock({ retryMs: 5000 });
-    assert(lock, "the retrying lock is taken once the probe releases");
+    const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath, "push"], {}, "locked");
+    try {
+      for (let i = 0; i < 20; i++) {
+        assertEquals(await b.holder(), { pid: holder.pid, purpose: "push" });
+        assertEquals(await b.state(), { state: "busy", pid: holder.pid, purpose: "push" });
+      }
+      assertEquals(await b.tryLock(), null, "a single try fails while the lock is held");
+      const del = await assertCoveError(() => store.delete("probed"));
+      assertEquals(
+        del.line(),
+        `cannot delete 'probed': busy: a push is in progress (wait for pid ${holder.pid} to finish, then retry)`,
+      );
+      assertEquals(del.exit, 4);
+      assertEquals((await store.list()).map((v) => [v.name, v.state, v.busy]), [[
+        "probed",
+        "busy",
+        "push",
+      ]]);
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+      await holder.stdout.cancel().catch(() => {});
+    }
+    assertEquals(await b.holder(), null, "a dead holder releases the lock");
+    // Many probes at once, and a real lock taken among them: the lock never fails.
+    const probes = Array.from({ length: 50 }, () => b.holder());
+    const lock = await b.tryLock({ purpose: "push" });
+    assert(lock, "probes never hold the lock, so a push takes it at once");
+    await Promise.all(probes);
     lock.release();
-    // delete retries too, so a concurrent probe does not make it fail.
-    const again = (await b.tryLock())!;
-    setTimeout(() => again.release(), 50);
     await store.delete("probed");
     assertEquals(await store.list(), []);
+  }));
+
+Deno.test("store: a lock this process holds is seen by its own probes and not taken twice", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("self", { spec: parseSpec("") });
+    const lock = (await b.tryLock())!;
+    assertEquals(await b.holder(), { pid: Deno.pid, purpose: "run" });
+    assertEquals(await b.tryLock(), null);
+    assertEquals(await b.holder(), { pid: Deno.pid, purpose: "run" }, "probing kept the lock");
+    lock.release();
+    assertEquals(await b.holder(), null);
+    assertEquals((await b.state()).state, "stopped");
+    await Deno.writeFile(b.savedStatePath, new Uint8Array(1));
+    assertEquals((await b.state()).state, "suspended");
   }));
 
 Deno.test("store: a VM whose lock cannot be opened is listed as broken, the others still list", () =>

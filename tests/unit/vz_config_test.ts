@@ -10,6 +10,7 @@ import { applyDefaults } from "../../core/spec/defaults.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { HostInfo, VmPaths } from "../../engines/engine.ts";
 import { buildVzConfig, type VzConfigContext, wantsSuspendable } from "../../engines/vz/config.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 
 const host: HostInfo = {
   os: "darwin",
@@ -22,13 +23,7 @@ const golden = new URL("./golden/", import.meta.url).pathname;
 
 function paths(name: string): VmPaths {
   const dir = `/Users/dev/.cove/vms/${name}`;
-  return {
-    dir,
-    consoleLog: `${dir}/console.log`,
-    runtimeDir: `${dir}/run`,
-    machine: `${dir}/machine.json`,
-    savedState: `${dir}/state.vzvmsave`,
-  };
+  return new Bundle("t", dir).vmPaths();
 }
 
 function spec(yaml: string, name: string): VmSpec {
@@ -39,7 +34,7 @@ function ctx(name: string, extra: Partial<VzConfigContext> = {}): VzConfigContex
   return {
     paths: paths(name),
     machineIdentifier: "bWFjaGluZS1pZGVudGlmaWVy",
-    auxiliaryStorage: `${paths(name).dir}/auxiliary-storage`,
+    auxiliaryStorage: paths(name).auxStorage,
     serial: { readFd: 100, writeFd: 101 },
     suspendable: false,
     macosVersion: "15.1.0",

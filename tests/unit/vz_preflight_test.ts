@@ -11,6 +11,7 @@ import type { VmSpec } from "../../core/spec/schema.ts";
 import type { HostInfo, VmPaths } from "../../engines/engine.ts";
 import type { VzHostInfo } from "../../ffi/cove_vz_json.ts";
 import { diskFormat, kernelFormat, preflight } from "../../engines/vz/preflight.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 
 const macHost: HostInfo = {
   os: "darwin",
@@ -51,13 +52,7 @@ async function bundle(): Promise<VmPaths> {
   qcow.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
   await Deno.writeFile(`${dir}/disk.qcow2`, qcow);
   await Deno.mkdir(`${dir}/share`);
-  return {
-    dir,
-    consoleLog: `${dir}/console.log`,
-    runtimeDir: `${dir}/run`,
-    machine: `${dir}/machine.json`,
-    savedState: `${dir}/state.vzvmsave`,
-  };
+  return new Bundle("t", dir).vmPaths();
 }
 
 function spec(yaml: string): VmSpec {

@@ -85,6 +85,9 @@ Deno.test("the engine's default tags are the ones the validator checked", () => 
       runtimeDir: "/b/r",
       machine: "/b/m",
       savedState: "/b/s",
+      auxStorage: "/b/aux",
+      efiVars: "/b/efi",
+      enginePid: "/b/pid",
     },
     auxiliaryStorage: "/b/aux",
     suspendable: false,
@@ -122,6 +125,9 @@ Deno.test("an NVMe disk for a macOS guest is refused at pre-flight", async () =>
       runtimeDir: `${dir}/r`,
       machine: `${dir}/m`,
       savedState: `${dir}/s`,
+      auxStorage: `${dir}/aux`,
+      efiVars: `${dir}/efi`,
+      enginePid: `${dir}/pid`,
     };
     const mac = applyDefaults(
       parseSpec("os: macos\ncpus: 4\nmemory: 8GiB\ndisks: [{ path: disk.img, bus: nvme }]\n"),
