@@ -146,7 +146,7 @@ export type { SshOptions } from "./core/access/ssh.ts";
  * @param text The YAML text.
  * @param source What to call it in errors, e.g. its path.
  */
-export async function parseSpec(text: string, source = "cove.yaml"): Promise<SpecParsed> {
+export async function parseSpec(text: string, source?: string): Promise<SpecParsed> {
   return (await import("./core/spec/load.ts")).parseSpec(text, source);
 }
 
