@@ -25,8 +25,9 @@ import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
 import { InlineSink, type LayerSink, LayerWriter, readFull, writeAll } from "./layer.ts";
 import { workerLost, WorkerPool } from "./workers.ts";
+import { streamResumable } from "../images/download.ts";
 import { formatReference, manifestReference, parseReference, type Reference } from "./reference.ts";
-import { digestMismatch, networkError, RegistryClient, type RegistryOptions } from "./registry.ts";
+import { digestMismatch, RegistryClient, type RegistryOptions } from "./registry.ts";
 import {
   type DiskLayer,
   parseTartConfig,
@@ -44,6 +45,11 @@ export interface PullProgress {
   /** Layers finished / all disk layers. */
   layersDone: number;
   layers: number;
+  /**
+   * Layers whose registry has sent nothing for a while: the pull is waiting
+   * (until the stall timeout ends the attempt and it is retried).
+   */
+  stalled: number;
 }
 
 /** Options of {@link pullImage}. */
@@ -99,24 +105,6 @@ export function spoilsStaging(e: unknown): boolean {
     ].includes(e.code);
 }
 
-/** Reads the next chunk, failing if the server goes quiet for `ms`. */
-async function readWithTimeout(
-  reader: ReadableStreamDefaultReader<Uint8Array>,
-  ms: number,
-): Promise<ReadableStreamReadResult<Uint8Array>> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  try {
-    return await Promise.race([
-      reader.read(),
-      new Promise<never>((_, rej) => {
-        timer = setTimeout(() => rej(new DOMException("idle", "TimeoutError")), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Resolves a reference to a validated manifest. */
 export async function resolveManifest(
   client: RegistryClient,
@@ -142,49 +130,30 @@ async function blobToFile(
   digest: string,
   size: number,
   path: string,
+  what: string,
 ): Promise<void> {
   const hash = createHash("sha256");
   const f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
   let got = 0;
   try {
-    for (let attempt = 1;; attempt++) {
-      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-      try {
-        const res = await client.getBlob(digest, got, true);
-        let skip = got > 0 && res.status === 200 ? got : 0;
-        reader = res.body!.getReader();
-        for (;;) {
-          const r = await readWithTimeout(reader, client.timeoutMs);
-          if (r.done) break;
-          let c = r.value;
-          if (skip > 0) {
-            const n = Math.min(skip, c.length);
-            c = c.subarray(n);
-            skip -= n;
-          }
-          if (got + c.length > size) {
-            throw new CoveError(
-              "oci.bad_blob",
-              `blob ${digest.slice(0, 19)}… is larger than its manifest says`,
-              {
-                exit: ExitCode.Network,
-              },
-            );
-          }
-          hash.update(c);
-          await writeAll(f, c);
-          got += c.length;
-        }
-        break;
-      } catch (e) {
-        // Release the old connection before a retry opens another.
-        await reader?.cancel().catch(() => {});
-        if (e instanceof CoveError && !transient(e)) throw e;
-        const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
-        if (attempt > client.retries) throw err;
-        await new Promise((r) => setTimeout(r, client.backoff(attempt)));
-      }
-    }
+    got = await streamResumable({
+      ...client.streamOptions(what),
+      open: async (offset, signal) => {
+        const res = await client.getBlob(digest, offset, true, signal);
+        return { res, from: res.status === 206 ? offset : 0 };
+      },
+      write: async (c) => {
+        hash.update(c);
+        await writeAll(f, c);
+      },
+      limit: size,
+      tooLarge: () =>
+        new CoveError(
+          "oci.bad_blob",
+          `blob ${digest.slice(0, 19)}… is larger than its manifest says`,
+          { exit: ExitCode.Network },
+        ),
+    });
   } finally {
     f.close();
   }
@@ -277,59 +246,36 @@ async function pullDiskLayer(
   signal: AbortSignal,
   onBytes: (n: number) => void,
   workers: WorkerPool | undefined,
+  onStall: (stalled: boolean) => void = () => {},
 ): Promise<void> {
   const sink: LayerSink = workers
     ? await workers.openSink(diskPath, layer, fresh)
     : await InlineSink.open(diskPath, layer, fresh);
   let received = 0;
   try {
-    for (let attempt = 1;; attempt++) {
-      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-      try {
-        const res = await client.getBlob(layer.digest, received, true);
-        let skip = received > 0 && res.status === 200 ? received : 0;
-        reader = res.body!.getReader();
-        for (;;) {
-          if (signal.aborted) throw signal.reason;
-          const r = await readWithTimeout(reader, client.timeoutMs);
-          if (r.done) break;
-          let c = r.value;
-          if (skip > 0) {
-            const n = Math.min(skip, c.length);
-            c = c.subarray(n);
-            skip -= n;
-            if (c.length === 0) continue;
-          }
-          if (received + c.length > layer.size) {
-            throw new CoveError(
-              "oci.bad_blob",
-              `disk layer ${layer.index + 1} is larger than its manifest says`,
-              {
-                hint: "the registry or a proxy sent the wrong data; retry",
-                exit: ExitCode.Network,
-              },
-            );
-          }
-          received += c.length;
-          onBytes(c.length);
-          await sink.push(c);
-        }
-        break;
-      } catch (e) {
-        await reader?.cancel().catch(() => {});
-        if (signal.aborted) throw signal.reason;
-        if (e instanceof CoveError && !transient(e)) throw e;
-        const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
-        if (attempt > client.retries) throw err;
-        const wait = client.backoff(attempt);
-        client.notice(
-          `${err.message} during disk layer ${layer.index + 1}; resuming at byte ${received} in ${
-            (wait / 1000).toFixed(1)
-          }s`,
-        );
-        await new Promise((r) => setTimeout(r, wait));
-      }
-    }
+    const what = `disk layer ${layer.index + 1}`;
+    received = await streamResumable({
+      ...client.streamOptions(what, onStall),
+      signal,
+      open: async (offset, sig) => {
+        const res = await client.getBlob(layer.digest, offset, true, sig);
+        return { res, from: res.status === 206 ? offset : 0 };
+      },
+      write: async (c) => {
+        onBytes(c.length);
+        await sink.push(c);
+      },
+      limit: layer.size,
+      tooLarge: () =>
+        new CoveError(
+          "oci.bad_blob",
+          `disk layer ${layer.index + 1} is larger than its manifest says`,
+          {
+            hint: "the registry or a proxy sent the wrong data; retry",
+            exit: ExitCode.Network,
+          },
+        ),
+    });
     if (received < layer.size) throw truncated(client.registry, layer.digest, received, layer.size);
     const d = await sink.digest();
     if (d !== layer.digest) throw digestMismatch(client.registry, layer.digest, d);
@@ -446,7 +392,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         const nv = join(staging, "nvram.bin");
         const ok = await Deno.stat(join(layersDir, "nvram.done")).then(() => true, () => false);
         if (!ok) {
-          await blobToFile(client, image.nvram.digest, image.nvram.size, nv);
+          await blobToFile(client, image.nvram.digest, image.nvram.size, nv, "the NVRAM");
           await writeFileAtomic(join(layersDir, "nvram.done"), image.nvram.digest + "\n");
         }
       }
@@ -480,6 +426,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         done: 0,
         layersDone: resumedLayers,
         layers: image.disks.length,
+        stalled: 0,
       };
       opts.onProgress?.({ ...progress });
       const workers = todo.length
@@ -495,12 +442,21 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
               progress.done += n;
               opts.onProgress?.({ ...progress });
             };
+            let isStalled = false;
+            const onStall = (s: boolean) => {
+              if (s === isStalled) return;
+              isStalled = s;
+              progress.stalled += s ? 1 : -1;
+              opts.onProgress?.({ ...progress });
+            };
             try {
-              await pullDiskLayer(client, l, diskPath, !resumed, signal, onBytes, workers);
+              await pullDiskLayer(client, l, diskPath, !resumed, signal, onBytes, workers, onStall);
             } catch (e) {
               if (!workerLost(e)) throw e;
               // The worker died: do this layer again in this thread, over what it may have written.
-              await pullDiskLayer(client, l, diskPath, false, signal, onBytes, undefined);
+              await pullDiskLayer(client, l, diskPath, false, signal, onBytes, undefined, onStall);
+            } finally {
+              onStall(false);
             }
             await writeFileAtomic(join(layersDir, `${l.index}.done`), l.digest + "\n");
             progress.layersDone++;
