@@ -616,12 +616,13 @@ export async function streamResumable(o: ResumableOptions): Promise<number> {
           throw o.tooLarge();
         }
         pause(); // a slow disk (or worker) is not a stalled server
+        const n = c.length; // the sink may transfer (detach) the chunk
         try {
           await o.write(c);
         } catch (e) {
           throw new SinkFailed(e);
         }
-        received += c.length;
+        received += n;
         arm();
       }
       return received;
