@@ -31,9 +31,15 @@ export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = Object.freeze({
   maxRetryAfterMs: 30_000,
 });
 
-/** The default policy with some fields replaced (undefined fields keep the default). */
+/**
+ * The default policy with some fields replaced (undefined fields keep the
+ * default). `COVE_RETRIES` (an integer from 0 to 20) replaces the default
+ * retry count.
+ */
 export function retryPolicy(over: Partial<RetryPolicy> = {}): RetryPolicy {
   const p: RetryPolicy = { ...DEFAULT_RETRY_POLICY };
+  const env = Deno.env.get("COVE_RETRIES");
+  if (env && /^\d+$/.test(env.trim()) && Number(env) <= 20) p.retries = Number(env);
   for (const k of Object.keys(p) as (keyof RetryPolicy)[]) {
     const v = over[k];
     if (v !== undefined && Number.isFinite(v) && v >= 0) p[k] = v;

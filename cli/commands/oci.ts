@@ -8,7 +8,7 @@ import type { Command } from "@commander-js/extra-typings";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { Store } from "../../core/store/store.ts";
 import { formatSize, parseSize } from "../../core/units.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { debugEnabled, log, out, outJson, parseFormat } from "../output.ts";
 
 function parseConcurrency(v: string): number {
   const n = Number(v);
@@ -111,11 +111,15 @@ export function register(program: Command): void {
           insecure: opts.insecure,
           concurrency: opts.concurrency,
           log: bar.log,
+          // Retry notices: one line per attempt at --debug only; the final error names the cause.
+          quietRetries: !debugEnabled(),
           onProgress: (p) =>
             bar.update(
               `pulling ${ref}  ${pct(p.done, p.total)}  ${formatSize(p.done)}/${
                 formatSize(p.total)
-              }  ${p.layersDone}/${p.layers} layers`,
+              }  ${p.layersDone}/${p.layers} layers${
+                p.stalled ? `  waiting: no data from the registry (${p.stalled} stalled)` : ""
+              }`,
             ),
         });
       } finally {
@@ -167,6 +171,8 @@ export function register(program: Command): void {
           insecure: opts.insecure,
           concurrency: opts.concurrency,
           log: bar.log,
+          // Retry notices: one line per attempt at --debug only; the final error names the cause.
+          quietRetries: !debugEnabled(),
           onProgress: (p) =>
             bar.update(
               `pushing ${name}  ${pct(p.done, p.total)}  ${

@@ -359,7 +359,7 @@ async function fetchToPartial(
             }`,
             {
               hint: `the download can be resumed: run the same command again${
-                ctx.received ? " (the bytes so far are kept)" : ""
+                ctx.received ? "; the bytes so far are kept" : ""
               }`,
               exit: ExitCode.Network,
               cause: e,
@@ -423,6 +423,12 @@ async function fetchToPartial(
           cause: e,
         },
       );
+    }
+    // A failed attempt that kept no bytes leaves nothing behind.
+    if (await fileSize(paths.data) === 0) {
+      file?.close();
+      file = undefined;
+      await removePartial(paths);
     }
     throw e;
   } finally {

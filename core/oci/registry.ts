@@ -51,8 +51,10 @@ export interface RegistryOptions {
    * attempt is given up as stalled (default 30 s or `COVE_STALL_TIMEOUT`).
    */
   timeoutMs?: number;
-  /** Receives retry notices (to stderr in the CLI). */
+  /** Receives notices, retries included (to stderr in the CLI). */
   log?: (line: string) => void;
+  /** Do not send retry notices to `log` (the CLI shows them only at --debug). */
+  quietRetries?: boolean;
 }
 
 /** Hosts listed in `COVE_INSECURE_REGISTRIES` (comma separated) use plain http. */
@@ -192,8 +194,8 @@ export class RegistryClient {
   readonly base: string;
   readonly insecure: boolean;
   #opts:
-    & Required<Omit<RegistryOptions, "credentials" | "log" | "insecure">>
-    & Pick<RegistryOptions, "credentials" | "log">;
+    & Required<Omit<RegistryOptions, "credentials" | "log" | "insecure" | "quietRetries">>
+    & Pick<RegistryOptions, "credentials" | "log" | "quietRetries">;
   #policy: RetryPolicy;
   #push: boolean;
   #actions: string;
@@ -215,6 +217,7 @@ export class RegistryClient {
       timeoutMs: opts.timeoutMs ?? stallTimeoutMs(),
       credentials: opts.credentials,
       log: opts.log,
+      quietRetries: opts.quietRetries,
     };
     this.#push = push;
     this.#actions = push ? "pull,push" : "pull";
@@ -284,7 +287,7 @@ export class RegistryClient {
 
   /** Logs a retry notice. */
   notice(line: string): void {
-    this.#opts.log?.(line);
+    if (!this.#opts.quietRetries) this.#opts.log?.(line);
   }
 
   #url(pathOrUrl: string): string {

@@ -1,0 +1,237 @@
+/**
+ * Network faults through the CLI, against real servers on loopback: a real
+ * registry behind a fault-injecting proxy that stalls (no answer, or
+ * headers and part of a body, then nothing), and a fault-injecting HTTP
+ * server for `cove create --from http://…`. Every wait is bounded by the
+ * stall timeout (COVE_STALL_TIMEOUT, 1 s here), retried within the policy
+ * (COVE_RETRIES, 1 here), and ends in one line with exit 6 that says the
+ * work can be resumed.
+ */
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
+import { cove, withTempDir } from "../helpers/cli.ts";
+import { prng, startProxy, startRegistry } from "../helpers/oci_registry.ts";
+import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
+import { parseSpec } from "../../core/spec/load.ts";
+import { Store } from "../../core/store/store.ts";
+import { pullImage, pushVm } from "../../core/oci/mod.ts";
+import type { PullProgress } from "../../core/oci/pull.ts";
+import type { CredentialLookup } from "../../core/oci/auth.ts";
+import { BlobCache } from "../../core/images/cache.ts";
+
+const MiB = 2 ** 20;
+const NO_CREDS: CredentialLookup = () => Promise.resolve(undefined);
+/** Fast stall timeout and one retry, so every failure takes a few seconds. */
+const FAULT_ENV = { COVE_STALL_TIMEOUT: "1s", COVE_RETRIES: "1" };
+
+function env(home: string, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    DOCKER_CONFIG: join(home, "no-docker"),
+    PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin",
+    ...FAULT_ENV,
+    ...extra,
+  };
+}
+
+/** Exactly one `cove:` line on stderr, matching `re`, with exit `exit` and no stack. */
+function oneLine(r: { code: number; stderr: string }, exit: number, re: RegExp): string {
+  const lines = r.stderr.trim().split("\n").filter((l) => l.startsWith("cove:"));
+  assertEquals(lines.length, 1, `expected one error line, got: ${r.stderr}`);
+  assertMatch(lines[0], re);
+  assertEquals(r.code, exit, r.stderr);
+  assert(!/\n\s+at /.test(r.stderr), `a stack trace was printed: ${r.stderr}`);
+  return lines[0];
+}
+
+async function makeVm(home: string, name: string, disk: Uint8Array): Promise<void> {
+  await new Store(home).create(name, {
+    spec: parseSpec(
+      "os: linux\narch: x86_64\ncpus: 1\nmemory: 1GiB\ndisks: [{ path: disk.img }]\n",
+    ),
+    populate: async (staging, spec) => {
+      await Deno.writeFile(staging.resolve("disk.img"), disk);
+      return spec;
+    },
+  });
+}
+
+Deno.test("a registry that stops sending fails pull and push after the stall timeout with one resumable line", async (t) => {
+  const reg = await startRegistry();
+  const proxy = startProxy(reg.host);
+  try {
+    await withTempDir(async (home) => {
+      // 4 disk layers of 1 MiB, random so they do not compress away.
+      await makeVm(home, "src", prng(4 * MiB, 7));
+      const opts = { home, insecure: true, credentials: NO_CREDS, retries: 1, backoffMs: 20 };
+      await pushVm(new Store(home), "src", [`${reg.host}/test/vm:1`], { ...opts, chunkSize: MiB });
+      const manifest = await (await fetch(`http://${reg.host}/v2/test/vm/manifests/1`, {
+        headers: { accept: "application/vnd.oci.image.manifest.v1+json" },
+      })).json();
+      const lastDisk: string = manifest.layers.at(-2).digest;
+      const ref = `${proxy.host}/test/vm:1`;
+      const e = env(home, { COVE_INSECURE_REGISTRIES: proxy.host });
+
+      await t.step(
+        "a layer body that stops mid-way: exit 6, one line, and the pull resumes",
+        async () => {
+          proxy.stall = (m, p) =>
+            m === "GET" && p.endsWith(lastDisk) ? { at: "body", after: 5000 } : undefined;
+          const before = proxy.seen.length;
+          const r = await cove(home, ["pull", "--concurrency", "1", ref], { env: e });
+          oneLine(
+            r,
+            6,
+            /^cove: registry '127\.0\.0\.1:\d+' sent no data for 1s while downloading disk layer 4 .*the pull can be resumed: run the same command again/,
+          );
+          const tries = proxy.seen.slice(before).filter((s) => s.path.endsWith(lastDisk));
+          assertEquals(tries.length, 2, "one attempt and one retry");
+          assertEquals(tries[1].range, "bytes=5000-", "the retry resumed where the stall left off");
+          proxy.stall = () => undefined;
+          const mark = proxy.seen.length;
+          const ok = await cove(home, ["pull", "--concurrency", "1", ref], { env: e });
+          assertEquals(ok.code, 0, ok.stderr);
+          const blobGets = proxy.seen.slice(mark).filter((s) => /\/blobs\/sha256:/.test(s.path));
+          // Only the config and the stalled layer: the finished layers were kept.
+          assertEquals(blobGets.map((s) => s.path.endsWith(lastDisk)), [false, true]);
+        },
+      );
+
+      await t.step("a manifest GET with no answer: exit 6 and one line", async () => {
+        proxy.stall = (m, p) =>
+          m === "GET" && p.includes("/manifests/") ? { at: "headers" } : undefined;
+        const r = await cove(home, ["pull", `${proxy.host}/test/vm:2`], { env: e });
+        oneLine(
+          r,
+          6,
+          /^cove: registry '127\.0\.0\.1:\d+' sent no data for 1s while fetching the manifest \(the pull can be resumed/,
+        );
+      });
+
+      await t.step("a manifest body that stops: exit 6 and one line", async () => {
+        proxy.stall = (m, p) =>
+          m === "GET" && p.includes("/manifests/") ? { at: "body", after: 10 } : undefined;
+        const r = await cove(home, ["pull", `${proxy.host}/test/vm:1`], { env: e });
+        oneLine(
+          r,
+          6,
+          /^cove: registry '127\.0\.0\.1:\d+' sent no data for 1s while fetching the manifest \(the pull can be resumed/,
+        );
+      });
+
+      await t.step("push's manifest PUT with no answer: exit 6 and one line", async () => {
+        proxy.stall = (m, p) =>
+          m === "PUT" && p.includes("/manifests/") ? { at: "headers" } : undefined;
+        const r = await cove(home, [
+          "push",
+          "src",
+          `${proxy.host}/test/vm:3`,
+          "--chunk-size",
+          "1MiB",
+        ], {
+          env: e,
+        });
+        oneLine(
+          r,
+          6,
+          /^cove: registry '127\.0\.0\.1:\d+' sent no data for 1s while pushing the manifest for '3' \(the push can be resumed: run the same command again\)/,
+        );
+      });
+
+      await t.step(
+        "progress says the pull is waiting while a layer stalls, and a retry cures it",
+        async () => {
+          let stalls = 1;
+          proxy.stall = (m, p) =>
+            m === "GET" && p.endsWith(lastDisk) && stalls-- > 0
+              ? { at: "body", after: 1000 }
+              : undefined;
+          const seen: PullProgress[] = [];
+          await Deno.remove(join(home, "cache", "oci"), { recursive: true });
+          const img = await pullImage(ref, {
+            ...opts,
+            timeoutMs: 1000,
+            concurrency: 1,
+            onProgress: (p) => seen.push(p),
+          });
+          assert(!img.cached);
+          assert(seen.some((p) => p.stalled > 0), "no progress event showed the stall");
+          assertEquals(seen.at(-1)!.stalled, 0);
+        },
+      );
+    });
+  } finally {
+    proxy.stall = () => undefined;
+    await proxy.stop();
+    await reg.stop();
+  }
+});
+
+Deno.test("an http source that stalls fails create after the stall timeout with one line, and resumes", async (t) => {
+  const srv = startLoopbackServer();
+  const body = pseudoRandomBytes(3 * MiB, 11);
+  // An MBR signature, so the downloaded file is a disk image cove accepts.
+  body[510] = 0x55;
+  body[511] = 0xaa;
+  try {
+    await withTempDir(async (home) => {
+      const e = env(home);
+
+      await t.step("no answer at all", async () => {
+        srv.files.set("/quiet.img", { body, noAnswer: true });
+        const r = await cove(home, ["create", "a", "--from", `${srv.base}/quiet.img`], { env: e });
+        oneLine(
+          r,
+          6,
+          /^cove: download of http:\/\/127\.0\.0\.1:\d+\/quiet\.img stalled: no data from 127\.0\.0\.1:\d+ for 1s \(the download can be resumed: run the same command again\)/,
+        );
+      });
+
+      await t.step("headers, then nothing", async () => {
+        srv.files.set("/headers.img", { body, stallAfter: 0 });
+        const r = await cove(home, ["create", "a", "--from", `${srv.base}/headers.img`], {
+          env: e,
+        });
+        oneLine(
+          r,
+          6,
+          /^cove: download of http:\/\/127\.0\.0\.1:\d+\/headers\.img stalled: no data .* for 1s/,
+        );
+      });
+
+      await t.step(
+        "mid-body: the partial is kept, progress shows the stall, and the next run resumes",
+        async () => {
+          srv.files.set("/mid.img", { body, stallAfter: MiB });
+          const r = await cove(home, [
+            "create",
+            "a",
+            "--from",
+            `${srv.base}/mid.img`,
+            "--format",
+            "json",
+          ], { env: e });
+          oneLine(
+            r,
+            6,
+            /^cove: download of http:\/\/127\.0\.0\.1:\d+\/mid\.img stalled: no data from .* for 1s at 1MiB of 3MiB \(the download can be resumed: run the same command again; the bytes so far are kept\)$/,
+          );
+          const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) =>
+            JSON.parse(l).progress
+          );
+          assert(events.some((ev) => ev?.type === "stalled"), `no stalled event: ${r.stderr}`);
+          const partial = (await new BlobCache(join(home, "cache")).list()).filter((x) =>
+            x.partial
+          );
+          assertEquals(partial.length, 1, "the partial download was not kept");
+          srv.files.set("/mid.img", { body });
+          const mark = srv.seen.length;
+          const ok = await cove(home, ["create", "a", "--from", `${srv.base}/mid.img`], { env: e });
+          assertEquals(ok.code, 0, ok.stderr);
+          assertEquals(srv.seen.slice(mark).map((s) => s.range), [`bytes=${MiB}-`]);
+        },
+      );
+    });
+  } finally {
+    await srv.close();
+  }
+});
