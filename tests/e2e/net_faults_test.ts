@@ -10,7 +10,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cove, withTempDir } from "../helpers/cli.ts";
-import { prng, startProxy, startRegistry } from "../helpers/oci_registry.ts";
+import { freePort, prng, startProxy, startRegistry } from "../helpers/oci_registry.ts";
 import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { Store } from "../../core/store/store.ts";
@@ -234,4 +234,54 @@ Deno.test("an http source that stalls fails create after the stall timeout with 
   } finally {
     await srv.close();
   }
+});
+
+Deno.test("one cause, one line: nothing listening, or a port the runtime blocks, for push and pull", async (t) => {
+  await withTempDir(async (home) => {
+    await makeVm(home, "src", new Uint8Array(MiB));
+    const e = env(home, { COVE_RETRIES: "2" });
+    const closed = `127.0.0.1:${freePort()}`;
+
+    await t.step("push to a port where nothing listens prints one line", async () => {
+      const r = await cove(home, ["push", "src", `${closed}/a/b:1`, "--insecure"], { env: e });
+      assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+      oneLine(
+        r,
+        6,
+        /^cove: cannot connect to registry '127\.0\.0\.1:\d+': connection refused \(check the host and port/,
+      );
+    });
+
+    await t.step(
+      "a blocked port says so at once, with no retries and no hint about pulls",
+      async () => {
+        for (
+          const args of [["push", "src", "127.0.0.1:6000/a/b:1"], ["pull", "127.0.0.1:6000/a/b:1"]]
+        ) {
+          const r = await cove(home, [...args, "--insecure"], { env: e });
+          assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+          const line = oneLine(
+            r,
+            6,
+            /^cove: cannot connect to registry '127\.0\.0\.1:6000': requests to port 6000 are blocked .*\(serve the registry on another port\)$/,
+          );
+          assert(!/pull/.test(line), line);
+        }
+      },
+    );
+
+    await t.step("--debug logs one line per retry, then the cause once", async () => {
+      const r = await cove(home, ["push", "src", `${closed}/a/b:1`, "--insecure", "--debug"], {
+        env: e,
+      });
+      assertEquals(r.code, 6, r.stderr);
+      const retries = r.stderr.split("\n").filter((l) => /retrying in/.test(l));
+      assertEquals(retries.length, 2, r.stderr);
+      assertMatch(retries[0], /connection refused while .*retrying in .* \(1\/2\)$/);
+      const causes = r.stderr.split("\n").filter((l) =>
+        l.startsWith("cove: cannot connect") && !/retrying/.test(l)
+      );
+      assertEquals(causes.length, 1, r.stderr);
+    });
+  });
 });
