@@ -21,6 +21,7 @@ import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
+import { formatSize } from "../units.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
 import { InlineSink, type LayerSink, LayerWriter, readFull, writeAll } from "./layer.ts";
@@ -103,6 +104,42 @@ export function spoilsStaging(e: unknown): boolean {
       "oci.not_vm",
       "oci.unsupported",
     ].includes(e.code);
+}
+
+/** True for a full disk (ENOSPC), however it was wrapped (a layer worker sends only its message). */
+function noSpace(e: unknown): boolean {
+  return e instanceof Error && /ENOSPC|No space left|os error 28/i.test(e.message);
+}
+
+/** Bytes allocated on disk by the files under `dir` (a sparse disk counts what it holds). */
+async function allocated(dir: string): Promise<number> {
+  let n = 0;
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      const p = join(dir, e.name);
+      if (e.isDirectory) n += await allocated(p);
+      else if (e.isFile) {
+        const st = await Deno.stat(p);
+        n += st.blocks !== null ? st.blocks * 512 : st.size;
+      }
+    }
+  } catch { /* gone */ }
+  return n;
+}
+
+/** The manifest of a complete cached image, or undefined if it cannot be read. */
+async function cachedManifest(
+  cache: OciCache,
+  digest: string,
+  refName: string,
+): Promise<{ bytes: Uint8Array<ArrayBuffer>; digest: string; image: TartImage } | undefined> {
+  try {
+    const bytes = await Deno.readFile(join(cache.imageDir(digest), "manifest.json"));
+    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== digest) return undefined;
+    return { bytes, digest, image: parseTartManifest(refName, bytes) };
+  } catch {
+    return undefined;
+  }
 }
 
 /** Resolves a reference to a validated manifest. */
@@ -322,7 +359,11 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     ...opts,
     credentials: opts.credentials ?? defaultCredentialLookup(opts.home),
   });
-  const { bytes, digest, image } = await resolveManifest(client, ref);
+  // A digest names the content: one already in the cache needs no registry (which may be down).
+  const local = ref.digest && await cache.has(ref.digest)
+    ? await cachedManifest(cache, ref.digest, refName)
+    : undefined;
+  const { bytes, digest, image } = local ?? await resolveManifest(client, ref);
 
   const finish = async (
     cached: boolean,
@@ -482,6 +523,16 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     } catch (e) {
       const err = toCoveError(e, "pulling the image");
       if (spoilsStaging(err)) await Deno.remove(staging, { recursive: true }).catch(() => {});
+      if (noSpace(e) || err.code === "io.no_space") {
+        // Say what stays on the full disk, and how to get the space back.
+        const kept = await allocated(staging);
+        throw new CoveError("io.no_space", `the disk is full: pulling ${refName} stopped`, {
+          hint: `the partial pull (${
+            formatSize(kept)
+          } in the image cache) was kept to resume: free some space and run the same command again, or remove it with 'cove image prune'`,
+          cause: e,
+        });
+      }
       throw err;
     }
   } finally {

@@ -285,3 +285,82 @@ Deno.test("one cause, one line: nothing listening, or a port the runtime blocks,
     });
   });
 });
+
+Deno.test("clone REF@sha256:DIGEST comes from the cache when the registry is down", async () => {
+  const reg = await startRegistry();
+  const proxy = startProxy(reg.host);
+  try {
+    await withTempDir(async (home) => {
+      await makeVm(home, "src", prng(2 * MiB, 3));
+      const pushed = await pushVm(new Store(home), "src", [`${reg.host}/test/vm:1`], {
+        home,
+        insecure: true,
+        credentials: NO_CREDS,
+        chunkSize: MiB,
+      });
+      const e = env(home, { COVE_INSECURE_REGISTRIES: proxy.host });
+      const byDigest = `${proxy.host}/test/vm@${pushed.digest}`;
+      let r = await cove(home, ["clone", byDigest, "one"], { env: e });
+      assertEquals(r.code, 0, r.stderr);
+      await proxy.stop(); // the registry is now unreachable
+      r = await cove(home, ["clone", byDigest, "two"], { env: e });
+      assertEquals(r.code, 0, r.stderr);
+      assert(await new Store(home).exists("two"));
+      // A tag still needs the registry: it names no content.
+      r = await cove(home, ["clone", `${proxy.host}/test/vm:1`, "three"], { env: e });
+      oneLine(r, 6, /^cove: cannot connect to registry .* connection refused/);
+    });
+  } finally {
+    await proxy.stop().catch(() => {});
+    await reg.stop();
+  }
+});
+
+const rootOnLinux = Deno.build.os === "linux" && Deno.uid() === 0;
+Deno.test({
+  name: "a pull that fills the disk says what it kept and how to remove it (Linux, root: tmpfs)",
+  ignore: !rootOnLinux,
+  fn: async () => {
+    const reg = await startRegistry();
+    const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
+    const mount = await new Deno.Command("mount", {
+      args: ["-t", "tmpfs", "-o", "size=3m", "tmpfs", mnt],
+      stderr: "piped",
+    }).output();
+    assert(mount.success, new TextDecoder().decode(mount.stderr));
+    try {
+      await withTempDir(async (src) => {
+        await makeVm(src, "src", prng(6 * MiB, 5));
+        await pushVm(new Store(src), "src", [`${reg.host}/test/big:1`], {
+          home: src,
+          insecure: true,
+          credentials: NO_CREDS,
+          chunkSize: MiB,
+        });
+      });
+      const home = join(mnt, "home");
+      const e = env(home, { COVE_INSECURE_REGISTRIES: reg.host });
+      const r = await cove(home, ["pull", `${reg.host}/test/big:1`], { env: e });
+      const line = oneLine(
+        r,
+        1,
+        /^cove: the disk is full: pulling 127\.0\.0\.1:\d+\/test\/big:1 stopped \(the partial pull \(\d.*\) was kept to resume: free some space and run the same command again, or remove it with 'cove image prune'\)$/,
+      );
+      assert(!/nothing partial was kept/.test(line), line);
+      const prune = await cove(home, ["image", "prune"], { env: e });
+      assertEquals(prune.code, 0, prune.stderr);
+      assertMatch(prune.stdout, /partial/);
+      const left = await Array.fromAsync(Deno.readDir(join(home, "cache", "oci", "staging")))
+        .catch(() => []);
+      // Only the (empty) lock file of the pull may stay.
+      assertEquals(left.filter((x) => x.isDirectory).map((x) => x.name), [], prune.stdout);
+    } finally {
+      await new Deno.Command("umount", { args: [mnt] }).output();
+      await Deno.remove(mnt, { recursive: true }).catch(() => {});
+      await reg.stop();
+    }
+  },
+});
+if (!rootOnLinux) {
+  console.log("skipped the full-disk pull test: it mounts a tmpfs, which needs root on Linux");
+}
