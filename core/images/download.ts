@@ -105,7 +105,9 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
     : () => {};
   checkUrl(url);
   const hit = await findCached(cache, url, opts);
-  if (hit) {
+  // A hit by URL alone is revalidated (ETag / Last-Modified): the server may have fixed the file.
+  const stale = hit && !opts.checksum ? !(await stillFresh(url, hit, opts)) : false;
+  if (hit && !stale) {
     emit({ type: "done", url, digest: hit.digest, size: hit.size, cached: true });
     return { ...hit, cached: true };
   }
@@ -122,7 +124,7 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
   try {
     await lockFile.lock(true);
     const again = await findCached(cache, url, opts);
-    if (again) {
+    if (again && !(stale && again.digest === hit?.digest)) {
       emit({ type: "done", url, digest: again.digest, size: again.size, cached: true });
       return { ...again, cached: true };
     }
@@ -147,7 +149,13 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
       }
     }
     const aliases = sums.sha512 ? [`sha512:${sums.sha512}`] : [];
-    const blob = await cache.commit(paths.data, sums.sha256, { url, aliases });
+    const validators = await readMeta(paths.meta);
+    const blob = await cache.commit(paths.data, sums.sha256, {
+      url,
+      aliases,
+      etag: validators?.etag,
+      lastModified: validators?.lastModified,
+    });
     await Deno.remove(paths.meta).catch(() => {});
     emit({ type: "done", url, digest: blob.digest, size: blob.size, cached: false });
     return { ...blob, cached: false };
@@ -197,6 +205,36 @@ async function findCached(
   }
   if (opts.refresh) return undefined;
   return await cache.lookup({ url });
+}
+
+/**
+ * Asks the server whether a blob cached for `url` is still its content: a
+ * conditional GET with the validators it was downloaded with. True for a
+ * 304, for a blob cached without validators, and when the server cannot be
+ * asked (offline use keeps working); false when the server sends a new body.
+ */
+async function stillFresh(url: string, hit: CachedBlob, opts: DownloadOptions): Promise<boolean> {
+  const { etag, lastModified } = hit.record;
+  if (!etag && !lastModified) return true;
+  const headers = new Headers({ "User-Agent": "cove", "Accept-Encoding": "identity" });
+  if (etag) headers.set("If-None-Match", etag);
+  if (lastModified) headers.set("If-Modified-Since", lastModified);
+  const ms = opts.idleTimeoutMs ?? stallTimeoutMs();
+  const signal = opts.signal
+    ? AbortSignal.any([opts.signal, AbortSignal.timeout(ms)])
+    : AbortSignal.timeout(ms);
+  try {
+    const res = await fetch(url, { headers, signal, redirect: "follow" });
+    await res.body?.cancel().catch(() => {});
+    if (res.status === 304) return true;
+    if (!res.ok) return true; // the server has a problem: the cached copy still stands
+    const newTag = res.headers.get("ETag");
+    if (etag && newTag === etag) return true;
+    return false;
+  } catch {
+    if (opts.signal?.aborted) throw interruptedBySignal(url);
+    return true;
+  }
 }
 
 async function readMeta(path: string): Promise<PartialMeta | undefined> {

@@ -364,3 +364,86 @@ Deno.test({
 if (!rootOnLinux) {
   console.log("skipped the full-disk pull test: it mounts a tmpfs, which needs root on Linux");
 }
+
+/** A qcow2 header whose L1 table lies outside the file: it probes as qcow2, and fails to convert. */
+function brokenQcow2(): Uint8Array<ArrayBuffer> {
+  const b = new Uint8Array(4096);
+  const dv = new DataView(b.buffer);
+  b.set([0x51, 0x46, 0x49, 0xfb]);
+  dv.setUint32(4, 3); // version
+  dv.setUint32(20, 16); // cluster bits
+  dv.setBigUint64(24, 1n << 20n); // virtual size
+  dv.setUint32(36, 1); // L1 entries
+  dv.setBigUint64(40, 1n << 30n); // L1 offset, far past the end
+  dv.setBigUint64(48, 65536n);
+  dv.setUint32(56, 1);
+  dv.setUint32(100, 104); // header length
+  return b;
+}
+
+Deno.test("a download that fails validation is not kept, errors name the URL, and a changed file is fetched again", async (t) => {
+  const srv = startLoopbackServer();
+  const good = pseudoRandomBytes(MiB, 5);
+  good[510] = 0x55;
+  good[511] = 0xaa;
+  try {
+    await withTempDir(async (home) => {
+      const e = env(home);
+      const url = `${srv.base}/disk.qcow2`;
+
+      await t.step(
+        "a broken image fails with the URL in its line, and leaves the cache",
+        async () => {
+          srv.files.set("/disk.qcow2", { body: brokenQcow2(), etag: '"broken"' });
+          const r = await cove(home, ["create", "a", "--from", url], { env: e });
+          const line = oneLine(
+            r,
+            1,
+            /^cove: http:\/\/127\.0\.0\.1:\d+\/disk\.qcow2 is not a valid qcow2 image: the L1 table/,
+          );
+          assert(!/[0-9a-f]{64}/.test(line), `the cache hash was shown: ${line}`);
+          const cached = (await new BlobCache(join(home, "cache")).list()).filter((x) =>
+            !x.partial
+          );
+          assertEquals(cached, [], "the failed download stayed in the cache");
+        },
+      );
+
+      await t.step(
+        "once the server is fixed, the same URL is downloaded again and works",
+        async () => {
+          srv.files.set("/disk.qcow2", { body: good, etag: '"good-1"' });
+          const mark = srv.seen.length;
+          const r = await cove(home, ["create", "a", "--from", url], { env: e });
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(srv.seen.slice(mark).length, 1, "no request reached the server");
+        },
+      );
+
+      await t.step(
+        "a cached URL is revalidated by ETag: unchanged is a 304, changed is fetched anew",
+        async () => {
+          let mark = srv.seen.length;
+          let r = await cove(home, ["create", "b", "--from", url], { env: e });
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(srv.seen.slice(mark).map((s) => s.ifNoneMatch), ['"good-1"']);
+          const changed = good.slice();
+          changed[1000] ^= 0xff;
+          srv.files.set("/disk.qcow2", { body: changed, etag: '"good-2"' });
+          mark = srv.seen.length;
+          r = await cove(home, ["create", "c", "--from", url], { env: e });
+          assertEquals(r.code, 0, r.stderr);
+          assertEquals(srv.seen.slice(mark).map((s) => s.ifNoneMatch), ['"good-1"', null]);
+          // The disk is grown sparse to the default size: read only its start.
+          const f = await Deno.open(join(home, "vms", "c", "disk.img"));
+          const head = new Uint8Array(2048);
+          await f.read(head);
+          f.close();
+          assertEquals(head[1000], changed[1000], "the VM got the old file");
+        },
+      );
+    });
+  } finally {
+    await srv.close();
+  }
+});

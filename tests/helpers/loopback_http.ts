@@ -31,6 +31,7 @@ export interface SeenRequest {
   path: string;
   range: string | null;
   ifRange: string | null;
+  ifNoneMatch: string | null;
 }
 
 /** A running loopback server. */
@@ -52,7 +53,7 @@ export function startLoopbackServer(): LoopbackServer {
     const path = new URL(req.url).pathname;
     const range = req.headers.get("Range");
     const ifRange = req.headers.get("If-Range");
-    seen.push({ path, range, ifRange });
+    seen.push({ path, range, ifRange, ifNoneMatch: req.headers.get("If-None-Match") });
     const f = files.get(path);
     if (!f) return new Response("not found", { status: 404 });
     if (f.noAnswer) {
@@ -67,6 +68,9 @@ export function startLoopbackServer(): LoopbackServer {
     }
     if (f.status) return new Response(null, { status: f.status, headers: f.headers });
     const etag = f.etag ?? `"${f.body.length}"`;
+    if (req.headers.get("If-None-Match") === etag) {
+      return new Response(null, { status: 304, headers: { ETag: etag } });
+    }
     let start = 0;
     let status = 200;
     const m = range ? /^bytes=(\d+)-$/.exec(range) : null;
