@@ -588,36 +588,53 @@ export async function streamResumable(o: ResumableOptions): Promise<number> {
     o.signal?.addEventListener("abort", onAbort, { once: true });
     let stalled = false;
     let reported = false;
-    let watchdog: ReturnType<typeof setTimeout> | undefined;
-    let notice: ReturnType<typeof setTimeout> | undefined;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
     let rejectStall: (e: unknown) => void = () => {};
     const stallP = new Promise<never>((_, rej) => {
       rejectStall = rej;
     });
     stallP.catch(() => {});
-    const pause = () => {
-      clearTimeout(watchdog);
-      clearTimeout(notice);
-    };
-    const arm = () => {
-      pause();
-      if (reported) {
-        reported = false;
-        o.onEvent?.({ type: "flowing", received });
+    // One lazy timer per attempt: a chunk only records the time (the hot path
+    // stays cheap); the timer, when it fires, looks at how long it has been.
+    let last = Date.now();
+    let busy = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = () => {
+      const idle = Date.now() - last;
+      if (busy) {
+        timer = setTimeout(tick, Math.max(10, Math.min(noticeMs, stallMs)));
+        return;
       }
-      const since = Date.now();
-      notice = setTimeout(() => {
-        reported = true;
-        o.onEvent?.({ type: "stalled", received, idleMs: Date.now() - since, stallMs });
-      }, noticeMs);
-      watchdog = setTimeout(() => {
+      if (idle >= stallMs) {
         stalled = true;
         const why = new Stalled();
         ctl.abort(why);
         rejectStall(why);
-      }, stallMs);
+        reader?.cancel(why).catch(() => {});
+        return;
+      }
+      if (!reported && idle >= noticeMs) {
+        reported = true;
+        o.onEvent?.({ type: "stalled", received, idleMs: idle, stallMs });
+      }
+      const due = reported || noticeMs >= stallMs ? stallMs : noticeMs;
+      timer = setTimeout(tick, Math.max(10, due - idle));
     };
-    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    const touch = () => {
+      last = Date.now();
+      if (reported) {
+        reported = false;
+        o.onEvent?.({ type: "flowing", received });
+      }
+    };
+    const pause = () => {
+      busy = true;
+    };
+    const arm = () => {
+      busy = false;
+      touch();
+    };
+    timer = setTimeout(tick, Math.min(noticeMs, stallMs));
     try {
       arm();
       const opened = await Promise.race([o.open(received, ctl.signal), stallP]);
@@ -644,7 +661,9 @@ export async function streamResumable(o: ResumableOptions): Promise<number> {
       reader = res.body.getReader();
       arm();
       for (;;) {
-        const r = await Promise.race([reader.read(), stallP]);
+        // A stall cancels the reader (below), which ends a pending read.
+        const r = await reader.read();
+        if (stalled) throw new Stalled();
         if (r.done) break;
         let c = r.value;
         if (skip > 0) {
@@ -677,7 +696,7 @@ export async function streamResumable(o: ResumableOptions): Promise<number> {
       if (e instanceof CoveError) throw e;
       throw o.fail(e, { stalled: stalled || e instanceof Stalled, received });
     } finally {
-      pause();
+      clearTimeout(timer);
       o.signal?.removeEventListener("abort", onAbort);
     }
   }, {
