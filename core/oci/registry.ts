@@ -1036,37 +1036,39 @@ export function digestMismatch(registry: string, want: string, got: string): Cov
   );
 }
 
-/** Reads a response body up to `max` bytes. */
+/**
+ * Reads a response body up to `max` bytes, through the one body loop
+ * ({@link streamResumable}, one attempt): a body that goes quiet for
+ * `idleMs` fails with a `TimeoutError` DOMException.
+ */
 export async function readLimited(
   res: Response,
   max: number,
   tooBig: () => CoveError,
-  idleMs = 60_000,
+  idleMs = stallTimeoutMs(),
 ): Promise<Uint8Array<ArrayBuffer>> {
   const parts: Uint8Array[] = [];
-  let n = 0;
-  if (res.body) {
-    const reader = res.body.getReader();
-    try {
-      for (;;) {
-        // A server that sends headers and then goes quiet must not hang us.
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const r = await Promise.race([
-          reader.read(),
-          new Promise<never>((_, rej) => {
-            timer = setTimeout(() => rej(new DOMException("idle", "TimeoutError")), idleMs);
-          }),
-        ]).finally(() => clearTimeout(timer));
-        if (r.done) break;
-        n += r.value.length;
-        if (n > max) throw tooBig();
-        parts.push(r.value);
-      }
-    } catch (e) {
-      await reader.cancel().catch(() => {});
-      throw e;
-    }
-  }
+  let opened = false;
+  const n = await streamResumable({
+    stallMs: idleMs,
+    policy: retryPolicy({ retries: 0 }),
+    open: () => {
+      if (opened) throw new Error("a response body can be read once");
+      opened = true;
+      return Promise.resolve({ res, from: 0 });
+    },
+    write: (c) => {
+      parts.push(c);
+      return Promise.resolve();
+    },
+    limit: max,
+    tooLarge: tooBig,
+    fail: (e, ctx) => {
+      // The callers tell a stall (TimeoutError) from a dropped connection.
+      throw ctx.stalled ? new DOMException("idle", "TimeoutError") : e;
+    },
+    retryable: () => false,
+  });
   const out = new Uint8Array(n);
   let o = 0;
   for (const p of parts) {
