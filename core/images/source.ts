@@ -263,11 +263,15 @@ async function validated<T>(
   try {
     return await fn();
   } catch (e) {
-    if (!(e instanceof CoveError) || !/^(source|image|qcow2)\./.test(e.code)) throw e;
-    await (opts.cache ?? new BlobCache()).remove([blob.digest]).catch(() => {});
+    if (!(e instanceof CoveError)) throw e;
+    if (/^(source|image|qcow2)\./.test(e.code)) {
+      await (opts.cache ?? new BlobCache()).remove([blob.digest]).catch(() => {});
+    }
+    // Any line that names the cache's file names the URL instead.
     const hex = basename(blob.path);
     if (!e.message.includes(hex)) throw e;
-    throw new CoveError(e.code, e.message.replaceAll(hex, displayUrl(url)), {
+    const shown = e.message.replaceAll(blob.path, displayUrl(url)).replaceAll(hex, displayUrl(url));
+    throw new CoveError(e.code, shown, {
       hint: e.hint,
       exit: e.exit,
       cause: e,
