@@ -404,7 +404,7 @@ async function fetchToPartial(
             },
           )
           : !answered
-          ? new CoveError("download.unreachable", `cannot reach ${host}: ${firstLine(e)}`, {
+          ? new CoveError("download.unreachable", `cannot reach ${host}: ${netReason(e)}`, {
             hint: "check the URL and your network connection",
             exit: ExitCode.Network,
             cause: e,
@@ -416,7 +416,10 @@ async function fetchToPartial(
             } (${firstLine(e)})`,
             { hint: "run the same command again to resume", exit: ExitCode.Network, cause: e },
           ),
-      retryable: (e) => RETRIABLE_DOWNLOAD.has(e.code),
+      // An unknown host or a TLS failure does not get better by asking again.
+      retryable: (e) =>
+        RETRIABLE_DOWNLOAD.has(e.code) &&
+        !/unknown host|are blocked|certificate|tls|handshake/i.test(e.message),
       onEvent: (e) => {
         if (e.type === "stalled") {
           emit({ type: "stalled", url, received: e.received, total, idleMs: e.idleMs });
@@ -713,6 +716,21 @@ export async function streamResumable(o: ResumableOptions): Promise<number> {
         error: e as CoveError,
       }),
   });
+}
+
+/** The cause of a failed request, short: "unknown host", "connection refused", or the OS's words. */
+function netReason(e: unknown): string {
+  const all = `${e instanceof Error ? e.message : String(e)} ${
+    e instanceof Error ? String(e.cause ?? "") : ""
+  }`;
+  if (/dns error|failed to lookup|name or service not known|nodename nor servname/i.test(all)) {
+    return "unknown host";
+  }
+  if (/connection refused|ECONNREFUSED/i.test(all)) return "connection refused";
+  const port = /requests to port (\d+) are blocked/i.exec(all);
+  if (port) return `requests to port ${port[1]} are blocked (a port browsers and Deno refuse)`;
+  const inner = e instanceof Error && e.cause instanceof Error ? e.cause.message : firstLine(e);
+  return firstLine(inner.replace(/^error sending request for url \([^)]*\):\s*/, ""));
 }
 
 function firstLine(e: unknown): string {

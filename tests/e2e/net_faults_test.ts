@@ -270,6 +270,16 @@ Deno.test("one cause, one line: nothing listening, or a port the runtime blocks,
       },
     );
 
+    await t.step(
+      "an http source on an unknown host names the cause, not 'fetch failed'",
+      async () => {
+        const r = await cove(home, ["create", "x", "--from", "http://no-such-host.invalid/x.img"], {
+          env: e,
+        });
+        oneLine(r, 6, /^cove: cannot reach no-such-host\.invalid: unknown host \(check the URL/);
+      },
+    );
+
     await t.step("--debug logs one line per retry, then the cause once", async () => {
       const r = await cove(home, ["push", "src", `${closed}/a/b:1`, "--insecure", "--debug"], {
         env: e,
