@@ -12,6 +12,13 @@
  *
  * Progress goes to an `onProgress` callback; the CLI decides whether that
  * is a bar on a TTY, JSON lines, or nothing.
+ *
+ * This module is cove's one resumable downloader: {@link streamResumable}
+ * is the body loop (stall timeout, retries under the one retry policy of
+ * core/retry.ts, resume from the bytes kept) that URL downloads and every
+ * OCI blob, layer and manifest read share. A URL found in the cache is
+ * revalidated with its ETag / Last-Modified; one that fails validation
+ * afterwards is dropped by the caller (core/images/source.ts).
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
