@@ -94,6 +94,13 @@ export function progressReporter(format: Format): ((e: SourceEvent) => void) | u
       case "retry":
         draw(`download interrupted (${e.reason}); retrying (${e.attempt})`);
         break;
+      case "stalled":
+        draw(
+          `downloading ${label}: waiting, no data for ${Math.round(e.idleMs / 1000)}s at ${
+            formatSize(e.received)
+          }`,
+        );
+        break;
       case "verify":
         draw(`verifying ${label}`);
         break;

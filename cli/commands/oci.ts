@@ -5,7 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { FlagError, out, outJson, parseFormat } from "../output.ts";
+import { debugEnabled, FlagError, out, outJson, parseFormat } from "../output.ts";
 
 /** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
 async function readSecret(promptText: string): Promise<string> {
@@ -70,11 +70,15 @@ export function register(program: Command): void {
           insecure: opts.insecure,
           concurrency,
           log: bar.log,
+          // Retry notices: one line per attempt at --debug only; the final error names the cause.
+          quietRetries: !debugEnabled(),
           onProgress: (p) =>
             bar.update(
               `pulling ${ref}  ${pct(p.done, p.total)}  ${formatSize(p.done)}/${
                 formatSize(p.total)
-              }  ${p.layersDone}/${p.layers} layers`,
+              }  ${p.layersDone}/${p.layers} layers${
+                p.stalled ? `  waiting: no data from the registry (${p.stalled} stalled)` : ""
+              }`,
             ),
         });
       } finally {
@@ -128,6 +132,8 @@ export function register(program: Command): void {
           insecure: opts.insecure,
           concurrency,
           log: bar.log,
+          // Retry notices: one line per attempt at --debug only; the final error names the cause.
+          quietRetries: !debugEnabled(),
           onProgress: (p) =>
             bar.update(
               `pushing ${name}  ${pct(p.done, p.total)}  ${

@@ -63,6 +63,9 @@ export interface BlobRecord {
   sources: string[];
   /** Other digests of the same bytes (e.g. `sha512:<hex>`) that were verified. */
   aliases: string[];
+  /** The server's validators from the last download, to revalidate a URL hit. */
+  etag?: string;
+  lastModified?: string;
 }
 
 interface IndexFile {
@@ -195,7 +198,7 @@ export class BlobCache implements CacheProvider {
   async commit(
     file: string,
     sha256: string,
-    opts: { url?: string; aliases?: string[] } = {},
+    opts: { url?: string; aliases?: string[]; etag?: string; lastModified?: string } = {},
   ): Promise<CachedBlob> {
     await this.ensureDirs();
     const digest = `sha256:${sha256}`;
@@ -210,6 +213,10 @@ export class BlobCache implements CacheProvider {
       rec.size = size;
       rec.lastUsed = now;
       for (const a of opts.aliases ?? []) if (!rec.aliases.includes(a)) rec.aliases.push(a);
+      if (opts.url) {
+        rec.etag = opts.etag;
+        rec.lastModified = opts.lastModified;
+      }
       if (opts.url) {
         // index.json keeps no secrets: sources are display forms, keys hashed when needed.
         const shown = displayUrl(opts.url);

@@ -12,6 +12,13 @@
  *
  * Progress goes to an `onProgress` callback; the CLI decides whether that
  * is a bar on a TTY, JSON lines, or nothing.
+ *
+ * This module is cove's one resumable downloader: {@link streamResumable}
+ * is the body loop (stall timeout, retries under the one retry policy of
+ * core/retry.ts, resume from the bytes kept) that URL downloads and every
+ * OCI blob, layer and manifest read share. A URL found in the cache is
+ * revalidated with its ETag / Last-Modified; one that fails validation
+ * afterwards is dropped by the caller (core/images/source.ts).
  * @module
  */
 import { createHash, type Hash } from "node:crypto";
@@ -19,6 +26,14 @@ import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { formatSize } from "../units.ts";
 import { BlobCache, type CachedBlob, type PartialMeta } from "./cache.ts";
 import { displayUrl } from "./url.ts";
+import {
+  formatSeconds,
+  parseRetryAfter,
+  type RetryPolicy,
+  retryPolicy,
+  stallTimeoutMs,
+  withRetry,
+} from "../retry.ts";
 
 /** A checksum to verify. */
 export interface Checksum {
@@ -31,7 +46,9 @@ export interface Checksum {
 export type DownloadEvent =
   | { type: "start"; url: string; total?: number; offset: number }
   | { type: "progress"; url: string; received: number; total?: number }
-  | { type: "retry"; url: string; attempt: number; reason: string }
+  | { type: "retry"; url: string; attempt: number; reason: string; waitMs?: number }
+  /** No bytes from the server for `idleMs`: still waiting, until the stall timeout. */
+  | { type: "stalled"; url: string; received: number; total?: number; idleMs: number }
   | { type: "verify"; url: string }
   | { type: "done"; url: string; digest: string; size: number; cached: boolean };
 
@@ -42,9 +59,9 @@ export interface DownloadOptions {
   /** Verify this checksum; a cached blob with this digest is reused without a request. */
   checksum?: Checksum;
   onProgress?: (e: DownloadEvent) => void;
-  /** Fail when no bytes arrive for this long; default 30 s or `COVE_DOWNLOAD_TIMEOUT` (seconds). */
+  /** Fail an attempt when no bytes arrive for this long; default 30 s or `COVE_STALL_TIMEOUT`. */
   idleTimeoutMs?: number;
-  /** Automatic resumed retries after a dropped connection; default 2. */
+  /** Automatic resumed retries after a dropped connection or stall; default the retry policy's. */
   retries?: number;
   /** Ignore a cached copy found by URL (one found by checksum is still exact). */
   refresh?: boolean;
@@ -81,19 +98,6 @@ export function checksumString(c: Checksum): string {
   return `${c.algo}:${c.hex}`;
 }
 
-function defaultIdleTimeout(): number {
-  const env = Deno.env.get("COVE_DOWNLOAD_TIMEOUT");
-  const n = env ? Number(env) : NaN;
-  return Number.isFinite(n) && n > 0 ? n * 1000 : 30_000;
-}
-
-/** Thrown internally for failures that a resumed retry may cure. */
-class Retriable extends Error {
-  constructor(readonly coveError: CoveError) {
-    super(coveError.message);
-  }
-}
-
 /**
  * Downloads `url` into the cache (or finds it there) and returns the blob.
  * Throws one CoveError per failure: not found, HTTP error, unreachable,
@@ -108,7 +112,9 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
     : () => {};
   checkUrl(url);
   const hit = await findCached(cache, url, opts);
-  if (hit) {
+  // A hit by URL alone is revalidated (ETag / Last-Modified): the server may have fixed the file.
+  const stale = hit && !opts.checksum ? !(await stillFresh(url, hit, opts)) : false;
+  if (hit && !stale) {
     emit({ type: "done", url, digest: hit.digest, size: hit.size, cached: true });
     return { ...hit, cached: true };
   }
@@ -125,26 +131,12 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
   try {
     await lockFile.lock(true);
     const again = await findCached(cache, url, opts);
-    if (again) {
+    if (again && !(stale && again.digest === hit?.digest)) {
       emit({ type: "done", url, digest: again.digest, size: again.size, cached: true });
       return { ...again, cached: true };
     }
-    const retries = opts.retries ?? 2;
     const want512 = opts.checksum?.algo === "sha512";
-    let sums: Sums;
-    for (let attempt = 0;; attempt++) {
-      try {
-        sums = await fetchToPartial(url, paths, opts, emit, want512);
-        break;
-      } catch (e) {
-        if (e instanceof Retriable && attempt < retries && !opts.signal?.aborted) {
-          emit({ type: "retry", url, attempt: attempt + 1, reason: e.message });
-          await new Promise((r) => setTimeout(r, Math.min(4000, 250 * 2 ** attempt)));
-          continue;
-        }
-        throw e instanceof Retriable ? e.coveError : e;
-      }
-    }
+    const sums = await fetchToPartial(url, paths, opts, emit, want512);
 
     emit({ type: "verify", url });
     if (opts.checksum) {
@@ -164,7 +156,13 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
       }
     }
     const aliases = sums.sha512 ? [`sha512:${sums.sha512}`] : [];
-    const blob = await cache.commit(paths.data, sums.sha256, { url, aliases });
+    const validators = await readMeta(paths.meta);
+    const blob = await cache.commit(paths.data, sums.sha256, {
+      url,
+      aliases,
+      etag: validators?.etag,
+      lastModified: validators?.lastModified,
+    });
     await Deno.remove(paths.meta).catch(() => {});
     emit({ type: "done", url, digest: blob.digest, size: blob.size, cached: false });
     return { ...blob, cached: false };
@@ -216,6 +214,36 @@ async function findCached(
   return await cache.lookup({ url });
 }
 
+/**
+ * Asks the server whether a blob cached for `url` is still its content: a
+ * conditional GET with the validators it was downloaded with. True for a
+ * 304, for a blob cached without validators, and when the server cannot be
+ * asked (offline use keeps working); false when the server sends a new body.
+ */
+async function stillFresh(url: string, hit: CachedBlob, opts: DownloadOptions): Promise<boolean> {
+  const { etag, lastModified } = hit.record;
+  if (!etag && !lastModified) return true;
+  const headers = new Headers({ "User-Agent": "cove", "Accept-Encoding": "identity" });
+  if (etag) headers.set("If-None-Match", etag);
+  if (lastModified) headers.set("If-Modified-Since", lastModified);
+  const ms = opts.idleTimeoutMs ?? stallTimeoutMs();
+  const signal = opts.signal
+    ? AbortSignal.any([opts.signal, AbortSignal.timeout(ms)])
+    : AbortSignal.timeout(ms);
+  try {
+    const res = await fetch(url, { headers, signal, redirect: "follow" });
+    await res.body?.cancel().catch(() => {});
+    if (res.status === 304) return true;
+    if (!res.ok) return true; // the server has a problem: the cached copy still stands
+    const newTag = res.headers.get("ETag");
+    if (etag && newTag === etag) return true;
+    return false;
+  } catch {
+    if (opts.signal?.aborted) throw interruptedBySignal(url);
+    return true;
+  }
+}
+
 async function readMeta(path: string): Promise<PartialMeta | undefined> {
   try {
     return JSON.parse(await Deno.readTextFile(path)) as PartialMeta;
@@ -240,7 +268,8 @@ async function fileSize(path: string): Promise<number> {
 type Sums = { sha256: string; sha512?: string };
 
 /**
- * One HTTP attempt: continues the partial file, or starts it. Hashes the
+ * Fetches `url` into the partial file, continuing what an earlier run kept
+ * (with `Range` and `If-Range`), through {@link streamResumable}. Hashes the
  * kept prefix and then every byte as it is written; returns the digests.
  */
 async function fetchToPartial(
@@ -253,177 +282,462 @@ async function fetchToPartial(
   const host = new URL(url).host;
   let meta = await readMeta(paths.meta);
   let offset = meta?.url === url ? await fileSize(paths.data) : 0;
-  if (offset === 0 || meta?.url !== url) {
+  const validator = meta?.etag && !meta.etag.startsWith("W/") ? meta.etag : meta?.lastModified;
+  if (offset === 0 || meta?.url !== url || !validator) {
+    // Without a validator a resumed range could splice two versions: start over.
     await removePartial(paths);
     meta = undefined;
     offset = 0;
   }
-
-  const headers = new Headers({ "User-Agent": "cove", "Accept-Encoding": "identity" });
-  const validator = meta?.etag && !meta.etag.startsWith("W/") ? meta.etag : meta?.lastModified;
-  if (offset > 0 && validator) {
-    headers.set("Range", `bytes=${offset}-`);
-    headers.set("If-Range", validator);
-  } else if (offset > 0) {
-    // Without a validator a resumed range could splice two versions: start over.
-    await removePartial(paths);
-    offset = 0;
-  }
-
-  const idleMs = opts.idleTimeoutMs ?? defaultIdleTimeout();
-  const ctl = new AbortController();
-  let timedOut = false;
-  let timer = setTimeout(onIdle, idleMs);
-  function onIdle() {
-    timedOut = true;
-    ctl.abort();
-  }
-  const kick = () => {
-    clearTimeout(timer);
-    timer = setTimeout(onIdle, idleMs);
-  };
-  const onAbort = () => ctl.abort();
-  opts.signal?.addEventListener("abort", onAbort);
-
-  const interrupted = (received: number, total: number | undefined, why: string) =>
-    new Retriable(
-      new CoveError(
-        timedOut ? "download.timeout" : "download.interrupted",
-        timedOut
-          ? `download of ${displayUrl(url)} stalled: no data from ${host} for ${
-            Math.round(idleMs / 1000)
-          }s`
-          : `download of ${displayUrl(url)} was interrupted at ${formatSize(received)}${
-            total ? ` of ${formatSize(total)}` : ""
-          } (${why})`,
-        { hint: "run the same command again to resume", exit: ExitCode.Network },
-      ),
-    );
-
-  try {
-    let res: Response;
-    try {
-      res = await fetch(url, { headers, signal: ctl.signal, redirect: "follow" });
-    } catch (e) {
-      if (opts.signal?.aborted) throw interruptedBySignal(url);
-      if (timedOut) throw interrupted(offset, undefined, "timeout");
-      const reason = e instanceof Error ? e.message.split("\n")[0] : String(e);
-      throw new Retriable(
-        new CoveError("download.unreachable", `cannot reach ${host}: ${reason}`, {
-          hint: "check the URL and your network connection",
-          exit: ExitCode.Network,
-          cause: e,
-        }),
-      );
-    }
-    kick();
-
-    if (res.status === 416 && offset > 0) {
-      // The partial already holds everything (or the file shrank): check the total.
-      const total = Number(/\/(\d+)$/.exec(res.headers.get("Content-Range") ?? "")?.[1] ?? NaN);
-      await res.body?.cancel();
-      if (total === offset) return await hashFile(paths.data, want512);
-      await removePartial(paths);
-      throw new Retriable(
-        new CoveError("download.changed", `${displayUrl(url)} changed while downloading`, {
-          hint: "run the same command again",
-          exit: ExitCode.Network,
-        }),
-      );
-    }
-    if (!res.ok) {
-      await res.body?.cancel();
-      throw httpError(url, res);
-    }
-    opts.check?.(res, url);
-
-    let append = false;
-    if (res.status === 206) {
-      const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get("Content-Range") ?? "");
-      if (m && Number(m[1]) === offset) append = true;
-      else {
-        await res.body?.cancel();
-        await removePartial(paths);
-        throw new Retriable(
-          new CoveError(
-            "download.range",
-            `${host} answered a resumed download with the wrong range`,
-            {
-              hint: "run the same command again to start over",
-              exit: ExitCode.Network,
-            },
-          ),
-        );
-      }
-    }
-    if (!append) offset = 0;
-    const hashes: Hash[] = [createHash("sha256")];
+  const stallMs = opts.idleTimeoutMs ?? stallTimeoutMs();
+  let file: Deno.FsFile | undefined;
+  let hashes: Hash[] = [];
+  const freshHashes = () => {
+    hashes = [createHash("sha256")];
     if (want512) hashes.push(createHash("sha512"));
-    if (append) await hashPrefix(paths.data, offset, hashes);
-    const length = Number(res.headers.get("Content-Length") ?? NaN);
-    const total = Number.isFinite(length) ? offset + length : undefined;
-    const newMeta: PartialMeta = {
-      url,
-      etag: res.headers.get("ETag") ?? undefined,
-      lastModified: res.headers.get("Last-Modified") ?? undefined,
-      total,
-      started: meta?.started ?? Date.now(),
-    };
-    if (append && meta) {
-      newMeta.etag ??= meta.etag;
-      newMeta.lastModified ??= meta.lastModified;
-    }
-    await Deno.writeTextFile(paths.meta, JSON.stringify(newMeta) + "\n", { mode: 0o600 });
-
-    const file = await Deno.open(paths.data, {
-      write: true,
-      create: true,
-      truncate: !append,
-      append,
-      mode: 0o600,
-    });
-    emit({ type: "start", url, total, offset });
-    let received = offset;
-    let last = 0;
-    const every = opts.progressIntervalMs ?? 200;
-    try {
-      if (!res.body) throw interrupted(received, total, "empty response");
-      const reader = res.body.getReader();
-      while (true) {
-        let chunk: ReadableStreamReadResult<Uint8Array>;
-        try {
-          chunk = await reader.read();
-        } catch (e) {
-          if (opts.signal?.aborted) throw interruptedBySignal(url);
-          throw interrupted(received, total, timedOut ? "timeout" : firstLine(e));
+  };
+  freshHashes();
+  let prefixHashed = offset === 0;
+  let total: number | undefined = meta?.total;
+  let received = offset;
+  let last = 0;
+  const every = opts.progressIntervalMs ?? 200;
+  let complete = false;
+  let answered = false;
+  try {
+    await streamResumable({
+      offset,
+      stallMs,
+      signal: opts.signal,
+      policy: retryPolicy({ retries: opts.retries }),
+      open: async (from, signal) => {
+        const headers = new Headers({ "User-Agent": "cove", "Accept-Encoding": "identity" });
+        const v = meta?.etag && !meta.etag.startsWith("W/") ? meta.etag : meta?.lastModified;
+        if (from > 0 && v) {
+          headers.set("Range", `bytes=${from}-`);
+          headers.set("If-Range", v);
         }
-        if (chunk.done) break;
-        kick();
-        for (const h of hashes) h.update(chunk.value);
+        answered = false;
+        const res = await fetch(url, { headers, signal, redirect: "follow" });
+        answered = true;
+        if (res.status === 416 && from > 0) {
+          // The partial already holds everything (or the file shrank): check the total.
+          const whole = Number(
+            /\/(\d+)$/.exec(res.headers.get("Content-Range") ?? "")?.[1] ?? NaN,
+          );
+          await res.body?.cancel();
+          if (whole === from) {
+            complete = true;
+            return undefined;
+          }
+          await restart();
+          throw new CoveError("download.changed", `${displayUrl(url)} changed while downloading`, {
+            hint: "run the same command again",
+            exit: ExitCode.Network,
+          });
+        }
+        if (!res.ok) {
+          await res.body?.cancel();
+          throw httpError(url, res);
+        }
+        opts.check?.(res, url);
+        let start = 0;
+        if (res.status === 206) {
+          const m = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(res.headers.get("Content-Range") ?? "");
+          start = m ? Number(m[1]) : -1;
+        }
+        if (start === from && from > 0 && !prefixHashed) {
+          await hashPrefix(paths.data, from, hashes);
+          prefixHashed = true;
+        }
+        const length = Number(res.headers.get("Content-Length") ?? NaN);
+        total = Number.isFinite(length) && start >= 0 ? start + length : undefined;
+        const newMeta: PartialMeta = {
+          url,
+          etag: res.headers.get("ETag") ?? undefined,
+          lastModified: res.headers.get("Last-Modified") ?? undefined,
+          total,
+          started: meta?.started ?? Date.now(),
+        };
+        if (start > 0 && meta) {
+          newMeta.etag ??= meta.etag;
+          newMeta.lastModified ??= meta.lastModified;
+        }
+        meta = newMeta;
+        await Deno.writeTextFile(paths.meta, JSON.stringify(newMeta) + "\n", { mode: 0o600 });
+        if (!file) {
+          file = await Deno.open(paths.data, { write: true, create: true, mode: 0o600 });
+          await file.seek(from, Deno.SeekMode.Start);
+        }
+        emit({ type: "start", url, total, offset: start === from ? from : 0 });
+        return { res, from: start };
+      },
+      restart,
+      write: async (c) => {
+        for (const h of hashes) h.update(c);
         let off = 0;
-        while (off < chunk.value.length) off += await file.write(chunk.value.subarray(off));
-        received += chunk.value.length;
+        while (off < c.length) off += await file!.write(c.subarray(off));
+        received += c.length;
         const now = Date.now();
         if (now - last >= every) {
           last = now;
           emit({ type: "progress", url, received, total });
         }
+        if (total !== undefined && received > total) {
+          throw new CoveError(
+            "download.too_large",
+            `${displayUrl(url)} sent more than its Content-Length`,
+            { hint: "run the same command again", exit: ExitCode.Network },
+          );
+        }
+      },
+      fail: (e, ctx) =>
+        ctx.stalled
+          ? new CoveError(
+            "download.timeout",
+            `download of ${displayUrl(url)} stalled: no data from ${host} for ${
+              formatSeconds(stallMs)
+            }${
+              ctx.received
+                ? ` at ${formatSize(ctx.received)}${total ? ` of ${formatSize(total)}` : ""}`
+                : ""
+            }`,
+            {
+              hint: `the download can be resumed: run the same command again${
+                ctx.received ? "; the bytes so far are kept" : ""
+              }`,
+              exit: ExitCode.Network,
+              cause: e,
+            },
+          )
+          : !answered
+          ? new CoveError("download.unreachable", `cannot reach ${host}: ${netReason(e)}`, {
+            hint: "check the URL and your network connection",
+            exit: ExitCode.Network,
+            cause: e,
+          })
+          : new CoveError(
+            "download.interrupted",
+            `download of ${displayUrl(url)} was interrupted at ${formatSize(ctx.received)}${
+              total ? ` of ${formatSize(total)}` : ""
+            } (${firstLine(e)})`,
+            { hint: "run the same command again to resume", exit: ExitCode.Network, cause: e },
+          ),
+      // An unknown host or a TLS failure does not get better by asking again.
+      retryable: (e) =>
+        RETRIABLE_DOWNLOAD.has(e.code) &&
+        !/unknown host|are blocked|certificate|tls|handshake/i.test(e.message),
+      onEvent: (e) => {
+        if (e.type === "stalled") {
+          emit({ type: "stalled", url, received: e.received, total, idleMs: e.idleMs });
+        } else if (e.type === "retry") {
+          emit({
+            type: "retry",
+            url,
+            attempt: e.attempt,
+            reason: e.error.message,
+            waitMs: Math.round(e.waitMs),
+          });
+        }
+      },
+    }).catch((e) => {
+      if (opts.signal?.aborted) throw interruptedBySignal(url);
+      throw e;
+    });
+    if (!complete) {
+      emit({ type: "progress", url, received, total });
+      if (total !== undefined && received < total) {
+        throw new CoveError(
+          "download.interrupted",
+          `download of ${displayUrl(url)} was interrupted at ${formatSize(received)} of ${
+            formatSize(total)
+          } (connection closed early)`,
+          { hint: "run the same command again to resume", exit: ExitCode.Network },
+        );
       }
-    } finally {
-      file.close();
     }
-    emit({ type: "progress", url, received, total });
-    if (total !== undefined && received < total) {
-      throw interrupted(received, total, "connection closed early");
+  } catch (e) {
+    if (
+      e instanceof Error && !(e instanceof CoveError) && /ENOSPC|No space left/i.test(e.message)
+    ) {
+      const kept = await fileSize(paths.data);
+      throw new CoveError(
+        "io.no_space",
+        `the disk is full: downloading ${displayUrl(url)} stopped at ${formatSize(kept)}`,
+        {
+          hint: `the partial download (${
+            formatSize(kept)
+          }) was kept to resume: free some space and run the same command again, or remove it with 'cove image prune'`,
+          cause: e,
+        },
+      );
     }
-    return {
-      sha256: hashes[0].digest("hex"),
-      sha512: want512 ? hashes[1].digest("hex") : undefined,
-    };
+    // A failed attempt that kept no bytes leaves nothing behind.
+    if (await fileSize(paths.data) === 0) {
+      file?.close();
+      file = undefined;
+      await removePartial(paths);
+    }
+    throw e;
   } finally {
-    clearTimeout(timer);
-    opts.signal?.removeEventListener("abort", onAbort);
+    file?.close();
   }
+  if (complete) return await hashFile(paths.data, want512);
+  return {
+    sha256: hashes[0].digest("hex"),
+    sha512: want512 ? hashes[1].digest("hex") : undefined,
+  };
+
+  async function restart(): Promise<void> {
+    await file?.truncate(0);
+    await file?.seek(0, Deno.SeekMode.Start);
+    freshHashes();
+    prefixHashed = true;
+    received = 0;
+  }
+}
+
+/** Download failures a resumed attempt may cure. */
+const RETRIABLE_DOWNLOAD = new Set([
+  "download.timeout",
+  "download.interrupted",
+  "download.unreachable",
+  "download.changed",
+  "download.range",
+  "download.server",
+  "download.too_large",
+]);
+
+/** What {@link streamResumable} reports while it runs. */
+export type StreamEvent =
+  /** No bytes for `idleMs` (the attempt is still waiting, up to `stallMs`). */
+  | { type: "stalled"; received: number; idleMs: number; stallMs: number }
+  /** Bytes flow again after a stall. */
+  | { type: "flowing"; received: number }
+  /** An attempt failed; the next starts after `waitMs` from byte `received`. */
+  | {
+    type: "retry";
+    attempt: number;
+    retries: number;
+    waitMs: number;
+    received: number;
+    error: CoveError;
+  };
+
+/** One opened body of a {@link streamResumable} attempt. */
+export interface OpenedBody {
+  res: Response;
+  /** The byte of the whole the body starts at: the asked offset (a 206), or 0 (a full 200). */
+  from: number;
+}
+
+/** Options of {@link streamResumable}. */
+export interface ResumableOptions {
+  /**
+   * Opens the body from byte `offset` (a Range request when it is > 0).
+   * `signal` aborts the request (a stall, or the caller's signal). Throws a
+   * CoveError for an answer that is not the body; returns `undefined` when
+   * the bytes kept are already the whole.
+   */
+  open: (offset: number, signal: AbortSignal) => Promise<OpenedBody | undefined>;
+  /** Takes the next bytes, in order. */
+  write: (chunk: Uint8Array) => Promise<void>;
+  /**
+   * A body started at 0 while bytes were kept: with `restart`, they are
+   * thrown away (it resets the sink); without, the repeated prefix is
+   * skipped (for content-addressed data, where it cannot differ).
+   */
+  restart?: () => Promise<void>;
+  /** Bytes already kept (a resumed partial); default 0. */
+  offset?: number;
+  /** At most this many bytes in all; more is `tooLarge()`. */
+  limit?: number;
+  tooLarge?: () => CoveError;
+  /** No bytes (nor headers) for this long ends the attempt; default {@link stallTimeoutMs}. */
+  stallMs?: number;
+  /** Report `stalled` after this long without bytes; default a third of `stallMs`, at most 5 s. */
+  stalledAfterMs?: number;
+  policy?: RetryPolicy;
+  signal?: AbortSignal;
+  /** Turns a failure that is not yet a CoveError (a socket error, a stall) into one. */
+  fail: (err: unknown, ctx: { stalled: boolean; received: number }) => CoveError;
+  /** Whether a failure (as a CoveError) is worth another attempt. */
+  retryable: (err: CoveError) => boolean;
+  onEvent?: (e: StreamEvent) => void;
+}
+
+/** A failure of the sink (a full disk, a dead worker): passed on as it is, never retried. */
+class SinkFailed extends Error {
+  constructor(override readonly cause: unknown) {
+    super("sink failed");
+  }
+}
+
+/** A stall, as the reason of an aborted attempt. */
+class Stalled extends Error {
+  constructor() {
+    super("no data");
+  }
+}
+
+/**
+ * The one resumable download loop, for every body cove fetches (image
+ * URLs, OCI blobs and layers): each attempt opens the body from the bytes
+ * kept so far, feeds it to `write`, and ends when no bytes arrive for the
+ * stall timeout; failures are retried under the retry policy, resuming
+ * where they stopped. Returns the number of bytes in the whole.
+ */
+export async function streamResumable(o: ResumableOptions): Promise<number> {
+  const stallMs = o.stallMs ?? stallTimeoutMs();
+  const noticeMs = o.stalledAfterMs ?? Math.min(5000, stallMs / 3);
+  const policy = o.policy ?? retryPolicy();
+  let received = o.offset ?? 0;
+  return await withRetry(async () => {
+    const ctl = new AbortController();
+    const onAbort = () => ctl.abort(o.signal!.reason);
+    o.signal?.addEventListener("abort", onAbort, { once: true });
+    let stalled = false;
+    let reported = false;
+    let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+    let rejectStall: (e: unknown) => void = () => {};
+    const stallP = new Promise<never>((_, rej) => {
+      rejectStall = rej;
+    });
+    stallP.catch(() => {});
+    // One lazy timer per attempt: a chunk only records the time (the hot path
+    // stays cheap); the timer, when it fires, looks at how long it has been.
+    let last = Date.now();
+    let busy = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const tick = () => {
+      const idle = Date.now() - last;
+      if (busy) {
+        timer = setTimeout(tick, Math.max(10, Math.min(noticeMs, stallMs)));
+        return;
+      }
+      if (idle >= stallMs) {
+        stalled = true;
+        const why = new Stalled();
+        ctl.abort(why);
+        rejectStall(why);
+        reader?.cancel(why).catch(() => {});
+        return;
+      }
+      if (!reported && idle >= noticeMs) {
+        reported = true;
+        o.onEvent?.({ type: "stalled", received, idleMs: idle, stallMs });
+      }
+      const due = reported || noticeMs >= stallMs ? stallMs : noticeMs;
+      timer = setTimeout(tick, Math.max(10, due - idle));
+    };
+    const touch = () => {
+      last = Date.now();
+      if (reported) {
+        reported = false;
+        o.onEvent?.({ type: "flowing", received });
+      }
+    };
+    const pause = () => {
+      busy = true;
+    };
+    const arm = () => {
+      busy = false;
+      touch();
+    };
+    timer = setTimeout(tick, Math.min(noticeMs, stallMs));
+    try {
+      arm();
+      const opened = await Promise.race([o.open(received, ctl.signal), stallP]);
+      if (!opened) return received;
+      const { res } = opened;
+      if (opened.from !== received) {
+        if (opened.from === 0 && !o.restart) {
+          // skipped below
+        } else if (opened.from === 0) {
+          await o.restart!();
+          received = 0;
+        } else {
+          await res.body?.cancel().catch(() => {});
+          if (o.restart) await o.restart();
+          received = 0;
+          throw new CoveError("download.range", "the server resumed at the wrong byte", {
+            hint: "run the same command again",
+            exit: ExitCode.Network,
+          });
+        }
+      }
+      let skip = opened.from < received ? received - opened.from : 0;
+      if (!res.body) return received; // an empty body
+      reader = res.body.getReader();
+      arm();
+      for (;;) {
+        // A stall cancels the reader (below), which ends a pending read.
+        const r = await reader.read();
+        if (stalled) throw new Stalled();
+        if (r.done) break;
+        let c = r.value;
+        if (skip > 0) {
+          const n = Math.min(skip, c.length);
+          c = c.subarray(n);
+          skip -= n;
+          if (c.length === 0) {
+            arm();
+            continue;
+          }
+        }
+        if (o.limit !== undefined && received + c.length > o.limit && o.tooLarge) {
+          throw o.tooLarge();
+        }
+        pause(); // a slow disk (or worker) is not a stalled server
+        const n = c.length; // the sink may transfer (detach) the chunk
+        try {
+          await o.write(c);
+        } catch (e) {
+          throw new SinkFailed(e);
+        }
+        received += n;
+        arm();
+      }
+      return received;
+    } catch (e) {
+      await reader?.cancel().catch(() => {});
+      if (o.signal?.aborted) throw o.signal.reason;
+      if (e instanceof SinkFailed) throw e.cause;
+      if (e instanceof CoveError) throw e;
+      throw o.fail(e, { stalled: stalled || e instanceof Stalled, received });
+    } finally {
+      clearTimeout(timer);
+      o.signal?.removeEventListener("abort", onAbort);
+    }
+  }, {
+    policy,
+    signal: o.signal,
+    retryable: (e) => e instanceof CoveError && o.retryable(e),
+    onRetry: (e, attempt, waitMs) =>
+      o.onEvent?.({
+        type: "retry",
+        attempt,
+        retries: policy.retries,
+        waitMs,
+        received,
+        error: e as CoveError,
+      }),
+  });
+}
+
+/** The cause of a failed request, short: "unknown host", "connection refused", or the OS's words. */
+function netReason(e: unknown): string {
+  const all = `${e instanceof Error ? e.message : String(e)} ${
+    e instanceof Error ? String(e.cause ?? "") : ""
+  }`;
+  if (/dns error|failed to lookup|name or service not known|nodename nor servname/i.test(all)) {
+    return "unknown host";
+  }
+  if (/connection refused|ECONNREFUSED/i.test(all)) return "connection refused";
+  const port = /requests to port (\d+) are blocked/i.exec(all);
+  if (port) return `requests to port ${port[1]} are blocked (a port browsers and Deno refuse)`;
+  const inner = e instanceof Error && e.cause instanceof Error ? e.cause.message : firstLine(e);
+  return firstLine(inner.replace(/^error sending request for url \([^)]*\):\s*/, ""));
 }
 
 function firstLine(e: unknown): string {
@@ -450,10 +764,16 @@ function httpError(url: string, res: Response): CoveError {
       exit: ExitCode.Network,
     });
   }
-  return new CoveError("download.http", `${displayUrl(url)}: the server answered ${what}`, {
-    hint: res.status >= 500 ? "the server has a problem; try again later" : undefined,
-    exit: ExitCode.Network,
-  });
+  const transient = res.status >= 500 || res.status === 429 || res.status === 408;
+  const err = new CoveError(
+    transient ? "download.server" : "download.http",
+    `${displayUrl(url)}: the server answered ${what}`,
+    {
+      hint: transient ? "the server has a problem; try again later" : undefined,
+      exit: ExitCode.Network,
+    },
+  );
+  return Object.assign(err, { retryAfterMs: parseRetryAfter(res.headers.get("Retry-After")) });
 }
 
 /** Feeds the first `length` bytes of a file to the hashes. */
@@ -505,7 +825,7 @@ export async function fetchText(
 ): Promise<string> {
   checkUrl(url);
   const host = new URL(url).host;
-  const ms = opts.timeoutMs ?? defaultIdleTimeout();
+  const ms = opts.timeoutMs ?? stallTimeoutMs();
   const signal = opts.signal
     ? AbortSignal.any([opts.signal, AbortSignal.timeout(ms)])
     : AbortSignal.timeout(ms);

@@ -25,7 +25,7 @@
  * store removes on failure: no partial VM is ever left.
  * @module
  */
-import { isAbsolute, resolve as resolvePath } from "node:path";
+import { basename, isAbsolute, resolve as resolvePath } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import type { DiskSpec, VmSpec } from "../spec/schema.ts";
 import { type Bundle, BUNDLE_FILES } from "../store/bundle.ts";
@@ -237,11 +237,46 @@ async function fromCatalog(
     signal: opts.signal,
     check: refuseWebPages,
   });
-  const probe = await probeImage(blob.path);
-  if (probe.format === "other") throw notAnImage(displayUrl(img.url), probe);
-  if (probe.format === "iso") return withInstaller(spec, await linkIntoBundle(blob.path, staging));
-  const out = await placeDisk(blob.path, probe, staging, spec, opts, emit);
-  return { ...out, os: "linux" };
+  return await validated(img.url, blob, opts, async () => {
+    const probe = await probeImage(blob.path);
+    if (probe.format === "other") throw notAnImage(displayUrl(img.url), probe);
+    if (probe.format === "iso") {
+      return withInstaller(spec, await linkIntoBundle(blob.path, staging));
+    }
+    const out = await placeDisk(blob.path, probe, staging, spec, opts, emit);
+    return { ...out, os: "linux" };
+  });
+}
+
+/**
+ * Runs the validation of a downloaded blob (probe, conversion). When it
+ * finds the download is not a usable image, the blob leaves the cache, so
+ * the next try asks the server again instead of failing from the cache for
+ * ever; and the error names the URL the user gave, not the cache's file.
+ */
+async function validated<T>(
+  url: string,
+  blob: { digest: string; path: string },
+  opts: SourceOptions,
+  fn: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (!(e instanceof CoveError)) throw e;
+    if (/^(source|image|qcow2)\./.test(e.code)) {
+      await (opts.cache ?? new BlobCache()).remove([blob.digest]).catch(() => {});
+    }
+    // Any line that names the cache's file names the URL instead.
+    const hex = basename(blob.path);
+    if (!e.message.includes(hex)) throw e;
+    const shown = e.message.replaceAll(blob.path, displayUrl(url)).replaceAll(hex, displayUrl(url));
+    throw new CoveError(e.code, shown, {
+      hint: e.hint,
+      exit: e.exit,
+      cause: e,
+    });
+  }
 }
 
 async function fromUrl(
@@ -259,14 +294,15 @@ async function fromUrl(
     signal: opts.signal,
     check: refuseWebPages,
   });
-  const probe = await probeImage(blob.path);
-  if (probe.format === "other") {
-    // Not an image: forget it, so the cache holds no useless entry.
-    await (opts.cache ?? new BlobCache()).remove([blob.digest]);
-    throw notAnImage(displayUrl(url), probe);
-  }
-  if (probe.format === "iso") return withInstaller(spec, await linkIntoBundle(blob.path, staging));
-  return await placeDisk(blob.path, probe, staging, spec, opts, emit);
+  return await validated(url, blob, opts, async () => {
+    const probe = await probeImage(blob.path);
+    // Not an image: it leaves the cache, so the cache holds no useless entry.
+    if (probe.format === "other") throw notAnImage(displayUrl(url), probe);
+    if (probe.format === "iso") {
+      return withInstaller(spec, await linkIntoBundle(blob.path, staging));
+    }
+    return await placeDisk(blob.path, probe, staging, spec, opts, emit);
+  });
 }
 
 /** Refuses an HTML page before its body is downloaded. */

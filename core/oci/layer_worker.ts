@@ -6,6 +6,7 @@
  * the messages of one job are handled strictly in order.
  * @module
  */
+import { stallTimeoutMs } from "../retry.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { compressStream, InlineSink, type LayerPlace } from "./layer.ts";
 import { networkError } from "./registry.ts";
@@ -51,8 +52,8 @@ function wire(e: unknown): WireError {
   return { code: "internal", message: e instanceof Error ? e.message : String(e) };
 }
 
-/** How long an upload may make no progress (like the main thread's timeout). */
-const IDLE_MS = 120_000;
+/** No bytes sent (or answer) for this long ends an upload attempt: the shared stall timeout. */
+const IDLE_MS = stallTimeoutMs();
 
 const sinks = new Map<number, InlineSink>();
 const chains = new Map<number, Promise<void>>();
@@ -113,7 +114,7 @@ async function handle(m: Request): Promise<void> {
       } catch (e) {
         await new Promise((r) => setTimeout(r, 0));
         // A failure reading the disk explains more than the upload's.
-        throw producerError ?? networkError(m.host, e, m.insecure);
+        throw producerError ?? networkError(m.host, e, m.insecure, true);
       } finally {
         clearTimeout(timer);
         uploads.delete(m.id);

@@ -23,12 +23,14 @@ import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { parseFlag } from "../flags.ts";
 import { runPool } from "../pool.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";
+import { formatSize } from "../units.ts";
 import { defaultCredentialLookup } from "./auth.ts";
 import { type ImageMeta, OciCache } from "./cache.ts";
 import { InlineSink, type LayerSink, LayerWriter, readFull, writeAll } from "./layer.ts";
 import { workerLost, WorkerPool } from "./workers.ts";
+import { streamResumable } from "../images/download.ts";
 import { formatReference, manifestReference, parseReference, type Reference } from "./reference.ts";
-import { digestMismatch, networkError, RegistryClient, type RegistryOptions } from "./registry.ts";
+import { digestMismatch, RegistryClient, type RegistryOptions } from "./registry.ts";
 import {
   type DiskLayer,
   IMAGE_DISK,
@@ -47,6 +49,11 @@ export interface PullProgress {
   /** Layers finished / all disk layers. */
   layersDone: number;
   layers: number;
+  /**
+   * Layers whose registry has sent nothing for a while: the pull is waiting
+   * (until the stall timeout ends the attempt and it is retried).
+   */
+  stalled: number;
 }
 
 /** Options of {@link pullImage}. */
@@ -102,21 +109,39 @@ export function spoilsStaging(e: unknown): boolean {
     ].includes(e.code);
 }
 
-/** Reads the next chunk, failing if the server goes quiet for `ms`. */
-async function readWithTimeout(
-  reader: ReadableStreamDefaultReader<Uint8Array>,
-  ms: number,
-): Promise<ReadableStreamReadResult<Uint8Array>> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
+/** True for a full disk (ENOSPC), however it was wrapped (a layer worker sends only its message). */
+function noSpace(e: unknown): boolean {
+  return e instanceof Error && /ENOSPC|No space left|os error 28/i.test(e.message);
+}
+
+/** Bytes allocated on disk by the files under `dir` (a sparse disk counts what it holds). */
+async function allocated(dir: string): Promise<number> {
+  let n = 0;
   try {
-    return await Promise.race([
-      reader.read(),
-      new Promise<never>((_, rej) => {
-        timer = setTimeout(() => rej(new DOMException("idle", "TimeoutError")), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
+    for await (const e of Deno.readDir(dir)) {
+      const p = join(dir, e.name);
+      if (e.isDirectory) n += await allocated(p);
+      else if (e.isFile) {
+        const st = await Deno.stat(p);
+        n += st.blocks !== null ? st.blocks * 512 : st.size;
+      }
+    }
+  } catch { /* gone */ }
+  return n;
+}
+
+/** The manifest of a complete cached image, or undefined if it cannot be read. */
+async function cachedManifest(
+  cache: OciCache,
+  digest: string,
+  refName: string,
+): Promise<{ bytes: Uint8Array<ArrayBuffer>; digest: string; image: TartImage } | undefined> {
+  try {
+    const bytes = await Deno.readFile(join(cache.imageDir(digest), "manifest.json"));
+    if (`sha256:${createHash("sha256").update(bytes).digest("hex")}` !== digest) return undefined;
+    return { bytes, digest, image: parseTartManifest(refName, bytes) };
+  } catch {
+    return undefined;
   }
 }
 
@@ -145,49 +170,30 @@ async function blobToFile(
   digest: string,
   size: number,
   path: string,
+  what: string,
 ): Promise<void> {
   const hash = createHash("sha256");
   const f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
   let got = 0;
   try {
-    for (let attempt = 1;; attempt++) {
-      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-      try {
-        const res = await client.getBlob(digest, got, true);
-        let skip = got > 0 && res.status === 200 ? got : 0;
-        reader = res.body!.getReader();
-        for (;;) {
-          const r = await readWithTimeout(reader, client.timeoutMs);
-          if (r.done) break;
-          let c = r.value;
-          if (skip > 0) {
-            const n = Math.min(skip, c.length);
-            c = c.subarray(n);
-            skip -= n;
-          }
-          if (got + c.length > size) {
-            throw new CoveError(
-              "oci.bad_blob",
-              `blob ${digest.slice(0, 19)}… is larger than its manifest says`,
-              {
-                exit: ExitCode.Network,
-              },
-            );
-          }
-          hash.update(c);
-          await writeAll(f, c);
-          got += c.length;
-        }
-        break;
-      } catch (e) {
-        // Release the old connection before a retry opens another.
-        await reader?.cancel().catch(() => {});
-        if (e instanceof CoveError && !transient(e)) throw e;
-        const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
-        if (attempt > client.retries) throw err;
-        await new Promise((r) => setTimeout(r, client.backoff(attempt)));
-      }
-    }
+    got = await streamResumable({
+      ...client.streamOptions(what),
+      open: async (offset, signal) => {
+        const res = await client.getBlob(digest, offset, true, signal);
+        return { res, from: res.status === 206 ? offset : 0 };
+      },
+      write: async (c) => {
+        hash.update(c);
+        await writeAll(f, c);
+      },
+      limit: size,
+      tooLarge: () =>
+        new CoveError(
+          "oci.bad_blob",
+          `blob ${digest.slice(0, 19)}… is larger than its manifest says`,
+          { exit: ExitCode.Network },
+        ),
+    });
   } finally {
     f.close();
   }
@@ -280,59 +286,36 @@ async function pullDiskLayer(
   signal: AbortSignal,
   onBytes: (n: number) => void,
   workers: WorkerPool | undefined,
+  onStall: (stalled: boolean) => void = () => {},
 ): Promise<void> {
   const sink: LayerSink = workers
     ? await workers.openSink(diskPath, layer, fresh)
     : await InlineSink.open(diskPath, layer, fresh);
   let received = 0;
   try {
-    for (let attempt = 1;; attempt++) {
-      let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
-      try {
-        const res = await client.getBlob(layer.digest, received, true);
-        let skip = received > 0 && res.status === 200 ? received : 0;
-        reader = res.body!.getReader();
-        for (;;) {
-          if (signal.aborted) throw signal.reason;
-          const r = await readWithTimeout(reader, client.timeoutMs);
-          if (r.done) break;
-          let c = r.value;
-          if (skip > 0) {
-            const n = Math.min(skip, c.length);
-            c = c.subarray(n);
-            skip -= n;
-            if (c.length === 0) continue;
-          }
-          if (received + c.length > layer.size) {
-            throw new CoveError(
-              "oci.bad_blob",
-              `disk layer ${layer.index + 1} is larger than its manifest says`,
-              {
-                hint: "the registry or a proxy sent the wrong data; retry",
-                exit: ExitCode.Network,
-              },
-            );
-          }
-          received += c.length;
-          onBytes(c.length);
-          await sink.push(c);
-        }
-        break;
-      } catch (e) {
-        await reader?.cancel().catch(() => {});
-        if (signal.aborted) throw signal.reason;
-        if (e instanceof CoveError && !transient(e)) throw e;
-        const err = e instanceof CoveError ? e : networkError(client.registry, e, client.insecure);
-        if (attempt > client.retries) throw err;
-        const wait = client.backoff(attempt);
-        client.notice(
-          `${err.message} during disk layer ${layer.index + 1}; resuming at byte ${received} in ${
-            (wait / 1000).toFixed(1)
-          }s`,
-        );
-        await new Promise((r) => setTimeout(r, wait));
-      }
-    }
+    const what = `disk layer ${layer.index + 1}`;
+    received = await streamResumable({
+      ...client.streamOptions(what, onStall),
+      signal,
+      open: async (offset, sig) => {
+        const res = await client.getBlob(layer.digest, offset, true, sig);
+        return { res, from: res.status === 206 ? offset : 0 };
+      },
+      write: async (c) => {
+        onBytes(c.length);
+        await sink.push(c);
+      },
+      limit: layer.size,
+      tooLarge: () =>
+        new CoveError(
+          "oci.bad_blob",
+          `disk layer ${layer.index + 1} is larger than its manifest says`,
+          {
+            hint: "the registry or a proxy sent the wrong data; retry",
+            exit: ExitCode.Network,
+          },
+        ),
+    });
     if (received < layer.size) throw truncated(client.registry, layer.digest, received, layer.size);
     const d = await sink.digest();
     if (d !== layer.digest) throw digestMismatch(client.registry, layer.digest, d);
@@ -355,7 +338,11 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     ...opts,
     credentials: opts.credentials ?? defaultCredentialLookup(opts.home),
   });
-  const { bytes, digest, image } = await resolveManifest(client, ref);
+  // A digest names the content: one already in the cache needs no registry (which may be down).
+  const local = ref.digest && await cache.has(ref.digest)
+    ? await cachedManifest(cache, ref.digest, refName)
+    : undefined;
+  const { bytes, digest, image } = local ?? await resolveManifest(client, ref);
 
   const finish = async (
     cached: boolean,
@@ -425,7 +412,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         const nv = join(staging, "nvram.bin");
         const ok = await Deno.stat(join(layersDir, "nvram.done")).then(() => true, () => false);
         if (!ok) {
-          await blobToFile(client, image.nvram.digest, image.nvram.size, nv);
+          await blobToFile(client, image.nvram.digest, image.nvram.size, nv, "the NVRAM");
           await writeFileAtomic(join(layersDir, "nvram.done"), image.nvram.digest + "\n");
         }
       }
@@ -459,6 +446,7 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
         done: 0,
         layersDone: resumedLayers,
         layers: image.disks.length,
+        stalled: 0,
       };
       opts.onProgress?.({ ...progress });
       const workers = todo.length
@@ -474,12 +462,21 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
               progress.done += n;
               opts.onProgress?.({ ...progress });
             };
+            let isStalled = false;
+            const onStall = (s: boolean) => {
+              if (s === isStalled) return;
+              isStalled = s;
+              progress.stalled += s ? 1 : -1;
+              opts.onProgress?.({ ...progress });
+            };
             try {
-              await pullDiskLayer(client, l, diskPath, !resumed, signal, onBytes, workers);
+              await pullDiskLayer(client, l, diskPath, !resumed, signal, onBytes, workers, onStall);
             } catch (e) {
               if (!workerLost(e)) throw e;
               // The worker died: do this layer again in this thread, over what it may have written.
-              await pullDiskLayer(client, l, diskPath, false, signal, onBytes, undefined);
+              await pullDiskLayer(client, l, diskPath, false, signal, onBytes, undefined, onStall);
+            } finally {
+              onStall(false);
             }
             await writeFileAtomic(join(layersDir, `${l.index}.done`), l.digest + "\n");
             progress.layersDone++;
@@ -508,6 +505,16 @@ export async function pullImage(refText: string, opts: PullOptions): Promise<Pul
     } catch (e) {
       const err = toCoveError(e, "pulling the image");
       if (spoilsStaging(err)) await Deno.remove(staging, { recursive: true }).catch(() => {});
+      if (noSpace(e) || err.code === "io.no_space") {
+        // Say what stays on the full disk, and how to get the space back.
+        const kept = await allocated(staging);
+        throw new CoveError("io.no_space", `the disk is full: pulling ${refName} stopped`, {
+          hint: `the partial pull (${
+            formatSize(kept)
+          } in the image cache) was kept to resume: free some space and run the same command again, or remove it with 'cove image prune'`,
+          cause: e,
+        });
+      }
       throw err;
     }
   } finally {

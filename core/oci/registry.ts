@@ -14,6 +14,17 @@ import { createHash } from "node:crypto";
 import { CoveError, ExitCode } from "../errors.ts";
 import { type CredentialLookup, type Credentials, parseChallenge, redact } from "./auth.ts";
 import { apiHost } from "./reference.ts";
+import {
+  formatSeconds,
+  parseRetryAfter,
+  retryDelay,
+  type RetryPolicy,
+  retryPolicy,
+  sleep,
+  stallTimeoutMs,
+  withRetry,
+} from "../retry.ts";
+import { type ResumableOptions, streamResumable } from "../images/download.ts";
 
 /** Media types a manifest GET accepts; container types are accepted only to refuse them clearly. */
 export const MANIFEST_ACCEPT = [
@@ -35,10 +46,15 @@ export interface RegistryOptions {
   retries?: number;
   /** First backoff delay in ms, doubled each retry (default 500). */
   backoffMs?: number;
-  /** Milliseconds to wait for response headers, or between body chunks (default 60000). */
+  /**
+   * Milliseconds without a byte (headers, body, or sending a body) before an
+   * attempt is given up as stalled (default 30 s or `COVE_STALL_TIMEOUT`).
+   */
   timeoutMs?: number;
-  /** Receives retry notices (to stderr in the CLI). */
+  /** Receives notices, retries included (to stderr in the CLI). */
   log?: (line: string) => void;
+  /** Do not send retry notices to `log` (the CLI shows them only at --debug). */
+  quietRetries?: boolean;
 }
 
 /** Hosts listed in `COVE_INSECURE_REGISTRIES` (comma separated) use plain http. */
@@ -48,7 +64,7 @@ function insecureByEnv(registry: string): boolean {
 }
 
 /** How a request failed below HTTP. */
-type NetKind = "dns" | "refused" | "tls" | "dropped" | "timeout" | "other";
+type NetKind = "dns" | "refused" | "blocked" | "tls" | "dropped" | "timeout" | "other";
 
 function classify(err: unknown): NetKind {
   const msg = err instanceof Error
@@ -64,6 +80,7 @@ function classify(err: unknown): NetKind {
     return "dns";
   }
   if (/connection refused|ECONNREFUSED/i.test(msg)) return "refused";
+  if (/requests to port \d+ are blocked|bad port/i.test(msg)) return "blocked";
   if (
     /tls|certificate|handshake|InvalidContentType|corrupt message|wrong version number/i.test(msg)
   ) return "tls";
@@ -77,9 +94,17 @@ function classify(err: unknown): NetKind {
 }
 
 /** A network-level failure as a CoveError. */
-export function networkError(host: string, err: unknown, insecure: boolean): CoveError {
+export function networkError(
+  host: string,
+  err: unknown,
+  insecure: boolean,
+  push = false,
+): CoveError {
   const kind = classify(err);
   const opts = { exit: ExitCode.Network, cause: err };
+  const resume = `check your network and retry; ${
+    push ? "a push skips the layers already uploaded" : "a pull resumes where it stopped"
+  }`;
   switch (kind) {
     case "dns":
       return new CoveError("oci.unknown_host", `cannot reach registry '${host}': unknown host`, {
@@ -95,6 +120,14 @@ export function networkError(host: string, err: unknown, insecure: boolean): Cov
           hint: "check the host and port, and that the registry is running",
         },
       );
+    case "blocked": {
+      const port = /port (\d+)/.exec(String(err))?.[1] ?? "";
+      return new CoveError(
+        "oci.blocked_port",
+        `cannot connect to registry '${host}': requests to port ${port} are blocked (a port browsers and Deno refuse)`,
+        { ...opts, hint: "serve the registry on another port" },
+      );
+    }
     case "tls":
       return new CoveError("oci.tls", `TLS with registry '${host}' failed`, {
         ...opts,
@@ -105,18 +138,27 @@ export function networkError(host: string, err: unknown, insecure: boolean): Cov
     case "timeout":
       return new CoveError("oci.timeout", `registry '${host}' stopped responding`, {
         ...opts,
-        hint: "check your network and retry; a pull resumes where it stopped",
+        hint: resume,
       });
     default:
       return new CoveError("oci.dropped", `registry '${host}' dropped the connection`, {
         ...opts,
-        hint: "check your network and retry; a pull resumes where it stopped",
+        hint: resume,
       });
   }
 }
 
+/** Failures whose own retries are spent: an outer loop must not retry them again. */
+const spent = new WeakSet<object>();
+
+function exhausted<E>(err: E): E {
+  if (typeof err === "object" && err !== null) spent.add(err);
+  return err;
+}
+
 /** True for failures worth retrying. */
 function retryable(err: unknown): boolean {
+  if (typeof err === "object" && err !== null && spent.has(err)) return false;
   if (err instanceof CoveError) {
     return err.code === "oci.dropped" || err.code === "oci.timeout" ||
       err.code === "oci.unreachable" || err.code === "oci.server";
@@ -145,10 +187,6 @@ interface RequestInit {
   signal?: AbortSignal;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
 /** One repository on one registry, with its own auth state. */
 export class RegistryClient {
   readonly registry: string;
@@ -156,8 +194,10 @@ export class RegistryClient {
   readonly base: string;
   readonly insecure: boolean;
   #opts:
-    & Required<Omit<RegistryOptions, "credentials" | "log" | "insecure">>
-    & Pick<RegistryOptions, "credentials" | "log">;
+    & Required<Omit<RegistryOptions, "credentials" | "log" | "insecure" | "quietRetries">>
+    & Pick<RegistryOptions, "credentials" | "log" | "quietRetries">;
+  #policy: RetryPolicy;
+  #push: boolean;
   #actions: string;
   #auth?: { header: string; expires: number };
   #creds?: Credentials | null;
@@ -170,13 +210,16 @@ export class RegistryClient {
     this.repository = repository;
     this.insecure = !!opts.insecure || insecureByEnv(registry);
     this.base = `${this.insecure ? "http" : "https"}://${apiHost(registry)}`;
+    this.#policy = retryPolicy({ retries: opts.retries, baseMs: opts.backoffMs });
     this.#opts = {
-      retries: opts.retries ?? 4,
-      backoffMs: opts.backoffMs ?? 500,
-      timeoutMs: opts.timeoutMs ?? 60_000,
+      retries: this.#policy.retries,
+      backoffMs: this.#policy.baseMs,
+      timeoutMs: opts.timeoutMs ?? stallTimeoutMs(),
       credentials: opts.credentials,
       log: opts.log,
+      quietRetries: opts.quietRetries,
     };
+    this.#push = push;
     this.#actions = push ? "pull,push" : "pull";
   }
 
@@ -189,15 +232,62 @@ export class RegistryClient {
     return this.#opts.timeoutMs;
   }
 
-  /** Delay before retry number `attempt` (1-based), with jitter. */
-  backoff(attempt: number): number {
-    const base = this.#opts.backoffMs * 2 ** (attempt - 1);
-    return Math.min(base, 15_000) * (0.75 + Math.random() * 0.5);
+  /** Delay before retry number `attempt` (1-based), with jitter (the shared retry policy). */
+  backoff(attempt: number, retryAfterMs?: number): number {
+    return retryDelay(this.#policy, attempt, retryAfterMs);
+  }
+
+  /** The error for an attempt that got no bytes for the stall timeout. */
+  stalled(what: string, cause?: unknown): CoveError {
+    const op = this.#push ? "push" : "pull";
+    return new CoveError(
+      "oci.timeout",
+      `registry '${this.registry}' sent no data for ${
+        formatSeconds(this.#opts.timeoutMs)
+      } while ${what}`,
+      {
+        hint: `the ${op} can be resumed: run the same command again`,
+        exit: ExitCode.Network,
+        cause,
+      },
+    );
+  }
+
+  /**
+   * The registry's half of a {@link ResumableOptions} for a blob body: the
+   * stall timeout, the retry policy, its error lines and retry notices.
+   * `onStall` is told when the body stalls (true) and flows again (false).
+   */
+  streamOptions(
+    what: string,
+    onStall: (stalled: boolean) => void = () => {},
+  ): Pick<ResumableOptions, "stallMs" | "policy" | "fail" | "retryable" | "onEvent"> {
+    return {
+      stallMs: this.#opts.timeoutMs,
+      policy: this.#policy,
+      fail: (e, ctx) =>
+        ctx.stalled
+          ? this.stalled(`downloading ${what}`, e)
+          : networkError(this.registry, e, this.insecure),
+      retryable: (e) => retryable(e),
+      onEvent: (e) => {
+        if (e.type === "stalled") onStall(true);
+        else if (e.type === "flowing") onStall(false);
+        else if (e.type === "retry") {
+          onStall(false);
+          this.notice(
+            `${e.error.message} during ${what}; resuming at byte ${e.received} in ${
+              formatSeconds(Math.round(e.waitMs / 100) * 100)
+            } (retry ${e.attempt}/${e.retries})`,
+          );
+        }
+      },
+    };
   }
 
   /** Logs a retry notice. */
   notice(line: string): void {
-    this.#opts.log?.(line);
+    if (!this.#opts.quietRetries) this.#opts.log?.(line);
   }
 
   #url(pathOrUrl: string): string {
@@ -251,9 +341,17 @@ export class RegistryClient {
   async #message(res: Response): Promise<string> {
     let text = "";
     try {
-      const buf = new Uint8Array(await res.arrayBuffer()).subarray(0, 4096);
+      // Bounded: an error body that stalls must not hang the error.
+      const buf = await readLimited(
+        res,
+        4096,
+        () => new CoveError("oci.http", "long error body"),
+        Math.min(this.#opts.timeoutMs, 5000),
+      );
       text = new TextDecoder().decode(buf);
-    } catch { /* no body */ }
+    } catch {
+      await res.body?.cancel().catch(() => {});
+    }
     let msg = "";
     try {
       const j = JSON.parse(text) as {
@@ -415,14 +513,15 @@ export class RegistryClient {
       init.signal?.throwIfAborted();
       const stop = () => ctl.abort(init.signal?.reason);
       init.signal?.addEventListener("abort", stop, { once: true });
-      // An idle timer: while a streamed body is being sent it restarts on every chunk.
+      // A stall timer: while a streamed body is being sent it restarts on every chunk.
       let timer: ReturnType<typeof setTimeout> | undefined;
+      let stalled = false;
       const arm = () => {
         clearTimeout(timer);
-        timer = setTimeout(
-          () => ctl.abort(new DOMException("timed out", "TimeoutError")),
-          this.#opts.timeoutMs,
-        );
+        timer = setTimeout(() => {
+          stalled = true;
+          ctl.abort(new DOMException("timed out", "TimeoutError"));
+        }, this.#opts.timeoutMs);
       };
       arm();
       let res: Response;
@@ -447,18 +546,15 @@ export class RegistryClient {
         clearTimeout(timer);
         init.signal?.removeEventListener("abort", stop);
         if (init.signal?.aborted) throw init.signal.reason;
-        const err = networkError(new URL(url).host, e, this.insecure);
-        if (
-          err.code === "oci.unknown_host" || err.code === "oci.tls" || !retryable(e) ||
-          attempt >= attempts
-        ) {
-          throw err;
-        }
+        const err = stalled
+          ? this.stalled(init.what, e)
+          : networkError(new URL(url).host, e, this.insecure, this.#push);
+        if (!retryable(err) || attempt >= attempts) throw attempts > 1 ? exhausted(err) : err;
         const wait = this.backoff(attempt);
         this.notice(
           `${err.message} while ${init.what}; retrying in ${
-            (wait / 1000).toFixed(1)
-          }s (${attempt}/${attempts - 1})`,
+            formatSeconds(Math.round(wait / 100) * 100)
+          } (${attempt}/${attempts - 1})`,
         );
         await sleep(wait);
         continue;
@@ -493,20 +589,18 @@ export class RegistryClient {
       if (init.accept ? init.accept.includes(res.status) : res.ok) return res;
       if (res.status === 401 || res.status === 403) await this.#denied(res, init.what);
       if (RETRY_STATUS.has(res.status) && attempt < attempts) {
-        const after = Number(res.headers.get("retry-after"));
         await res.body?.cancel().catch(() => {});
-        const wait = Number.isFinite(after) && after > 0
-          ? Math.min(after * 1000, 30_000)
-          : this.backoff(attempt);
+        const wait = this.backoff(attempt, parseRetryAfter(res.headers.get("retry-after")));
         this.notice(
           `registry '${this.registry}' answered HTTP ${res.status} while ${init.what}; retrying in ${
-            (wait / 1000).toFixed(1)
-          }s`,
+            formatSeconds(Math.round(wait / 100) * 100)
+          } (${attempt}/${attempts - 1})`,
         );
         await sleep(wait);
         continue;
       }
-      return await this.#fail(res, init.what);
+      const failure = await this.#fail(res, init.what).catch((e: unknown) => e);
+      throw attempts > 1 && RETRY_STATUS.has(res.status) ? exhausted(failure) : failure;
     }
   }
 
@@ -541,31 +635,27 @@ export class RegistryClient {
   async getManifest(
     reference: string,
   ): Promise<{ bytes: Uint8Array<ArrayBuffer>; mediaType: string; digest: string } | undefined> {
-    const res = await this.request("GET", `/v2/${this.repository}/manifests/${reference}`, {
-      headers: { accept: MANIFEST_ACCEPT },
-      accept: [200, 404],
-      what: "fetching the manifest",
-    });
-    if (res.status === 404) {
-      await res.body?.cancel();
-      return undefined;
-    }
-    const bytes = await readLimited(
-      res,
-      MAX_MANIFEST,
-      () =>
+    const what = "fetching the manifest";
+    const got = await this.#withRetries(what, async () => {
+      const res = await this.request("GET", `/v2/${this.repository}/manifests/${reference}`, {
+        headers: { accept: MANIFEST_ACCEPT },
+        accept: [200, 404],
+        what,
+      });
+      if (res.status === 404) {
+        await res.body?.cancel();
+        return undefined;
+      }
+      const bytes = await this.#readBody(res, MAX_MANIFEST, what, () =>
         new CoveError(
           "oci.bad_manifest",
           `the manifest of '${this.repository}:${reference}' is larger than 4 MiB`,
-          {
-            exit: ExitCode.Network,
-          },
-        ),
-      this.#opts.timeoutMs,
-    ).catch((e) => {
-      throw e instanceof CoveError ? e : networkError(this.registry, e, this.insecure);
+          { exit: ExitCode.Network },
+        ));
+      return { bytes, mediaType: (res.headers.get("content-type") ?? "").split(";")[0].trim() };
     });
-    const digest = await sha256Digest(bytes);
+    if (!got) return undefined;
+    const digest = await sha256Digest(got.bytes);
     if (reference.startsWith("sha256:") && digest !== reference) {
       throw new CoveError(
         "oci.digest_mismatch",
@@ -576,11 +666,23 @@ export class RegistryClient {
         },
       );
     }
-    return {
-      bytes,
-      mediaType: (res.headers.get("content-type") ?? "").split(";")[0].trim(),
-      digest,
-    };
+    return { ...got, digest };
+  }
+
+  /** Reads a small response body whole, bounded by the stall timeout and `max`. */
+  async #readBody(
+    res: Response,
+    max: number,
+    what: string,
+    tooBig: () => CoveError,
+  ): Promise<Uint8Array<ArrayBuffer>> {
+    try {
+      return await readLimited(res, max, tooBig, this.#opts.timeoutMs);
+    } catch (e) {
+      if (e instanceof CoveError) throw e;
+      if (e instanceof DOMException && e.name === "TimeoutError") throw this.stalled(what, e);
+      throw networkError(this.registry, e, this.insecure, this.#push);
+    }
   }
 
   /** Stores a manifest under a tag (or digest). Returns its digest. */
@@ -612,7 +714,12 @@ export class RegistryClient {
   }
 
   /** Opens a blob for reading from byte `start`. Status 200 or 206. */
-  async getBlob(digest: string, start = 0, once = false): Promise<Response> {
+  async getBlob(
+    digest: string,
+    start = 0,
+    once = false,
+    signal?: AbortSignal,
+  ): Promise<Response> {
     const headers: Record<string, string> = {};
     if (start > 0) headers.range = `bytes=${start}-`;
     const res = await this.request("GET", `/v2/${this.repository}/blobs/${digest}`, {
@@ -620,6 +727,7 @@ export class RegistryClient {
       accept: [200, 206, 404, 416],
       what: "downloading a layer",
       once,
+      signal,
     });
     if (res.status === 404) {
       await res.body?.cancel();
@@ -643,29 +751,34 @@ export class RegistryClient {
     return res;
   }
 
-  /** Reads a small blob whole and verifies its digest. */
+  /** Reads a small blob whole (resuming like any blob) and verifies its digest. */
   async readBlob(digest: string, max: number): Promise<Uint8Array<ArrayBuffer>> {
-    for (let attempt = 1;; attempt++) {
-      const res = await this.getBlob(digest);
-      try {
-        const bytes = await readLimited(
-          res,
-          max,
-          () =>
-            new CoveError("oci.bad_manifest", `blob ${digest} is larger than expected`, {
-              exit: ExitCode.Network,
-            }),
-          this.#opts.timeoutMs,
-        );
-        const got = await sha256Digest(bytes);
-        if (got !== digest) throw digestMismatch(this.registry, digest, got);
-        return bytes;
-      } catch (e) {
-        const err = e instanceof CoveError ? e : networkError(this.registry, e, this.insecure);
-        if (!retryable(err) || attempt > this.#opts.retries) throw err;
-        await sleep(this.backoff(attempt));
-      }
+    const parts: Uint8Array[] = [];
+    const n = await streamResumable({
+      ...this.streamOptions(`blob ${digest.slice(0, 19)}…`),
+      open: async (offset, signal) => {
+        const res = await this.getBlob(digest, offset, true, signal);
+        return { res, from: res.status === 206 ? offset : 0 };
+      },
+      write: (c) => {
+        parts.push(c.slice());
+        return Promise.resolve();
+      },
+      limit: max,
+      tooLarge: () =>
+        new CoveError("oci.bad_manifest", `blob ${digest} is larger than expected`, {
+          exit: ExitCode.Network,
+        }),
+    });
+    const bytes = new Uint8Array(n);
+    let o = 0;
+    for (const p of parts) {
+      bytes.set(p, o);
+      o += p.length;
     }
+    const got = await sha256Digest(bytes);
+    if (got !== digest) throw digestMismatch(this.registry, digest, got);
+    return bytes;
   }
 
   /** Starts an upload session; returns its location URL. */
@@ -875,17 +988,29 @@ export class RegistryClient {
   }
 
   async #withRetries<T>(what: string, fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
-    for (let attempt = 1;; attempt++) {
-      try {
-        return await fn();
-      } catch (e) {
-        if (signal?.aborted) throw signal.reason;
-        const err = e instanceof CoveError ? e : networkError(this.registry, e, this.insecure);
-        if (!retryable(err) || attempt > this.#opts.retries) throw err;
-        const wait = this.backoff(attempt);
-        this.notice(`${err.message} while ${what}; retrying in ${(wait / 1000).toFixed(1)}s`);
-        await sleep(wait);
-      }
+    try {
+      return await withRetry(async () => {
+        try {
+          return await fn();
+        } catch (e) {
+          if (signal?.aborted) throw signal.reason;
+          throw e instanceof CoveError
+            ? e
+            : networkError(this.registry, e, this.insecure, this.#push);
+        }
+      }, {
+        policy: this.#policy,
+        signal,
+        retryable,
+        onRetry: (e, attempt, wait) =>
+          this.notice(
+            `${(e as Error).message} while ${what}; retrying in ${
+              formatSeconds(Math.round(wait / 100) * 100)
+            } (${attempt}/${this.#policy.retries})`,
+          ),
+      });
+    } catch (e) {
+      throw exhausted(e);
     }
   }
 }
@@ -911,37 +1036,39 @@ export function digestMismatch(registry: string, want: string, got: string): Cov
   );
 }
 
-/** Reads a response body up to `max` bytes. */
+/**
+ * Reads a response body up to `max` bytes, through the one body loop
+ * ({@link streamResumable}, one attempt): a body that goes quiet for
+ * `idleMs` fails with a `TimeoutError` DOMException.
+ */
 export async function readLimited(
   res: Response,
   max: number,
   tooBig: () => CoveError,
-  idleMs = 60_000,
+  idleMs = stallTimeoutMs(),
 ): Promise<Uint8Array<ArrayBuffer>> {
   const parts: Uint8Array[] = [];
-  let n = 0;
-  if (res.body) {
-    const reader = res.body.getReader();
-    try {
-      for (;;) {
-        // A server that sends headers and then goes quiet must not hang us.
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const r = await Promise.race([
-          reader.read(),
-          new Promise<never>((_, rej) => {
-            timer = setTimeout(() => rej(new DOMException("idle", "TimeoutError")), idleMs);
-          }),
-        ]).finally(() => clearTimeout(timer));
-        if (r.done) break;
-        n += r.value.length;
-        if (n > max) throw tooBig();
-        parts.push(r.value);
-      }
-    } catch (e) {
-      await reader.cancel().catch(() => {});
-      throw e;
-    }
-  }
+  let opened = false;
+  const n = await streamResumable({
+    stallMs: idleMs,
+    policy: retryPolicy({ retries: 0 }),
+    open: () => {
+      if (opened) throw new Error("a response body can be read once");
+      opened = true;
+      return Promise.resolve({ res, from: 0 });
+    },
+    write: (c) => {
+      parts.push(c);
+      return Promise.resolve();
+    },
+    limit: max,
+    tooLarge: tooBig,
+    fail: (e, ctx) => {
+      // The callers tell a stall (TimeoutError) from a dropped connection.
+      throw ctx.stalled ? new DOMException("idle", "TimeoutError") : e;
+    },
+    retryable: () => false,
+  });
   const out = new Uint8Array(n);
   let o = 0;
   for (const p of parts) {

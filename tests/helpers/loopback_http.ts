@@ -16,6 +16,12 @@ export interface ServedFile {
   dropTimes?: number;
   /** Stall (send nothing more) after this many bytes. */
   stallAfter?: number;
+  /** Stall only the next N responses (default: every one). */
+  stallTimes?: number;
+  /** Never answer (no headers) while this is true; the connection is held open. */
+  noAnswer?: boolean;
+  /** Extra response headers (Last-Modified, Retry-After). */
+  headers?: Record<string, string>;
   /** Answer with this status and no body. */
   status?: number;
 }
@@ -25,6 +31,7 @@ export interface SeenRequest {
   path: string;
   range: string | null;
   ifRange: string | null;
+  ifNoneMatch: string | null;
 }
 
 /** A running loopback server. */
@@ -40,15 +47,30 @@ export function startLoopbackServer(): LoopbackServer {
   const files = new Map<string, ServedFile>();
   const seen: SeenRequest[] = [];
   const timers = new Set<ReturnType<typeof setTimeout>>();
+  /** Ends every held request and stalled body, so close() does not wait for them. */
+  const release = new Set<() => void>();
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
     const path = new URL(req.url).pathname;
     const range = req.headers.get("Range");
     const ifRange = req.headers.get("If-Range");
-    seen.push({ path, range, ifRange });
+    seen.push({ path, range, ifRange, ifNoneMatch: req.headers.get("If-None-Match") });
     const f = files.get(path);
     if (!f) return new Response("not found", { status: 404 });
-    if (f.status) return new Response(null, { status: f.status });
+    if (f.noAnswer) {
+      return new Promise<Response>((resolve) => {
+        const done = () => {
+          release.delete(done);
+          resolve(new Response(null, { status: 499 }));
+        };
+        release.add(done);
+        req.signal.addEventListener("abort", done, { once: true });
+      });
+    }
+    if (f.status) return new Response(null, { status: f.status, headers: f.headers });
     const etag = f.etag ?? `"${f.body.length}"`;
+    if (req.headers.get("If-None-Match") === etag) {
+      return new Response(null, { status: 304, headers: { ETag: etag } });
+    }
     let start = 0;
     let status = 200;
     const m = range ? /^bytes=(\d+)-$/.exec(range) : null;
@@ -68,6 +90,7 @@ export function startLoopbackServer(): LoopbackServer {
       "Content-Type": f.contentType ?? "application/octet-stream",
       "ETag": etag,
       "Accept-Ranges": "bytes",
+      ...f.headers,
     };
     if (status === 206) {
       headers["Content-Range"] = `bytes ${start}-${f.body.length - 1}/${f.body.length}`;
@@ -76,7 +99,7 @@ export function startLoopbackServer(): LoopbackServer {
     if (drop) f.dropTimes = (f.dropTimes ?? 1) - 1;
     const cut = drop
       ? Math.max(0, f.dropAfter! - start)
-      : f.stallAfter !== undefined
+      : f.stallAfter !== undefined && (f.stallTimes === undefined || f.stallTimes-- > 0)
       ? Math.max(0, f.stallAfter - start)
       : undefined;
     if (cut === undefined) return new Response(slice, { status, headers });
@@ -84,7 +107,17 @@ export function startLoopbackServer(): LoopbackServer {
     const body = new ReadableStream<Uint8Array>({
       start(ctl) {
         ctl.enqueue(slice.subarray(0, cut));
-        if (stall) return; // never closes: the client's idle timeout must fire
+        if (stall) {
+          // Never closes (until close()): the client's stall timeout must fire.
+          const end = () => {
+            release.delete(end);
+            try {
+              ctl.error(new Error("server closed"));
+            } catch { /* already closed */ }
+          };
+          release.add(end);
+          return;
+        }
         const t = setTimeout(() => {
           timers.delete(t);
           ctl.close(); // fewer bytes than Content-Length: the connection is cut
@@ -101,6 +134,7 @@ export function startLoopbackServer(): LoopbackServer {
     seen,
     async close() {
       for (const t of timers) clearTimeout(t);
+      for (const r of [...release]) r();
       await server.shutdown();
     },
   };

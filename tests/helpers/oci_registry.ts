@@ -131,8 +131,18 @@ export interface BlobFault {
   rate?: number;
 }
 
+/**
+ * A stall the fault-injecting proxy plays on one request: no answer at all
+ * (`headers`), or the upstream's headers and the first `after` body bytes,
+ * then nothing more (`body`). The connection stays open until the client
+ * gives up.
+ */
+export type StallFault = { at: "headers" } | { at: "body"; after: number };
+
 /** A proxy in front of a registry. */
 export interface TestProxy {
+  /** Decides a stall for any request (checked before `fault`). */
+  stall: (method: string, path: string) => StallFault | undefined;
   host: string;
   /** Every request: method and path. */
   seen: { method: string; path: string; range: string | null }[];
@@ -148,10 +158,13 @@ export interface TestProxy {
 /** Starts an HTTP proxy to `upstream` (`127.0.0.1:PORT`). */
 export function startProxy(upstream: string): TestProxy {
   let blobGetCount = 0;
+  /** Ends every stall still held, so shutting down does not wait for them. */
+  const release = new Set<() => void>();
   const proxy: TestProxy = {
     host: "",
     seen: [],
     fault: () => undefined,
+    stall: () => undefined,
     blobGets: () => blobGetCount,
     blobBytes: 0,
     stop: async () => {},
@@ -159,6 +172,19 @@ export function startProxy(upstream: string): TestProxy {
   const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     const url = new URL(req.url);
     proxy.seen.push({ method: req.method, path: url.pathname, range: req.headers.get("range") });
+    const stall = proxy.stall(req.method, url.pathname);
+    if (stall?.at === "headers") {
+      // No answer: hold the request until the client hangs up.
+      await new Promise<void>((r) => {
+        const done = () => {
+          release.delete(done);
+          r();
+        };
+        release.add(done);
+        req.signal.addEventListener("abort", done, { once: true });
+      });
+      return new Response(null, { status: 499 });
+    }
     const headers = new Headers(req.headers);
     headers.set("host", upstream);
     const up = await fetch(`http://${upstream}${url.pathname}${url.search}`, {
@@ -167,6 +193,30 @@ export function startProxy(upstream: string): TestProxy {
       body: req.body,
       redirect: "manual",
     });
+    if (stall?.at === "body") {
+      const all = new Uint8Array(await up.arrayBuffer());
+      const stallHeaders = new Headers(up.headers);
+      stallHeaders.delete("content-encoding");
+      return new Response(
+        new ReadableStream<Uint8Array>({
+          start(ctl) {
+            // Never closed (until stop): the client's stall timeout must fire.
+            if (stall.after > 0) ctl.enqueue(all.slice(0, Math.min(stall.after, all.length)));
+            const end = () => {
+              release.delete(end);
+              try {
+                ctl.error(new Error("proxy stopped"));
+              } catch { /* already closed */ }
+            };
+            release.add(end);
+          },
+          cancel() {
+            // the client hung up
+          },
+        }),
+        { status: up.status, headers: stallHeaders },
+      );
+    }
     const isBlobGet = req.method === "GET" && /\/blobs\/sha256:/.test(url.pathname);
     const outHeaders = new Headers(up.headers);
     const loc = outHeaders.get("location");
@@ -221,6 +271,7 @@ export function startProxy(upstream: string): TestProxy {
   });
   proxy.host = `127.0.0.1:${(server.addr as Deno.NetAddr).port}`;
   proxy.stop = async () => {
+    for (const r of [...release]) r();
     await server.shutdown();
   };
   return proxy;

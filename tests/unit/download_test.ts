@@ -168,7 +168,7 @@ Deno.test("a 404 is a not-found error and leaves nothing", async () => {
       () => download(`${srv.base}/broken`, { cache, retries: 0 }),
       CoveError,
     );
-    assertEquals(e2.code, "download.http");
+    assertEquals(e2.code, "download.server");
   });
 });
 

@@ -48,11 +48,11 @@ Deno.test("cove create --from URL reports JSON progress on stderr, and image ls/
       const text = await cove(home, ["image", "ls"]);
       assertMatch(text.stdout, /^KIND\s+ID\s+SIZE\s+USED\s+SOURCE\ndownload\s+sha256:/);
 
-      // A second VM from the same URL is a cache hit.
+      // A second VM from the same URL is a cache hit, revalidated with one conditional GET (304).
       const n = srv.seen.length;
       const again = await cove(home, ["create", "web2", "--from", `${srv.base}/disk.img`]);
       assertEquals(again.code, 0, again.stderr);
-      assertEquals(srv.seen.length, n);
+      assertEquals(srv.seen.slice(n).map((s) => s.ifNoneMatch), [`"${body.length}"`]);
 
       const keep = await cove(home, ["image", "prune", "--older-than", "30d"]);
       assertEquals(keep.code, 0, keep.stderr);
