@@ -27,6 +27,8 @@ async function codesInSource(): Promise<Map<string, string>> {
   const patterns = [
     /\b(?:CoveError|usageError|FlagError)\(\s*"([a-z][a-z0-9_.]*)"/g,
     /\bcode: "([a-z][a-z0-9_.]*)"/g,
+    // new CoveError(cond ? "a.b" : "a.c", ...)
+    /\bCoveError\(\s*[\w.!]+\s*\?\s*"([a-z][a-z0-9_.]*)"\s*:\s*"([a-z][a-z0-9_.]*)"/g,
   ];
   const files = [join(ROOT, "mod.ts")];
   for (const d of ["cli", "core", "engines", "ffi"]) {
@@ -36,8 +38,10 @@ async function codesInSource(): Promise<Map<string, string>> {
     const text = await Deno.readTextFile(f);
     for (const re of patterns) {
       for (const m of text.matchAll(re)) {
-        if (ZOD_ISSUE_CODES.has(m[1])) continue;
-        if (!found.has(m[1])) found.set(m[1], f.slice(ROOT.length));
+        for (const code of m.slice(1).filter((c) => c !== undefined)) {
+          if (ZOD_ISSUE_CODES.has(code)) continue;
+          if (!found.has(code)) found.set(code, f.slice(ROOT.length));
+        }
       }
     }
   }
