@@ -75,3 +75,20 @@ export {
 export { createFromOci } from "./core/oci/create.ts";
 export { guestAddress } from "./core/access/address.ts";
 export { runSsh } from "./core/access/ssh.ts";
+export {
+  defaultTag,
+  type GuestHooks,
+  listVmSnapshots,
+  NO_AGENT,
+  removeVmSnapshots,
+  restoreSnapshot,
+  type RestoreSnapshotOptions,
+  type RestoreSnapshotResult,
+  type SaveResult,
+  saveSnapshot,
+  type SaveSnapshotOptions,
+  type SnapshotInfo,
+  type SnapshotMeta,
+  TAG_RULE,
+  validateTag,
+} from "./core/snapshot/mod.ts";

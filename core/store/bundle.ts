@@ -8,7 +8,7 @@
  * its lock with its last breath.
  * @module
  */
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { stringify } from "yaml";
 import type { VmPaths } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
@@ -65,6 +65,59 @@ export class Bundle {
   }
   get savedStatePath(): string {
     return join(this.dir, "state.vzvmsave");
+  }
+
+  /** The directory of the VM's snapshots: `snapshots/TAG/`. */
+  get snapshotsDir(): string {
+    return join(this.dir, "snapshots");
+  }
+  /** One snapshot's directory. */
+  snapshotDir(tag: string): string {
+    return join(this.snapshotsDir, tag);
+  }
+  /** A snapshot's record (spec, time, memory, allocated bytes). */
+  snapshotMetaPath(tag: string): string {
+    return join(this.snapshotDir(tag), SNAPSHOT_META);
+  }
+  /** The file name of a snapshot's record inside its directory. */
+  get snapshotMetaName(): string {
+    return SNAPSHOT_META;
+  }
+  /** The file name of a snapshot's machine state inside its (staging) directory. */
+  get snapshotStateName(): string {
+    return "memory.state";
+  }
+  /** The file name of the copy of `disks[i]` inside a snapshot's (staging) directory. */
+  snapshotDiskName(i: number): string {
+    return `disk${i}.img`;
+  }
+  /** A new staging directory for a snapshot being made (renamed to `snapshots/TAG` when complete). */
+  snapshotStagingDir(): string {
+    return join(this.snapshotsDir, `${SNAPSHOT_STAGING_PREFIX}${crypto.randomUUID()}`);
+  }
+  /** A directory name a removed snapshot is renamed to before it is deleted. */
+  snapshotTrashDir(): string {
+    return join(this.snapshotsDir, `${SNAPSHOT_TRASH_PREFIX}${crypto.randomUUID()}`);
+  }
+  /** True for names in snapshots/ that are not (complete) snapshots. */
+  isSnapshotScratch(name: string): boolean {
+    return name.startsWith(".");
+  }
+  /** A temporary copy of a snapshot disk next to the disk it will replace. */
+  restoreTempPath(diskPath: string): string {
+    return join(dirname(diskPath), `.restore-${crypto.randomUUID()}.tmp`);
+  }
+  /** True for the bundle's leftover restore temporaries. */
+  isRestoreTemp(name: string): boolean {
+    return /^\.restore-[0-9a-f-]{36}\.tmp$/.test(name);
+  }
+  /** The journal of a restore's renames: present means "finish these renames". */
+  get restoreJournalPath(): string {
+    return join(this.dir, "restore-journal.json");
+  }
+  /** A pending memory restore: the next run resumes from the state it names. */
+  get resumeRequestPath(): string {
+    return join(this.dir, "resume.json");
   }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
@@ -176,6 +229,11 @@ export class Bundle {
     }
   }
 }
+
+/** The record of a snapshot inside `snapshots/TAG/`. */
+const SNAPSHOT_META = "snapshot.json";
+const SNAPSHOT_STAGING_PREFIX = ".staging-";
+const SNAPSHOT_TRASH_PREFIX = ".trash-";
 
 /**
  * How long a process that needs a bundle lock for real keeps trying: longer

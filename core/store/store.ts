@@ -53,6 +53,7 @@ export interface VmSummary {
     | "paused"
     | "stopping"
     | "suspending"
+    | "suspended"
     | "error";
   os?: string;
   arch?: string;
@@ -91,6 +92,8 @@ const INSTANCE_FILES = new Set([
   "last-exit.json",
   "run",
   "state.vzvmsave",
+  "resume.json",
+  "restore-journal.json",
 ]);
 
 /** The VM store rooted at a COVE_HOME. */
@@ -178,9 +181,15 @@ export class Store {
 
   /** The summary of one bundle. */
   async summary(b: Bundle): Promise<VmSummary> {
-    let state: "running" | "stopped";
+    let state: "running" | "stopped" | "suspended";
     try {
       state = (await b.isRunning()) ? "running" : "stopped";
+      // A saved machine state waiting for the next run: suspended.
+      if (
+        state === "stopped" && (await Deno.stat(b.savedStatePath).then(() => true, () => false))
+      ) {
+        state = "suspended";
+      }
     } catch (e) {
       // An unreadable lock file breaks this VM's line, not the whole list.
       const msg = e instanceof Error ? e.message : String(e);

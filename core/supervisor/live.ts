@@ -82,7 +82,7 @@ export async function liveStatus(
 /** A list/get row that live state can refine. */
 export interface LiveRow {
   name: string;
-  state: "running" | "stopped" | "broken" | VmState;
+  state: "running" | "stopped" | "broken" | "suspended" | VmState;
   error?: string;
 }
 
@@ -100,7 +100,10 @@ export async function withLive<T extends LiveRow>(
   if (row.state === "broken" && !row.error) return row;
   const live = await liveStatus(bundle);
   const out: T & { live?: LiveStatus } = opts.details === false ? { ...row } : { ...row, live };
-  if (row.state !== "broken") out.state = live.state;
+  // A suspended VM is not running: the supervisor's "stopped" must not hide that it is suspended.
+  if (row.state !== "broken" && !(row.state === "suspended" && live.state === "stopped")) {
+    out.state = live.state;
+  }
   if (live.error && !row.error) out.error = live.error;
   return out;
 }

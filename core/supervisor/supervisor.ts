@@ -25,6 +25,15 @@ import {
   writeAll,
   writeUpgrade,
 } from "./http.ts";
+import { type GuestHooks, NO_AGENT } from "../snapshot/guest.ts";
+import {
+  clearResumeRequest,
+  type LiveVm,
+  readResumeRequest,
+  recoverBundle,
+  type SaveResult,
+  saveRunning,
+} from "../snapshot/snapshot.ts";
 import { consoleTailLines, type LastExit, writeLastExit } from "./lastexit.ts";
 import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
@@ -124,6 +133,17 @@ export class Supervisor {
   readonly startedAt = new Date().toISOString();
   #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
   #attached = Promise.withResolvers<RunningVm>();
+  /** The spec the VM was started with (before guest preparation): what snapshots record. */
+  spec: VmSpec | undefined;
+  /**
+   * The guest agent's snapshot steps. No agent channel exists yet, so
+   * {@link NO_AGENT}; the agent's supervisor side sets its hooks here.
+   */
+  guest: GuestHooks = NO_AGENT;
+  #saving: Promise<unknown> = Promise.resolve();
+  #saveUnderWay = false;
+  /** True while the VM is paused by a save (and not yet resumed). */
+  #pausedBySave = false;
 
   constructor(
     readonly bundle: Bundle,
@@ -199,6 +219,64 @@ export class Supervisor {
       return { exit: first, forced: false };
     })();
     return this.#stopping;
+  }
+
+  /**
+   * Resumes a guest that a save paused and did not resume (its resume
+   * failed): called by every control request that finds it so while no save
+   * is under way.
+   */
+  async healPause(): Promise<void> {
+    const vm = this.vm;
+    if (!vm || this.#saveUnderWay || !this.#pausedBySave) return;
+    if (vm.state() === "paused") {
+      this.log("resuming the guest a failed snapshot left paused");
+      await vm.resume().catch(() => {});
+    }
+    if (vm.state() !== "paused") this.#pausedBySave = false;
+  }
+
+  /** Takes a snapshot of the running VM (one save at a time). */
+  snapshot(
+    opts: { tag?: string; diskOnly?: boolean; hook?: (phase: string) => Promise<void> },
+  ): Promise<SaveResult> {
+    const vm = this.vm;
+    const spec = this.spec;
+    if (!vm || !spec) {
+      throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+    }
+    const live: LiveVm = {
+      state: () => vm.state(),
+      pause: async () => {
+        await vm.pause();
+        this.#pausedBySave = true;
+      },
+      resume: async () => {
+        await vm.resume();
+        this.#pausedBySave = false;
+      },
+      saveState: (path) => vm.saveState(path),
+    };
+    const run = this.#saving.then(async () => {
+      await this.healPause();
+      this.#saveUnderWay = true;
+      try {
+        const r = await saveRunning(this.bundle, spec, this.engineId, live, {
+          ...opts,
+          guest: this.guest,
+        });
+        this.log(
+          `snapshot ${r.tag} saved (${r.memory ? "memory and disks" : "disks"}; paused ${
+            Math.round(r.pausedMs)
+          } ms)`,
+        );
+        return r;
+      } finally {
+        this.#saveUnderWay = false;
+      }
+    });
+    this.#saving = run.catch(() => {});
+    return run;
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -292,6 +370,7 @@ export function controlHandler(sup: Supervisor) {
   return async (req: HttpRequest, conn: Deno.UnixConn, rest: Uint8Array): Promise<HttpResult> => {
     const route = `${req.method} ${req.path}`;
     try {
+      await sup.healPause();
       switch (route) {
         case "GET /status":
           return { status: 200, body: sup.status() };
@@ -318,6 +397,20 @@ export function controlHandler(sup: Supervisor) {
           else if (req.path === "/resume") await vm.resume();
           else await vm.suspend();
           return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
+        }
+        case "POST /snapshot": {
+          const b = parseJsonBody(req);
+          if (b.tag !== undefined && typeof b.tag !== "string") {
+            throw new CoveError("http.bad_input", "POST /snapshot: tag must be a string", {
+              exit: ExitCode.Usage,
+            });
+          }
+          const r = await sup.snapshot({
+            tag: b.tag as string | undefined,
+            diskOnly: b.diskOnly === true,
+            hook: testStall(),
+          });
+          return { status: 200, body: r };
         }
         case "GET /console": {
           if ((req.headers.get("upgrade") ?? "").toLowerCase() !== CONSOLE_PROTOCOL) {
@@ -465,7 +558,9 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   let spec: VmSpec;
   try {
     log(`supervisor ${Deno.pid} starting ${bundle.name}`);
+    await recoverBundle(bundle);
     spec = await bundle.readSpec();
+    const baseSpec = spec;
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
     // cloud-init seed (refreshed when the spec changed) and, for qemu user networking, the SSH forward.
@@ -486,6 +581,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     });
     hub = new ConsoleHub(consoleFile);
     const sup = new Supervisor(bundle, engineId, hub, log);
+    sup.spec = baseSpec;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -507,6 +603,17 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* not on this OS */ }
     }
 
+    // A memory restore waiting for this run: start from the snapshot's state.
+    const resume = await readResumeRequest(bundle);
+    let resumeFrom: string | undefined;
+    if (resume) {
+      const have = await Deno.stat(resume.state).then(() => true, () => false);
+      if (have && resume.engine === engineId) resumeFrom = resume.state;
+      else {
+        log(`warn: snapshot ${resume.tag}'s memory is gone or from another engine; booting`);
+        await clearResumeRequest(bundle);
+      }
+    }
     let vm: RunningVm;
     try {
       vm = await engine.start({
@@ -514,10 +621,26 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         spec,
         paths,
         graphics: opts.graphics ?? false,
-        restore: true,
+        restore: !resumeFrom,
+        resumeFrom,
       });
     } catch (e) {
+      if (resumeFrom) {
+        // Never retried: the next start boots the restored disks.
+        await clearResumeRequest(bundle);
+        const ce = toCoveError(e);
+        throw new CoveError(
+          "snapshot.resume_failed",
+          `snapshot ${resume!.tag}'s memory could not be resumed: ${ce.message}`,
+          { hint: "the next start boots the restored disks", exit: ce.exit },
+        );
+      }
       throw toCoveError(e);
+    }
+    if (resumeFrom) {
+      await clearResumeRequest(bundle);
+      log(`resumed snapshot ${resume!.tag}`);
+      await sup.guest.setClock();
     }
     sup.attach(vm);
     sup.state = vm.state();
@@ -574,6 +697,25 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       logFile?.close();
     } catch { /* closed */ }
   }
+}
+
+/**
+ * Test seam, named as such: `COVE_TEST_SNAPSHOT_STALL=PHASE:MS[,PHASE:MS...]`
+ * makes a save wait MS milliseconds at each PHASE (see SaveOptions.hook),
+ * so the fault tests can kill a process at a known point of the save.
+ */
+function testStall(): ((phase: string) => Promise<void>) | undefined {
+  const v = Deno.env.get("COVE_TEST_SNAPSHOT_STALL");
+  if (!v) return undefined;
+  const stalls = new Map<string, number>();
+  for (const part of v.split(",")) {
+    const m = /^([a-z-]+):(\d+)$/.exec(part.trim());
+    if (m) stalls.set(m[1], Number(m[2]));
+  }
+  return (p) => {
+    const ms = stalls.get(p);
+    return ms ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
+  };
 }
 
 /** The vz engine's extra hook, found without importing (and so loading) the vz module. */

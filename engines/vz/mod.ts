@@ -290,9 +290,25 @@ export class VzEngine implements Engine {
       info: { library: vz.path, suspendable, graphics },
     });
     try {
-      const restored = req.restore && saveRestore.supported && (await exists(paths.savedState)) &&
-        await this.#restore(vz, handle, paths.savedState);
-      if (!restored) await call("start", () => vz.start(handle, {}));
+      if (req.resumeFrom) {
+        // A snapshot's state: restored and resumed, never removed (it serves later restores too).
+        if (!saveRestore.supported) {
+          throw new CoveError(
+            "vz.restore",
+            `this VM's memory snapshot cannot be restored: ${
+              saveRestore.reason ?? "VZ cannot restore this configuration"
+            }`,
+            { hint: "restore with --disk-only", exit: ExitCode.Host },
+          );
+        }
+        await call("restore", () => vz.restore(handle, req.resumeFrom!));
+        await call("resume", () => vz.resume(handle));
+      } else {
+        const restored = req.restore && saveRestore.supported &&
+          (await exists(paths.savedState)) &&
+          await this.#restore(vz, handle, paths.savedState);
+        if (!restored) await call("start", () => vz.start(handle, {}));
+      }
       if (graphics) {
         const d = spec.display === "none" ? { width: 1280, height: 800 } : spec.display;
         vz.showWindow(handle, {

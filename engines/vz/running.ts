@@ -157,6 +157,24 @@ export class VzRunningVm implements RunningVm {
     await this.stop();
   }
 
+  /**
+   * Writes the machine state of the paused VM to `path`
+   * (saveMachineStateTo, macOS 14+); the VM stays paused.
+   */
+  async saveState(path: string): Promise<void> {
+    if (!this.#o.saveRestore.supported) {
+      throw new CoveError(
+        "vz.save",
+        `this VM's state cannot be saved: ${this.#o.saveRestore.reason ?? "VZ cannot save it"}`,
+        {
+          hint: "take a --disk-only snapshot, or remove USB input, entropy and sound input",
+          exit: ExitCode.Host,
+        },
+      );
+    }
+    await this.#call("save", () => this.#o.vz.save(this.#o.handle, path));
+  }
+
   /** Ends a VM that failed while starting: releases it without a stop. */
   async abandon(message: string): Promise<void> {
     await this.#finish({ reason: "crash", message });

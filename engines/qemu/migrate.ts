@@ -1,0 +1,143 @@
+/**
+ * Machine state to and from a file with QEMU's migration stream, over QMP:
+ * `migrate` to `file:PATH` (QEMU 8.2+) or `exec:cat > PATH` (older QEMU,
+ * e.g. Debian 12's 7.2) on a paused VM, and `migrate-incoming` from the
+ * same URI on a QEMU started with `-incoming defer`. Every wait is bounded.
+ * @module
+ */
+import { CoveError, ExitCode } from "../../core/errors.ts";
+import { type Qmp, QmpError } from "./qmp.ts";
+
+/** How long a state save or load may take at most. */
+export const MIGRATE_TIMEOUT_MS = 10 * 60_000;
+
+/** QEMU's version as reported over QMP. */
+export interface QemuVersion {
+  major: number;
+  minor: number;
+  micro: number;
+}
+
+/** The running QEMU's version. */
+export async function qemuVersion(qmp: Qmp): Promise<QemuVersion> {
+  const v = await qmp.execute<{ qemu: QemuVersion }>("query-version", undefined, 5000);
+  return v.qemu;
+}
+
+/** True when QEMU has the `file:` migration URI (added in QEMU 8.2). */
+export function hasFileUri(v: QemuVersion): boolean {
+  return v.major > 8 || (v.major === 8 && v.minor >= 2);
+}
+
+/** Quotes a path for the `/bin/sh -c` that QEMU's `exec:` URI runs. */
+export function shellQuote(path: string): string {
+  if (/[\0\n]/.test(path)) {
+    throw new CoveError("qemu.state_path", `cannot save machine state to '${path}'`, {
+      hint: "use a COVE_HOME whose path has no newline",
+      exit: ExitCode.Usage,
+    });
+  }
+  return `'${path.replaceAll("'", `'\\''`)}'`;
+}
+
+/** The migration URI that writes (`out`) or reads (`in`) `path`. */
+export function migrationUri(v: QemuVersion, path: string, dir: "out" | "in"): string {
+  if (hasFileUri(v)) return `file:${path}`;
+  return dir === "out" ? `exec:cat > ${shellQuote(path)}` : `exec:cat ${shellQuote(path)}`;
+}
+
+interface MigrateStatus {
+  status?: string;
+  "error-desc"?: string;
+}
+
+function stateError(what: string, why: string): CoveError {
+  return new CoveError("qemu.state", `${what} failed: ${why}`, {
+    hint: "check free space in the VM's directory; see supervisor.log",
+    exit: ExitCode.Failure,
+  });
+}
+
+/**
+ * Writes the machine state of a paused VM to `path` and waits until the
+ * stream is complete. The VM stays paused (QEMU's `postmigrate`).
+ */
+export async function saveStateTo(qmp: Qmp, path: string): Promise<void> {
+  const v = await qemuVersion(qmp);
+  // Private from the start: the shell of `exec:` would create it with the umask's mode.
+  const f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
+  f.close();
+  await Deno.chmod(path, 0o600);
+  // No throttle: the guest is paused, so the write should run at disk speed.
+  await qmp.execute("migrate-set-parameters", { "max-bandwidth": 2 ** 40 }, 5000).catch(() => {});
+  try {
+    await qmp.execute("migrate", { uri: migrationUri(v, path, "out") }, 5000);
+  } catch (e) {
+    throw stateError("saving the machine state", e instanceof Error ? e.message : String(e));
+  }
+  const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
+  let delay = 2;
+  while (true) {
+    let s: MigrateStatus;
+    try {
+      s = await qmp.execute<MigrateStatus>("query-migrate", undefined, 5000);
+    } catch (e) {
+      if (e instanceof QmpError && e.cls === "Closed") {
+        throw stateError("saving the state", "QEMU exited");
+      }
+      throw e;
+    }
+    if (s.status === "completed") return;
+    if (s.status === "failed" || s.status === "cancelled") {
+      throw stateError("saving the machine state", s["error-desc"] ?? s.status);
+    }
+    if (Date.now() > deadline) {
+      await qmp.execute("migrate_cancel", undefined, 5000).catch(() => {});
+      throw stateError("saving the machine state", `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`);
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 20);
+  }
+}
+
+/**
+ * Loads machine state from `path` into a QEMU started with `-incoming
+ * defer` and waits until it is loaded (the VM is then paused, as it was
+ * when saved).
+ */
+export async function loadStateFrom(qmp: Qmp, path: string): Promise<void> {
+  const v = await qemuVersion(qmp);
+  try {
+    await qmp.execute("migrate-incoming", { uri: migrationUri(v, path, "in") }, 5000);
+  } catch (e) {
+    throw stateError("loading the machine state", e instanceof Error ? e.message : String(e));
+  }
+  const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
+  let delay = 2;
+  while (true) {
+    let st: { status: string };
+    try {
+      st = await qmp.execute<{ status: string }>("query-status", undefined, 5000);
+    } catch (e) {
+      if (e instanceof QmpError && e.cls === "Closed") {
+        throw stateError(
+          "loading the machine state",
+          "QEMU exited (is the state from another spec?)",
+        );
+      }
+      throw e;
+    }
+    if (st.status !== "inmigrate") {
+      if (st.status === "paused" || st.status === "running" || st.status === "postmigrate") return;
+      throw stateError("loading the machine state", `QEMU is ${st.status}`);
+    }
+    if (Date.now() > deadline) {
+      throw stateError(
+        "loading the machine state",
+        `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 20);
+  }
+}
