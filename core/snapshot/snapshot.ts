@@ -409,7 +409,6 @@ export async function saveRunning(
         exit: ExitCode.State,
       });
     }
-    let copied: SnapshotDisk[];
     if (memory) {
       const ts = performance.now();
       await opts.hook?.("state-write");
@@ -417,7 +416,7 @@ export async function saveRunning(
       stateMs = performance.now() - ts;
     }
     const td = performance.now();
-    copied = await copyDisks(bundle, disks, staging, opts.hook);
+    const copied = await copyDisks(bundle, disks, staging, opts.hook);
     diskMs = performance.now() - td;
     if (paused) {
       await vm.resume();
