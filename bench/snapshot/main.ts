@@ -78,8 +78,8 @@ function directArgv(argv: string[], runtime: string, extra: string[]): {
     else if (prev === "-pidfile") out.push(join(runtime, "qemu.pid"));
     else if (a.startsWith("socket,id=cove-console,path=")) {
       out.push(`socket,id=cove-console,path=${cons},server=on,wait=on`);
-    } else if (prev === "-incoming") out.push(a);
-    else out.push(a);
+    } // cove's QEMU holds the forwarded host ports: the direct one goes without them.
+    else out.push(a.replace(/,hostfwd=[^,]+/g, ""));
   }
   return { argv: [...out, ...extra], qmp, console: cons };
 }
@@ -99,15 +99,19 @@ async function launchDirect(argv: string[], runtime: string, extra: string[]): P
     args: d.argv.slice(1),
     stdin: "null",
     stdout: "null",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
+  let errText = "";
+  void (async () => {
+    for await (const c of child.stderr) errText += new TextDecoder().decode(c);
+  })().catch(() => {});
   let conn: Deno.UnixConn | undefined;
   const t0 = Date.now();
   while (!conn) {
     try {
       conn = await Deno.connect({ transport: "unix", path: d.console });
     } catch {
-      if (Date.now() - t0 > 60_000) throw new Error("qemu: no console socket");
+      if (Date.now() - t0 > 60_000) throw new Error(`qemu: no console: ${errText.trim()}`);
       await sleep(2);
     }
   }
@@ -128,7 +132,7 @@ async function launchDirect(argv: string[], runtime: string, extra: string[]): P
     try {
       qmp = await Qmp.connect(d.qmp, 10_000);
     } catch {
-      if (Date.now() - t0 > 60_000) throw new Error("qemu: no QMP");
+      if (Date.now() - t0 > 60_000) throw new Error(`qemu: no QMP: ${errText.trim()}`);
       await sleep(2);
     }
   }
@@ -199,7 +203,12 @@ async function main(): Promise<void> {
     console.log(
       `snapshot save/restore, tiny guest with 512 MiB, accel ${ACCEL}, ${RUNS} runs each side, alternating`,
     );
-    const cove = { save: [] as number[], paused: [] as number[], state: [] as number[] };
+    const cove = {
+      save: [] as number[],
+      paused: [] as number[],
+      state: [] as number[],
+      inside: [] as number[],
+    };
     const dir = { save: [] as number[], paused: [] as number[], state: [] as number[] };
     for (let i = 0; i < RUNS; i++) {
       const t0 = performance.now();
@@ -207,6 +216,7 @@ async function main(): Promise<void> {
       cove.save.push(performance.now() - t0);
       cove.paused.push(r.pausedMs);
       cove.state.push(r.stateMs);
+      cove.inside.push(r.totalMs);
 
       const file = join(work, `d${i}.state`);
       const t1 = performance.now();
@@ -225,7 +235,7 @@ async function main(): Promise<void> {
       console.log(
         `save ${i + 1}: cove ${cove.save[i].toFixed(0)} ms (paused ${
           cove.paused[i].toFixed(0)
-        }, state ${cove.state[i].toFixed(0)}), direct ${dir.save[i].toFixed(0)} ms (paused ${
+        }, state ${cove.state[i].toFixed(0)}, in the supervisor ${cove.inside[i].toFixed(0)}), direct ${dir.save[i].toFixed(0)} ms (paused ${
           dir.paused[i].toFixed(0)
         }, state ${dir.state[i].toFixed(0)})`,
       );

@@ -50,6 +50,8 @@ export async function saveSnapshot(
 ): Promise<SaveResult> {
   const b = await store.get(name);
   if (opts.tag !== undefined) validateTag(opts.tag);
+  // One probe first: a running VM's supervisor holds the lock, and waiting for it would only add time.
+  if (await b.isRunning()) return await snapshotRunningVm(b, opts);
   const lock = await b.tryLock({ retryMs: LOCK_RETRY_MS });
   if (!lock) return await snapshotRunningVm(b, opts);
   try {
