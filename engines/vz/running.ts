@@ -173,6 +173,11 @@ export class VzRunningVm implements RunningVm {
       );
     }
     await this.#call("save", () => this.#o.vz.save(this.#o.handle, path));
+    // The state follows the shim's events: wait (bounded) until "saving" has given way to "paused".
+    const deadline = Date.now() + 5000;
+    while (this.#state !== "paused" && !this.#ending && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 
   /** Ends a VM that failed while starting: releases it without a stop. */
