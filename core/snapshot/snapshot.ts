@@ -24,6 +24,7 @@ import type { VmState } from "../../engines/engine.ts";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle } from "../store/bundle.ts";
+import { freeBytesLinux, LibcError } from "../../ffi/libc.ts";
 import { cloneFile, writeFileAtomic } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
 import { type GuestHooks, NO_AGENT } from "./guest.ts";
@@ -133,8 +134,17 @@ export function snapshotDisks(bundle: Bundle, spec: VmSpec): { index: number; pa
   return out;
 }
 
-/** Bytes free on the file system holding `dir` (POSIX `df -Pk`). */
+/** Bytes free on the file system holding `dir` (statvfs on Linux, else POSIX `df -Pk`). */
 export async function freeBytes(dir: string): Promise<number | undefined> {
+  if (
+    Deno.build.os === "linux" && (Deno.build.arch === "x86_64" || Deno.build.arch === "aarch64")
+  ) {
+    try {
+      return freeBytesLinux(dir);
+    } catch (e) {
+      if (!(e instanceof LibcError)) throw e;
+    }
+  }
   try {
     const out = await new Deno.Command("df", {
       args: ["-Pk", dir],
@@ -288,9 +298,12 @@ async function publish(
   for await (const e of Deno.readDir(staging)) {
     allocated += await allocatedOf(join(staging, e.name));
   }
-  await writeFileAtomic(
+  // No temporary file or fsync needed: the staging directory is not listed until its rename, and
+  // a published snapshot whose record does not parse is not listed either.
+  await Deno.writeTextFile(
     join(staging, bundle.snapshotMetaName),
     JSON.stringify({ ...meta, allocated }, null, 2) + "\n",
+    { mode: 0o600 },
   );
   if (await isDir(bundle.snapshotDir(meta.tag))) throw exists(bundle, meta.tag);
   await Deno.rename(staging, bundle.snapshotDir(meta.tag));

@@ -217,3 +217,20 @@ Deno.test("snapshot restore killed with SIGKILL at any phase leaves the old disk
       );
     }
   }));
+
+Deno.test("snapshot free-space check reads the same free bytes as df", async () => {
+  const { freeBytes } = await import("../../core/snapshot/snapshot.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    const ours = await freeBytes(dir);
+    const out = await new Deno.Command("df", { args: ["-Pk", dir], stdout: "piped" }).output();
+    const kib = Number(
+      new TextDecoder().decode(out.stdout).trim().split("\n").pop()!.split(/\s+/)[3],
+    );
+    assert(ours !== undefined);
+    // Other processes write meanwhile: agree within 64 MiB.
+    assert(Math.abs(ours - kib * 1024) < 64 * 2 ** 20, `${ours} vs df ${kib * 1024}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
