@@ -59,85 +59,85 @@ function stateError(what: string, why: string): CoveError {
 }
 
 /**
+ * Waits for the migration to end: woken by QEMU's MIGRATION events (the
+ * `events` capability), with a slow poll of `query-migrate` as a safety net.
+ * Resolves on `completed`; rejects with the reason on `failed`/`cancelled`,
+ * when QEMU exits, or after {@link MIGRATE_TIMEOUT_MS}.
+ */
+async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void>): Promise<void> {
+  let wake: () => void = () => {};
+  const off = qmp.onEvent((e) => {
+    if (e.event === "MIGRATION") wake();
+  });
+  try {
+    await qmp.execute("migrate-set-capabilities", {
+      capabilities: [{ capability: "events", state: true }],
+    }, 5000).catch(() => {});
+    await started();
+    const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
+    while (true) {
+      let s: MigrateStatus;
+      try {
+        s = await qmp.execute<MigrateStatus>("query-migrate", undefined, 5000);
+      } catch (e) {
+        if (e instanceof QmpError && e.cls === "Closed") {
+          throw stateError(what, "QEMU exited (is the state from another spec?)");
+        }
+        throw e;
+      }
+      if (s.status === "completed") return;
+      if (s.status === "failed" || s.status === "cancelled") {
+        throw stateError(what, s["error-desc"] ?? s.status);
+      }
+      if (Date.now() > deadline) {
+        await qmp.execute("migrate_cancel", undefined, 5000).catch(() => {});
+        throw stateError(what, `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`);
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((r) => {
+        wake = r;
+        timer = setTimeout(r, 100);
+      });
+      clearTimeout(timer);
+    }
+  } finally {
+    off();
+  }
+}
+
+/**
  * Writes the machine state of a paused VM to `path` and waits until the
  * stream is complete. The VM stays paused (QEMU's `postmigrate`).
  */
-export async function saveStateTo(qmp: Qmp, path: string): Promise<void> {
-  const v = await qemuVersion(qmp);
+export async function saveStateTo(qmp: Qmp, path: string, version?: QemuVersion): Promise<void> {
+  const v = version ?? await qemuVersion(qmp);
   // Private from the start: the shell of `exec:` would create it with the umask's mode.
   const f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
   f.close();
   await Deno.chmod(path, 0o600);
   // No throttle: the guest is paused, so the write should run at disk speed.
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": 2 ** 40 }, 5000).catch(() => {});
-  try {
-    await qmp.execute("migrate", { uri: migrationUri(v, path, "out") }, 5000);
-  } catch (e) {
-    throw stateError("saving the machine state", e instanceof Error ? e.message : String(e));
-  }
-  const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
-  let delay = 2;
-  while (true) {
-    let s: MigrateStatus;
+  await migrationDone(qmp, "saving the machine state", async () => {
     try {
-      s = await qmp.execute<MigrateStatus>("query-migrate", undefined, 5000);
+      await qmp.execute("migrate", { uri: migrationUri(v, path, "out") }, 5000);
     } catch (e) {
-      if (e instanceof QmpError && e.cls === "Closed") {
-        throw stateError("saving the state", "QEMU exited");
-      }
-      throw e;
+      throw stateError("saving the machine state", e instanceof Error ? e.message : String(e));
     }
-    if (s.status === "completed") return;
-    if (s.status === "failed" || s.status === "cancelled") {
-      throw stateError("saving the machine state", s["error-desc"] ?? s.status);
-    }
-    if (Date.now() > deadline) {
-      await qmp.execute("migrate_cancel", undefined, 5000).catch(() => {});
-      throw stateError("saving the machine state", `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`);
-    }
-    await new Promise((r) => setTimeout(r, delay));
-    delay = Math.min(delay * 2, 20);
-  }
+  });
 }
 
 /**
  * Loads machine state from `path` into a QEMU started with `-incoming
  * defer` and waits until it is loaded (the VM is then paused, as it was
- * when saved).
+ * when saved). A QEMU that cannot load it exits.
  */
-export async function loadStateFrom(qmp: Qmp, path: string): Promise<void> {
-  const v = await qemuVersion(qmp);
-  try {
-    await qmp.execute("migrate-incoming", { uri: migrationUri(v, path, "in") }, 5000);
-  } catch (e) {
-    throw stateError("loading the machine state", e instanceof Error ? e.message : String(e));
-  }
-  const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
-  let delay = 2;
-  while (true) {
-    let st: { status: string };
+export async function loadStateFrom(qmp: Qmp, path: string, version?: QemuVersion): Promise<void> {
+  const v = version ?? await qemuVersion(qmp);
+  await migrationDone(qmp, "loading the machine state", async () => {
     try {
-      st = await qmp.execute<{ status: string }>("query-status", undefined, 5000);
+      await qmp.execute("migrate-incoming", { uri: migrationUri(v, path, "in") }, 5000);
     } catch (e) {
-      if (e instanceof QmpError && e.cls === "Closed") {
-        throw stateError(
-          "loading the machine state",
-          "QEMU exited (is the state from another spec?)",
-        );
-      }
-      throw e;
+      throw stateError("loading the machine state", e instanceof Error ? e.message : String(e));
     }
-    if (st.status !== "inmigrate") {
-      if (st.status === "paused" || st.status === "running" || st.status === "postmigrate") return;
-      throw stateError("loading the machine state", `QEMU is ${st.status}`);
-    }
-    if (Date.now() > deadline) {
-      throw stateError(
-        "loading the machine state",
-        `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`,
-      );
-    }
-    await new Promise((r) => setTimeout(r, delay));
-    delay = Math.min(delay * 2, 20);
-  }
+  });
 }

@@ -36,7 +36,7 @@ import { chooseAccel, probeKvm } from "./accel.ts";
 import { findFirmware, prepareFirmware, requireFirmware } from "./firmware.ts";
 import { exists, findQemu, which } from "./host.ts";
 import { checkKernel } from "./kernel.ts";
-import { loadStateFrom, saveStateTo } from "./migrate.ts";
+import { loadStateFrom, type QemuVersion, qemuVersion, saveStateTo } from "./migrate.ts";
 import { Qmp } from "./qmp.ts";
 import { reaped } from "./reaper.ts";
 import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } from "./virtiofsd.ts";
@@ -616,6 +616,13 @@ class QemuVm implements RunningVm {
 
   #hardKill: () => void = () => {};
   #savedState = "";
+  #version: QemuVersion | undefined;
+
+  /** QEMU's version, asked once. */
+  async #qemuVersion(): Promise<QemuVersion> {
+    this.#version ??= await qemuVersion(this.#qmp);
+    return this.#version;
+  }
 
   #emit(e: EngineEvent): void {
     try {
@@ -713,14 +720,14 @@ class QemuVm implements RunningVm {
         exit: ExitCode.State,
       });
     }
-    await saveStateTo(this.#qmp, path);
+    await saveStateTo(this.#qmp, path, await this.#qemuVersion());
   }
 
   /** Loads the state of a QEMU started with `-incoming defer`, then runs it. */
   async resumeFromState(path: string): Promise<void> {
     this.#setState("starting");
     try {
-      await loadStateFrom(this.#qmp, path);
+      await loadStateFrom(this.#qmp, path, await this.#qemuVersion());
       await this.#qmp.execute("cont", undefined, QMP_STOP_TIMEOUT_MS);
       this.#setState("running");
     } catch (e) {
