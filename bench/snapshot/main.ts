@@ -235,9 +235,11 @@ async function main(): Promise<void> {
       console.log(
         `save ${i + 1}: cove ${cove.save[i].toFixed(0)} ms (paused ${
           cove.paused[i].toFixed(0)
-        }, state ${cove.state[i].toFixed(0)}, in the supervisor ${cove.inside[i].toFixed(0)}), direct ${dir.save[i].toFixed(0)} ms (paused ${
-          dir.paused[i].toFixed(0)
-        }, state ${dir.state[i].toFixed(0)})`,
+        }, state ${cove.state[i].toFixed(0)}, in the supervisor ${
+          cove.inside[i].toFixed(0)
+        }), direct ${dir.save[i].toFixed(0)} ms (paused ${dir.paused[i].toFixed(0)}, state ${
+          dir.state[i].toFixed(0)
+        })`,
       );
       if (i < RUNS - 1) await Deno.remove(join(work, `d${i}.img`));
     }
