@@ -279,6 +279,25 @@ export class Supervisor {
     return run;
   }
 
+  /** Suspends the VM (saves its state and stops), after any save under way. */
+  suspend(): Promise<void> {
+    const vm = this.vm;
+    if (!vm) {
+      throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+    }
+    const run = this.#saving.then(async () => {
+      await this.healPause();
+      this.#saveUnderWay = true;
+      try {
+        await vm.suspend();
+      } finally {
+        this.#saveUnderWay = false;
+      }
+    });
+    this.#saving = run.catch(() => {});
+    return run;
+  }
+
   /** Called by the run loop once the engine handle exists. */
   attach(vm: RunningVm): void {
     this.vm = vm;
@@ -395,7 +414,7 @@ export function controlHandler(sup: Supervisor) {
           }
           if (req.path === "/pause") await vm.pause();
           else if (req.path === "/resume") await vm.resume();
-          else await vm.suspend();
+          else await sup.suspend();
           return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
         }
         case "POST /snapshot": {
