@@ -304,6 +304,12 @@ async function main(): Promise<void> {
         m(rest.direct).toFixed(0)
       } ms, ratio ${(m(rest.cove) / m(rest.direct)).toFixed(2)} (goal <= 1.10)`,
     );
+    const lo = (xs: number[]) => Math.min(...xs).toFixed(0);
+    console.log(
+      `best runs:         save cove ${lo(cove.save)} / direct ${lo(dir.save)} ms, paused cove ${
+        lo(cove.paused)
+      } / direct ${lo(dir.paused)} ms, restore cove ${lo(rest.cove)} / qemu ${lo(rest.direct)} ms`,
+    );
     console.log(`one 'cove snapshot save' through the CLI process: ${cliMs.toFixed(0)} ms`);
   } finally {
     const b = store.bundle(name);
