@@ -142,6 +142,11 @@ export interface RunningVm {
    * configuration cannot save state; a partial file is the caller's to remove.
    */
   saveState(path: string): Promise<void>;
+  /**
+   * Whether {@link saveState} can work for this VM, and if not why (one
+   * line): asked before a snapshot pauses the guest.
+   */
+  saveStateSupport(): Availability;
   /** Resolves when the VM has ended, for whatever reason. */
   wait(): Promise<ExitInfo>;
   /** Engine facts shown by `cove get` (pid, accelerator, forwarded ports). */

@@ -106,6 +106,8 @@ export interface LiveVm {
   pause(): Promise<void>;
   resume(): Promise<void>;
   saveState(path: string): Promise<void>;
+  /** Whether the state can be saved, and if not why; absent means yes. */
+  saveStateSupport?(): { available: boolean; reason?: string };
 }
 
 async function isDir(p: string): Promise<boolean> {
@@ -397,6 +399,14 @@ export async function saveRunning(
   const t0 = performance.now();
   const tag = await startSave(bundle, opts);
   const memory = !opts.diskOnly;
+  const support = memory ? vm.saveStateSupport?.() : undefined;
+  if (support && !support.available) {
+    throw new CoveError(
+      "snapshot.no_memory",
+      `cannot save the memory of '${bundle.name}': ${support.reason ?? "the engine cannot"}`,
+      { hint: "take a --disk-only snapshot", exit: ExitCode.Host },
+    );
+  }
   const disks = snapshotDisks(bundle, spec);
   let need = memory ? parseSize(spec.memory) : 0;
   for (const d of disks) need += await allocatedOf(bundle.resolve(d.path));

@@ -256,6 +256,7 @@ export class Supervisor {
         this.#pausedBySave = false;
       },
       saveState: (path) => vm.saveState(path),
+      saveStateSupport: () => vm.saveStateSupport(),
     };
     const run = this.#saving.then(async () => {
       await this.healPause();

@@ -14,6 +14,7 @@ import { CoveError, ExitCode } from "../../core/errors.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type {
+  Availability,
   Capabilities,
   Engine,
   EngineEvent,
@@ -711,6 +712,10 @@ class QemuVm implements RunningVm {
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  saveStateSupport(): Availability {
+    return { available: true };
   }
 
   async saveState(path: string): Promise<void> {

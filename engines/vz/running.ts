@@ -8,7 +8,7 @@
  * @module
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { EngineEvent, ExitInfo, RunningVm, VmState } from "../engine.ts";
+import type { Availability, EngineEvent, ExitInfo, RunningVm, VmState } from "../engine.ts";
 import type { CoveVz, VzEvent, VzState } from "../../ffi/cove_vz.ts";
 import { fds, readableFromFd, writeAllFd } from "../../ffi/fd.ts";
 import { vzError } from "./errors.ts";
@@ -155,6 +155,13 @@ export class VzRunningVm implements RunningVm {
     }
     this.#intent = "suspended";
     await this.stop();
+  }
+
+  /** Whether VZ can save this configuration (validateSaveRestoreSupport, macOS 14+), and if not why. */
+  saveStateSupport(): Availability {
+    return this.#o.saveRestore.supported
+      ? { available: true }
+      : { available: false, reason: this.#o.saveRestore.reason ?? "VZ cannot save it" };
   }
 
   /**

@@ -205,6 +205,9 @@ Deno.test("vz engine refuses a snapshot's state save in one line when VZ cannot 
       graphics: false,
       restore: false,
     });
+    const support = vm.saveStateSupport();
+    assertEquals(support.available, false);
+    assertMatch(support.reason ?? "", /^Saving is not supported with an entropy device/);
     await vm.pause();
     const err = await assertRejects(() => vm.saveState(`${paths.dir}/x.state`), CoveError);
     assertEquals(err.code, "vz.save");

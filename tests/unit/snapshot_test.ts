@@ -234,3 +234,32 @@ Deno.test("snapshot free-space check reads the same free bytes as df", async () 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a memory snapshot the engine cannot save is refused before the guest is paused", () =>
+  withTempDir(async (home) => {
+    const { saveRunning } = await import("../../core/snapshot/snapshot.ts");
+    const { b } = await makeVm(home);
+    const spec = await b.readSpec();
+    const calls: string[] = [];
+    // A MOCK running VM (the refusal comes before any engine call but this one).
+    const vm = {
+      state: () => "running" as const,
+      pause: () => (calls.push("pause"), Promise.resolve()),
+      resume: () => (calls.push("resume"), Promise.resolve()),
+      saveState: () => (calls.push("save"), Promise.resolve()),
+      saveStateSupport: () => ({
+        available: false,
+        reason: "Saving is not supported with USB input.",
+      }),
+    };
+    const e = await rejects(() => saveRunning(b, spec, "vz", vm, { tag: "m" }));
+    assertEquals(e.code, "snapshot.no_memory");
+    assertMatch(
+      e.message,
+      /cannot save the memory of 'vm': Saving is not supported with USB input\./,
+    );
+    assertEquals(calls, []);
+    const r = await saveRunning(b, spec, "vz", vm, { tag: "d", diskOnly: true });
+    assertEquals(r.memory, false);
+    assertEquals(calls, ["pause", "resume"]);
+  }));

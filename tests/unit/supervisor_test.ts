@@ -251,6 +251,7 @@ Deno.test("a guest that a failed snapshot left paused is resumed by the next con
         return Promise.resolve();
       },
       saveState: () => Promise.reject(new Error("disk full")),
+      saveStateSupport: () => ({ available: true }),
       info: () => ({}),
     } as unknown as RunningVm;
     const b = new Bundle("vm", dir);
