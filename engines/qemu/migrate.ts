@@ -65,9 +65,13 @@ function stateError(what: string, why: string): CoveError {
  * when QEMU exits, or after {@link MIGRATE_TIMEOUT_MS}.
  */
 async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void>): Promise<void> {
-  let wake: () => void = () => {};
+  // An event may come while a query is on its way: remember it, so the loop does not sleep past it.
+  let signalled = false;
+  let wake: (() => void) | undefined;
   const off = qmp.onEvent((e) => {
-    if (e.event === "MIGRATION") wake();
+    if (e.event !== "MIGRATION") return;
+    signalled = true;
+    wake?.();
   });
   try {
     await qmp.execute("migrate-set-capabilities", {
@@ -93,12 +97,16 @@ async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void
         await qmp.execute("migrate_cancel", undefined, 5000).catch(() => {});
         throw stateError(what, `not done within ${MIGRATE_TIMEOUT_MS / 1000}s`);
       }
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await new Promise<void>((r) => {
-        wake = r;
-        timer = setTimeout(r, 100);
-      });
-      clearTimeout(timer);
+      if (!signalled) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await new Promise<void>((r) => {
+          wake = r;
+          timer = setTimeout(r, 100);
+        });
+        clearTimeout(timer);
+        wake = undefined;
+      }
+      signalled = false;
     }
   } finally {
     off();
@@ -112,9 +120,9 @@ async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void
 export async function saveStateTo(qmp: Qmp, path: string, version?: QemuVersion): Promise<void> {
   const v = version ?? await qemuVersion(qmp);
   // Private from the start: the shell of `exec:` would create it with the umask's mode.
+  // (Callers pass a path that does not exist yet: a staging directory, a removed temporary.)
   const f = await Deno.open(path, { write: true, create: true, truncate: true, mode: 0o600 });
   f.close();
-  await Deno.chmod(path, 0o600);
   // No throttle: the guest is paused, so the write should run at disk speed.
   await qmp.execute("migrate-set-parameters", { "max-bandwidth": 2 ** 40 }, 5000).catch(() => {});
   await migrationDone(qmp, "saving the machine state", async () => {
