@@ -389,3 +389,21 @@ export { restoreImageEngineId } from "./engines/select.ts";
 export { runsAsYou } from "./core/vm.ts";
 export type { LiveState } from "./core/supervisor/live.ts";
 export { HttpTimeout } from "./core/supervisor/http.ts";
+// Snapshots of disks and memory.
+export {
+  defaultTag,
+  type GuestHooks,
+  listVmSnapshots,
+  NO_AGENT,
+  removeVmSnapshots,
+  restoreSnapshot,
+  type RestoreSnapshotOptions,
+  type RestoreSnapshotResult,
+  type SaveResult,
+  saveSnapshot,
+  type SaveSnapshotOptions,
+  type SnapshotInfo,
+  type SnapshotMeta,
+  TAG_RULE,
+  validateTag,
+} from "./core/snapshot/mod.ts";

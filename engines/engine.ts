@@ -152,10 +152,17 @@ export interface StartRequest {
   paths: VmPaths;
   /** Show a window (vz) / graphical output; false for headless. */
   graphics: boolean;
-  /** Resume from saved state if present (vz). */
+  /** Resume from paths.savedState if present (the state `suspend` wrote); the engine removes it once resumed. */
   restore: boolean;
   /** The host it runs on. */
   host: HostInfo;
+  /**
+   * Start from this machine-state file (written by {@link RunningVm.saveState})
+   * instead of booting, and run on from there. The engine only reads it: a
+   * snapshot's state stays intact for later restores. Rejects if the state
+   * cannot be loaded (the VM does not run then).
+   */
+  resumeFrom?: string;
 }
 
 /** The lifecycle states a running handle reports. */
@@ -200,6 +207,18 @@ export interface RunningVm {
   resume(): Promise<void>;
   /** Save the machine state to paths.savedState and stop; rejects if unsupported. */
   suspend(): Promise<void>;
+  /**
+   * Writes the machine state of a paused VM to `path` (a new file) and
+   * leaves the VM paused, its disks flushed and safe to copy until
+   * {@link resume}. Rejects with one line if the engine or this
+   * configuration cannot save state; a partial file is the caller's to remove.
+   */
+  saveState(path: string): Promise<void>;
+  /**
+   * Whether {@link saveState} can work for this VM, and if not why (one
+   * line): asked before a snapshot pauses the guest.
+   */
+  saveStateSupport(): Availability;
   /** Resolves when the VM has ended, for whatever reason. */
   wait(): Promise<ExitInfo>;
   /** Engine facts shown by `cove get` (pid, accelerator, forwarded ports). */

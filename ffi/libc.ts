@@ -31,6 +31,7 @@ const linuxSymbols = {
     result: "isize",
     nonblocking: true,
   },
+  statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
@@ -302,4 +303,19 @@ export function lockWrite(fd: number, text: string): void {
   if (Number(lib.pwrite(fd, data, BigInt(data.length), 0n)) !== data.length) {
     throw new LibcError("pwrite", err());
   }
+}
+
+/**
+ * Linux (64-bit glibc): bytes available to an unprivileged user on the file
+ * system holding `path`, from statvfs(3) (f_bavail * f_frsize).
+ */
+export function freeBytesLinux(path: string): number {
+  // struct statvfs: f_bsize, f_frsize, f_blocks, f_bfree, f_bavail, ... (unsigned long / fsblkcnt_t: 8 bytes each)
+  const buf = new Uint8Array(256);
+  const rc = linux().symbols.statvfs(cstr(path), buf);
+  if (rc !== 0) throw new LibcError("statvfs", errnoLinux());
+  const v = new DataView(buf.buffer);
+  const frsize = v.getBigUint64(8, true);
+  const bavail = v.getBigUint64(32, true);
+  return Number(frsize * bavail);
 }

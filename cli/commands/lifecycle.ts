@@ -193,7 +193,7 @@ export function register(program: Command): void {
 
   program.command("suspend")
     .description(
-      "save a running VM's state to disk and stop it; the next run resumes it (vz, macOS 14+)",
+      "save a running VM's state to disk and stop it; the next run or start resumes it",
     )
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)

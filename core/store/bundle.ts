@@ -66,6 +66,16 @@ export const BUNDLE_FILES = {
   enginePid: "engine.pid",
   /** Marks a clone made by `cove run --ephemeral`. */
   ephemeral: "ephemeral",
+  /** The VM's snapshots, one directory each: `snapshots/TAG/`. */
+  snapshots: "snapshots",
+  /** A snapshot's record (spec, time, memory, allocated bytes), inside its directory. */
+  snapshotMeta: "snapshot.json",
+  /** A snapshot's machine state, inside its directory. */
+  snapshotState: "memory.state",
+  /** The journal of a snapshot restore's renames: present means "finish these renames". */
+  restoreJournal: "restore-journal.json",
+  /** A pending memory restore: the next run resumes from the state it names. */
+  resumeRequest: "resume.json",
 } as const;
 
 /** Files that belong to one running instance, never copied by clone. */
@@ -80,6 +90,8 @@ export const INSTANCE_FILES: ReadonlySet<string> = new Set([
   BUNDLE_FILES.runtimeDir,
   BUNDLE_FILES.savedState,
   BUNDLE_FILES.enginePid,
+  BUNDLE_FILES.restoreJournal,
+  BUNDLE_FILES.resumeRequest,
 ]);
 
 /**
@@ -96,6 +108,7 @@ export const OWNED_FILES: ReadonlySet<string> = new Set([
 /** Names a disk may not take: cove's own files, and the engine's state. */
 const NOT_DISKS: ReadonlySet<string> = new Set([
   ...OWNED_FILES,
+  BUNDLE_FILES.snapshots,
   BUNDLE_FILES.efiVars,
   BUNDLE_FILES.auxStorage,
 ]);
@@ -363,6 +376,59 @@ export class Bundle {
     return out;
   }
 
+  /** The directory of the VM's snapshots: `snapshots/TAG/`. */
+  get snapshotsDir(): string {
+    return join(this.dir, BUNDLE_FILES.snapshots);
+  }
+  /** One snapshot's directory. */
+  snapshotDir(tag: string): string {
+    return join(this.snapshotsDir, tag);
+  }
+  /** A snapshot's record (spec, time, memory, allocated bytes). */
+  snapshotMetaPath(tag: string): string {
+    return join(this.snapshotDir(tag), SNAPSHOT_META);
+  }
+  /** The file name of a snapshot's record inside its directory. */
+  get snapshotMetaName(): string {
+    return SNAPSHOT_META;
+  }
+  /** The file name of a snapshot's machine state inside its (staging) directory. */
+  get snapshotStateName(): string {
+    return BUNDLE_FILES.snapshotState;
+  }
+  /** The file name of the copy of `disks[i]` inside a snapshot's (staging) directory. */
+  snapshotDiskName(i: number): string {
+    return `disk${i}.img`;
+  }
+  /** A new staging directory for a snapshot being made (renamed to `snapshots/TAG` when complete). */
+  snapshotStagingDir(): string {
+    return join(this.snapshotsDir, `${SNAPSHOT_STAGING_PREFIX}${crypto.randomUUID()}`);
+  }
+  /** A directory name a removed snapshot is renamed to before it is deleted. */
+  snapshotTrashDir(): string {
+    return join(this.snapshotsDir, `${SNAPSHOT_TRASH_PREFIX}${crypto.randomUUID()}`);
+  }
+  /** True for names in snapshots/ that are not (complete) snapshots. */
+  isSnapshotScratch(name: string): boolean {
+    return name.startsWith(".");
+  }
+  /** A temporary copy of a snapshot disk next to the disk it will replace. */
+  restoreTempPath(diskPath: string): string {
+    return join(dirname(diskPath), `.restore-${crypto.randomUUID()}.tmp`);
+  }
+  /** True for the bundle's leftover restore temporaries. */
+  isRestoreTemp(name: string): boolean {
+    return /^\.restore-[0-9a-f-]{36}\.tmp$/.test(name);
+  }
+  /** The journal of a restore's renames: present means "finish these renames". */
+  get restoreJournalPath(): string {
+    return join(this.dir, BUNDLE_FILES.restoreJournal);
+  }
+  /** A pending memory restore: the next run resumes from the state it names. */
+  get resumeRequestPath(): string {
+    return join(this.dir, BUNDLE_FILES.resumeRequest);
+  }
+
   /** Resolves a path from the spec (relative paths are inside the bundle). */
   resolve(p: string): string {
     return p.startsWith("/") ? p : join(this.dir, p);
@@ -562,6 +628,10 @@ export function heldError(name: string, action: string, h: LockHolder): CoveErro
     exit: ExitCode.State,
   });
 }
+
+const SNAPSHOT_META = BUNDLE_FILES.snapshotMeta;
+const SNAPSHOT_STAGING_PREFIX = ".staging-";
+const SNAPSHOT_TRASH_PREFIX = ".trash-";
 
 /** The YAML text cove writes for a spec. */
 export async function specYaml(spec: SpecParsed | VmSpec): Promise<string> {

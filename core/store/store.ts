@@ -66,6 +66,7 @@ export interface VmSummary {
     | "paused"
     | "stopping"
     | "suspending"
+    | "suspended"
     | "error";
   os?: string;
   arch?: string;

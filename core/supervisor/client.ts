@@ -7,6 +7,7 @@
  */
 import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
+import type { SaveResult } from "../snapshot/snapshot.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { httpRequest, HttpTimeout, httpUpgrade } from "./http.ts";
 import { consoleTailLines, writeLastExit } from "./lastexit.ts";
@@ -221,7 +222,30 @@ export async function resumeVm(bundle: Bundle): Promise<{ name: string; state: s
 /** Suspends a running VM (saves its state and stops it) where the engine can. */
 export async function suspendVm(bundle: Bundle): Promise<{ name: string; state: string }> {
   await assertRunning(bundle, "suspend");
-  return await control(bundle, "POST", "/suspend");
+  const r = await control<{ name: string; state: string }>(bundle, "POST", "/suspend", undefined, {
+    timeoutMs: SNAPSHOT_TIMEOUT_MS,
+  });
+  // The supervisor answers, then ends and releases the lock.
+  const deadline = Date.now() + 10_000;
+  while (Date.now() < deadline && (await bundle.isRunning().catch(() => false))) {
+    await new Promise((res) => setTimeout(res, 50));
+  }
+  return { name: r.name, state: "suspended" };
+}
+
+/** How long a save of a running VM may take before the client gives up waiting (the save goes on). */
+export const SNAPSHOT_TIMEOUT_MS = 15 * 60_000;
+
+/** Asks the supervisor of a running VM to snapshot it (see core/snapshot). */
+export async function snapshotRunningVm(
+  bundle: Bundle,
+  opts: { tag?: string; diskOnly?: boolean },
+): Promise<SaveResult> {
+  await assertRunning(bundle, "snapshot");
+  return await control<SaveResult>(bundle, "POST", "/snapshot", {
+    tag: opts.tag,
+    diskOnly: !!opts.diskOnly,
+  }, { timeoutMs: SNAPSHOT_TIMEOUT_MS });
 }
 
 /** An attached console: bytes from the guest, and a way to type. */

@@ -101,7 +101,7 @@ export async function liveStatus(
 /** A list/get row that live state can refine. */
 export interface LiveRow {
   name: string;
-  state: "running" | "stopped" | "broken" | LiveState;
+  state: "running" | "stopped" | "broken" | "suspended" | LiveState;
   /** What a busy VM is doing. */
   busy?: string;
   error?: string;
@@ -121,7 +121,10 @@ export async function withLive<T extends LiveRow>(
   if (row.state === "broken" && !row.error) return row;
   const live = await liveStatus(bundle);
   const out: T & { live?: LiveStatus } = opts.details === false ? { ...row } : { ...row, live };
-  if (row.state !== "broken") out.state = live.state;
+  // A suspended VM is not running: the supervisor's "stopped" must not hide that it is suspended.
+  if (row.state !== "broken" && !(row.state === "suspended" && live.state === "stopped")) {
+    out.state = live.state;
+  }
   if (live.busy) out.busy = live.busy;
   if (live.error && !row.error) out.error = live.error;
   return out;

@@ -25,6 +25,15 @@ import {
   writeAll,
   writeUpgrade,
 } from "./http.ts";
+import { type GuestHooks, NO_AGENT } from "../snapshot/guest.ts";
+import {
+  clearResumeRequest,
+  type LiveVm,
+  readResumeRequest,
+  recoverBundle,
+  type SaveResult,
+  saveRunning,
+} from "../snapshot/snapshot.ts";
 import { consoleTailLines, type LastExit, writeLastExit } from "./lastexit.ts";
 import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
@@ -46,7 +55,8 @@ export type SupervisorEvent =
   | { type: "state"; state: VmState }
   | { type: "engine-log"; level: string; message: string }
   | { type: "stopped"; reason: string; message?: string }
-  | { type: "failed"; message: string; code: string };
+  | { type: "failed"; message: string; code: string }
+  | { type: "note"; message: string };
 
 /** The supervisor.log line of an event. */
 export function describeEvent(e: SupervisorEvent): string {
@@ -73,6 +83,8 @@ export function describeEvent(e: SupervisorEvent): string {
       return `stopped (${e.reason}${e.message ? `: ${e.message}` : ""})`;
     case "failed":
       return `failed: ${e.message}`;
+    case "note":
+      return e.message;
   }
 }
 
@@ -169,6 +181,17 @@ export class Supervisor {
   readonly startedAt = new Date().toISOString();
   #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
   #attached = Promise.withResolvers<RunningVm>();
+  /** The spec the VM was started with (before guest preparation): what snapshots record. */
+  spec: VmSpec | undefined;
+  /**
+   * The guest agent's snapshot steps. No agent channel exists yet, so
+   * {@link NO_AGENT}; the agent's supervisor side sets its hooks here.
+   */
+  guest: GuestHooks = NO_AGENT;
+  #saving: Promise<unknown> = Promise.resolve();
+  #saveUnderWay = false;
+  /** True while the VM is paused by a save (and not yet resumed). */
+  #pausedBySave = false;
 
   constructor(
     readonly bundle: Bundle,
@@ -244,6 +267,85 @@ export class Supervisor {
       return { exit: first, forced: false };
     })();
     return this.#stopping;
+  }
+
+  /**
+   * Resumes a guest that a save paused and did not resume (its resume
+   * failed): called by every control request that finds it so while no save
+   * is under way.
+   */
+  async healPause(): Promise<void> {
+    const vm = this.vm;
+    if (!vm || this.#saveUnderWay || !this.#pausedBySave) return;
+    if (vm.state() === "paused") {
+      this.emit({ type: "note", message: "resuming the guest a failed snapshot left paused" });
+      await vm.resume().catch(() => {});
+    }
+    if (vm.state() !== "paused") this.#pausedBySave = false;
+  }
+
+  /** Takes a snapshot of the running VM (one save at a time). */
+  snapshot(
+    opts: { tag?: string; diskOnly?: boolean; hook?: (phase: string) => Promise<void> },
+  ): Promise<SaveResult> {
+    const vm = this.vm;
+    const spec = this.spec;
+    if (!vm || !spec) {
+      throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+    }
+    const live: LiveVm = {
+      state: () => vm.state(),
+      pause: async () => {
+        await vm.pause();
+        this.#pausedBySave = true;
+      },
+      resume: async () => {
+        await vm.resume();
+        this.#pausedBySave = false;
+      },
+      saveState: (path) => vm.saveState(path),
+      saveStateSupport: () => vm.saveStateSupport(),
+    };
+    const run = this.#saving.then(async () => {
+      await this.healPause();
+      this.#saveUnderWay = true;
+      try {
+        const r = await saveRunning(this.bundle, spec, this.engineId, live, {
+          ...opts,
+          guest: this.guest,
+        });
+        this.emit({
+          type: "note",
+          message: `snapshot ${r.tag} saved (${r.memory ? "memory and disks" : "disks"}; paused ${
+            Math.round(r.pausedMs)
+          } ms)`,
+        });
+        return r;
+      } finally {
+        this.#saveUnderWay = false;
+      }
+    });
+    this.#saving = run.catch(() => {});
+    return run;
+  }
+
+  /** Suspends the VM (saves its state and stops), after any save under way. */
+  suspend(): Promise<void> {
+    const vm = this.vm;
+    if (!vm) {
+      throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
+    }
+    const run = this.#saving.then(async () => {
+      await this.healPause();
+      this.#saveUnderWay = true;
+      try {
+        await vm.suspend();
+      } finally {
+        this.#saveUnderWay = false;
+      }
+    });
+    this.#saving = run.catch(() => {});
+    return run;
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -337,6 +439,7 @@ export function controlHandler(sup: Supervisor) {
   return async (req: HttpRequest, conn: Deno.UnixConn, rest: Uint8Array): Promise<HttpResult> => {
     const route = `${req.method} ${req.path}`;
     try {
+      await sup.healPause();
       switch (route) {
         case "GET /status":
           return { status: 200, body: sup.status() };
@@ -361,8 +464,22 @@ export function controlHandler(sup: Supervisor) {
           }
           if (req.path === "/pause") await vm.pause();
           else if (req.path === "/resume") await vm.resume();
-          else await vm.suspend();
+          else await sup.suspend();
           return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
+        }
+        case "POST /snapshot": {
+          const b = parseJsonBody(req);
+          if (b.tag !== undefined && typeof b.tag !== "string") {
+            throw new CoveError("http.bad_input", "POST /snapshot: tag must be a string", {
+              exit: ExitCode.Usage,
+            });
+          }
+          const r = await sup.snapshot({
+            tag: b.tag as string | undefined,
+            diskOnly: b.diskOnly === true,
+            hook: testStall(),
+          });
+          return { status: 200, body: r };
         }
         case "GET /console": {
           if ((req.headers.get("upgrade") ?? "").toLowerCase() !== CONSOLE_PROTOCOL) {
@@ -517,7 +634,9 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   let spec: VmSpec;
   try {
     log({ type: "starting", pid: Deno.pid, name: bundle.name });
+    await recoverBundle(bundle);
     spec = await bundle.readSpec();
+    const baseSpec = spec;
     // A hand-edited spec gets the same disk confinement as a created one.
     await bundle.checkDisks(spec);
     const host = detectHost();
@@ -537,6 +656,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     });
     hub = new ConsoleHub(consoleFile);
     const sup = new Supervisor(bundle, engineId, hub, log);
+    sup.spec = baseSpec;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -558,6 +678,20 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* not on this OS */ }
     }
 
+    // A memory restore waiting for this run: start from the snapshot's state.
+    const resume = await readResumeRequest(bundle);
+    let resumeFrom: string | undefined;
+    if (resume) {
+      const have = await Deno.stat(resume.state).then(() => true, () => false);
+      if (have && resume.engine === engineId) resumeFrom = resume.state;
+      else {
+        log({
+          type: "note",
+          message: `warn: snapshot ${resume.tag}'s memory is gone or from another engine; booting`,
+        });
+        await clearResumeRequest(bundle);
+      }
+    }
     let vm: RunningVm;
     try {
       vm = await engine.start({
@@ -565,11 +699,27 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         spec,
         paths,
         graphics: opts.graphics ?? false,
-        restore: true,
+        restore: !resumeFrom,
+        resumeFrom,
         host,
       });
     } catch (e) {
+      if (resumeFrom) {
+        // Never retried: the next start boots the restored disks.
+        await clearResumeRequest(bundle);
+        const ce = toCoveError(e);
+        throw new CoveError(
+          "snapshot.resume_failed",
+          `snapshot ${resume!.tag}'s memory could not be resumed: ${ce.message}`,
+          { hint: "the next start boots the restored disks", exit: ce.exit },
+        );
+      }
       throw toCoveError(e);
+    }
+    if (resumeFrom) {
+      await clearResumeRequest(bundle);
+      log({ type: "note", message: `resumed snapshot ${resume!.tag}` });
+      await sup.guest.setClock();
     }
     sup.attach(vm);
     sup.state = vm.state();
@@ -644,5 +794,24 @@ function storeContext(bundle: Bundle): EngineContext {
           running: v.state === "running",
         }));
     },
+  };
+}
+
+/**
+ * Test seam, named as such: `COVE_TEST_SNAPSHOT_STALL=PHASE:MS[,PHASE:MS...]`
+ * makes a save wait MS milliseconds at each PHASE (see SaveOptions.hook),
+ * so the fault tests can kill a process at a known point of the save.
+ */
+function testStall(): ((phase: string) => Promise<void>) | undefined {
+  const v = Deno.env.get("COVE_TEST_SNAPSHOT_STALL");
+  if (!v) return undefined;
+  const stalls = new Map<string, number>();
+  for (const part of v.split(",")) {
+    const m = /^([a-z-]+):(\d+)$/.exec(part.trim());
+    if (m) stalls.set(m[1], Number(m[2]));
+  }
+  return (p) => {
+    const ms = stalls.get(p);
+    return ms ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
   };
 }

@@ -67,6 +67,10 @@ export interface QemuPlan {
   /** Show a display window. */
   graphics: boolean;
   memoryBytes: number;
+  /** Start waiting for a migration stream (`-incoming defer`): resuming saved state. */
+  incoming?: boolean;
+  /** Where `suspend` saves the machine state (not an argument of QEMU). */
+  savedState?: string;
 }
 
 /** The QEMU system binary name for a guest architecture. */
@@ -142,6 +146,7 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   );
   a.push("-serial", "chardev:cove-console");
   a.push("-monitor", "none");
+  if (plan.incoming) a.push("-incoming", "defer");
 
   // Display and input.
   const display = plan.graphics && spec.display !== "none";

@@ -14,6 +14,7 @@ import { CoveError, ExitCode } from "../../core/errors.ts";
 import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type {
+  Availability,
   Capabilities,
   Engine,
   EngineEvent,
@@ -38,6 +39,7 @@ import { chooseAccel, probeKvm } from "./accel.ts";
 import { findFirmware, prepareFirmware, requireFirmware } from "./firmware.ts";
 import { exists, findQemu, which } from "./host.ts";
 import { checkKernel } from "./kernel.ts";
+import { loadStateFrom, type QemuVersion, qemuVersion, saveStateTo } from "./migrate.ts";
 import { Qmp } from "./qmp.ts";
 import { reaped } from "./reaper.ts";
 import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } from "./virtiofsd.ts";
@@ -319,7 +321,7 @@ export class QemuEngine extends BaseEngine implements Engine {
         display: yes,
         "usb-storage": yes,
         nvme: yes,
-        suspend: { available: false, reason: "the qemu engine does not save machine state yet" },
+        suspend: yes,
         rosetta: { available: false, reason: "Rosetta needs the vz engine" },
         audio: { available: false, reason: "no audio device in the qemu engine yet" },
         clipboard: { available: false, reason: "no clipboard sharing in the qemu engine yet" },
@@ -337,6 +339,25 @@ export class QemuEngine extends BaseEngine implements Engine {
   }
 
   async start(req: StartRequest): Promise<RunningVm> {
+    if (req.resumeFrom) return await this.#launch(req, req.resumeFrom);
+    if (req.restore && exists(req.paths.savedState)) {
+      // Resume what `cove suspend` saved; if QEMU cannot load it (the spec changed), boot afresh.
+      try {
+        const vm = await this.#launch(req, req.paths.savedState);
+        await Deno.remove(req.paths.savedState).catch(() => {});
+        return vm;
+      } catch (e) {
+        await Deno.remove(req.paths.savedState).catch(() => {});
+        const vm = await this.#launch(req, undefined);
+        const why = e instanceof Error ? e.message : String(e);
+        vm.note(`the suspended state could not be resumed (${why}); booted afresh`);
+        return vm;
+      }
+    }
+    return await this.#launch(req, undefined);
+  }
+
+  async #launch(req: StartRequest, incoming: string | undefined): Promise<QemuVm> {
     const { spec, paths } = req;
     const host = req.host;
     const binary = await check(spec, paths, { ports: true });
@@ -362,6 +383,8 @@ export class QemuEngine extends BaseEngine implements Engine {
       uuid: await readUuid(paths),
       graphics: req.graphics && hostCanShowWindows(),
       memoryBytes: parseSize(spec.memory, "memory"),
+      incoming: incoming !== undefined,
+      savedState: paths.savedState,
     };
     if (spec.boot.loader === "kernel") {
       plan.kernel = resolveIn(paths.dir, spec.boot.kernel ?? "");
@@ -399,11 +422,13 @@ export class QemuEngine extends BaseEngine implements Engine {
         }
       }
       const args = buildQemuArgs(spec, plan);
-      return await QemuVm.launch(binary, args, plan, {
+      const vm = await QemuVm.launch(binary, args, plan, {
         accel: accel.accel,
         accelWhy: accel.why,
         shareWhy,
       }, helpers);
+      if (incoming !== undefined) await vm.resumeFromState(incoming);
+      return vm;
     } catch (e) {
       killHelpers();
       throw e;
@@ -421,7 +446,7 @@ class QemuVm implements RunningVm {
   #console: Deno.UnixConn;
   #qmp: Qmp;
   #exit: Promise<ExitInfo>;
-  #stopRequested: "graceful" | "hard" | null = null;
+  #stopRequested: "graceful" | "hard" | "suspend" | null = null;
   #guestShutdown = false;
   #stderr: string[];
   #info: Record<string, unknown>;
@@ -463,7 +488,8 @@ class QemuVm implements RunningVm {
       }
       for (const s of plan.shares) if (s.socket) await Deno.remove(s.socket).catch(() => {});
       let exit: ExitInfo;
-      if (this.#stopRequested === "hard") exit = { reason: "host" };
+      if (this.#stopRequested === "suspend") exit = { reason: "suspended" };
+      else if (this.#stopRequested === "hard") exit = { reason: "host" };
       else if (status.success && this.#stopRequested === "graceful") exit = { reason: "host" };
       else if (status.success) exit = { reason: this.#guestShutdown ? "guest" : "host" };
       else {
@@ -602,6 +628,7 @@ class QemuVm implements RunningVm {
     };
     const vm = new QemuVm(child, consoleConn, qmp, stderr, status, plan, info, helpers);
     vm.#hardKill = hardKill;
+    vm.#savedState = plan.savedState ?? "";
     for (const l of logQueue) if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
     sink.onLine = (l) => {
       if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
@@ -610,6 +637,14 @@ class QemuVm implements RunningVm {
   }
 
   #hardKill: () => void = () => {};
+  #savedState = "";
+  #version: QemuVersion | undefined;
+
+  /** QEMU's version, asked once. */
+  async #qemuVersion(): Promise<QemuVersion> {
+    this.#version ??= await qemuVersion(this.#qmp);
+    return this.#version;
+  }
 
   #emit(e: EngineEvent): void {
     try {
@@ -676,13 +711,62 @@ class QemuVm implements RunningVm {
     this.#setState("running");
   }
 
-  suspend(): Promise<void> {
-    return Promise.reject(
-      new CoveError("qemu.no_suspend", "the qemu engine cannot suspend a VM yet", {
-        hint: "use pause, or stop the VM",
-        exit: ExitCode.Host,
-      }),
-    );
+  /** Pauses, saves the machine state to paths.savedState (via a temporary file) and quits. */
+  async suspend(): Promise<void> {
+    if (this.#state === "running") await this.pause();
+    const tmp = `${this.#savedState}.partial`;
+    await Deno.remove(tmp).catch(() => {});
+    try {
+      await this.saveState(tmp);
+      await Deno.rename(tmp, this.#savedState);
+    } catch (e) {
+      await Deno.remove(tmp).catch(() => {});
+      await this.resume().catch(() => {});
+      throw e;
+    }
+    this.#stopRequested = "suspend";
+    this.#setState("stopping");
+    const timer = setTimeout(() => this.#hardKill(), HARD_STOP_GRACE_MS);
+    try {
+      await this.#qmp.execute("quit", undefined, HARD_STOP_GRACE_MS).catch(() => {});
+      await this.#exit;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  saveStateSupport(): Availability {
+    return { available: true };
+  }
+
+  async saveState(path: string): Promise<void> {
+    if (this.#state !== "paused") {
+      throw new CoveError("vm.state", `cannot save the machine state: the VM is ${this.#state}`, {
+        hint: "pause it first",
+        exit: ExitCode.State,
+      });
+    }
+    await saveStateTo(this.#qmp, path, await this.#qemuVersion());
+  }
+
+  /** Loads the state of a QEMU started with `-incoming defer`, then runs it. */
+  async resumeFromState(path: string): Promise<void> {
+    this.#setState("starting");
+    try {
+      await loadStateFrom(this.#qmp, path, await this.#qemuVersion());
+      await this.#qmp.execute("cont", undefined, QMP_STOP_TIMEOUT_MS);
+      this.#setState("running");
+    } catch (e) {
+      this.#stopRequested = "hard";
+      this.#hardKill();
+      await this.#exit.catch(() => {});
+      throw e;
+    }
+  }
+
+  /** Logs a line through the event stream. */
+  note(message: string): void {
+    this.#emit({ type: "log", level: "warn", message });
   }
 
   wait(): Promise<ExitInfo> {

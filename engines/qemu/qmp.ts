@@ -78,9 +78,12 @@ export class Qmp {
     return q;
   }
 
-  /** Calls `fn` for every event. */
-  onEvent(fn: (e: QmpEvent) => void): void {
+  /** Calls `fn` for every event, until the returned function is called. */
+  onEvent(fn: (e: QmpEvent) => void): () => void {
     this.#listeners.push(fn);
+    return () => {
+      this.#listeners = this.#listeners.filter((l) => l !== fn);
+    };
   }
 
   /**

@@ -342,9 +342,25 @@ export class VzEngine extends BaseEngine implements Engine {
       info: { library: vz.path, suspendable, graphics },
     });
     try {
-      const restored = req.restore && saveRestore.supported && (await exists(paths.savedState)) &&
-        await this.#restore(vz, handle, paths.savedState);
-      if (!restored) await call("start", () => vz.start(handle, {}));
+      if (req.resumeFrom) {
+        // A snapshot's state: restored and resumed, never removed (it serves later restores too).
+        if (!saveRestore.supported) {
+          throw new CoveError(
+            "vz.restore",
+            `this VM's memory snapshot cannot be restored: ${
+              saveRestore.reason ?? "VZ cannot restore this configuration"
+            }`,
+            { hint: "restore with --disk-only", exit: ExitCode.Host },
+          );
+        }
+        await call("restore", () => vz.restore(handle, req.resumeFrom!));
+        await call("resume", () => vz.resume(handle));
+      } else {
+        const restored = req.restore && saveRestore.supported &&
+          (await exists(paths.savedState)) &&
+          await this.#restore(vz, handle, paths.savedState);
+        if (!restored) await call("start", () => vz.start(handle, {}));
+      }
       // The VM runs inside this process: it is the one to stop if the supervisor hangs.
       await Deno.writeTextFile(paths.enginePid, `${Deno.pid}\n`, { mode: 0o600 }).catch(() => {});
       if (graphics) {

@@ -8,7 +8,7 @@
  * @module
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { EngineEvent, ExitInfo, RunningVm, VmState } from "../engine.ts";
+import type { Availability, EngineEvent, ExitInfo, RunningVm, VmState } from "../engine.ts";
 import type { CoveVz, VzEvent, VzState } from "../../ffi/cove_vz.ts";
 import { fds, readableFromFd, writeAllFd } from "../../ffi/fd.ts";
 import { vzError } from "./errors.ts";
@@ -155,6 +155,36 @@ export class VzRunningVm implements RunningVm {
     }
     this.#intent = "suspended";
     await this.stop();
+  }
+
+  /** Whether VZ can save this configuration (validateSaveRestoreSupport, macOS 14+), and if not why. */
+  saveStateSupport(): Availability {
+    return this.#o.saveRestore.supported
+      ? { available: true }
+      : { available: false, reason: this.#o.saveRestore.reason ?? "VZ cannot save it" };
+  }
+
+  /**
+   * Writes the machine state of the paused VM to `path`
+   * (saveMachineStateTo, macOS 14+); the VM stays paused.
+   */
+  async saveState(path: string): Promise<void> {
+    if (!this.#o.saveRestore.supported) {
+      throw new CoveError(
+        "vz.save",
+        `this VM's state cannot be saved: ${this.#o.saveRestore.reason ?? "VZ cannot save it"}`,
+        {
+          hint: "take a --disk-only snapshot, or remove USB input, entropy and sound input",
+          exit: ExitCode.Host,
+        },
+      );
+    }
+    await this.#call("save", () => this.#o.vz.save(this.#o.handle, path));
+    // The state follows the shim's events: wait (bounded) until "saving" has given way to "paused".
+    const deadline = Date.now() + 5000;
+    while (this.#state !== "paused" && !this.#ending && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
   }
 
   /** Ends a VM that failed while starting: releases it without a stop. */

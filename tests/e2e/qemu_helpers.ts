@@ -13,6 +13,7 @@ import { Bundle } from "../../core/store/bundle.ts";
 
 export {
   BOOT_MARKER,
+  COUNTER_MARKER,
   GUEST_HTTP_PORT,
   HTTP_BODY,
   POWEROFF_MARKER,
@@ -61,6 +62,8 @@ export interface VmOptions {
   memory?: string;
   /** Extra kernel command line. */
   cmdline?: string;
+  /** A raw disk of this size (`disk.img`, /dev/vda in the guest). */
+  disk?: string;
 }
 
 /** Creates a VM of the tiny guest through `cove create --config`. */
@@ -81,7 +84,7 @@ export async function createGuestVm(
     engine: "qemu",
     cpus: 1,
     memory: opts.memory ?? "384MiB",
-    disks: [],
+    disks: opts.disk ? [{ path: "disk.img", size: opts.disk }] : [],
     boot: { loader: "kernel", kernel: g.kernel, initrd: g.initrd, cmdline },
     networks: [{
       mode: "user",

@@ -181,6 +181,65 @@ Deno.test("vz engine refuses to suspend a VM whose devices VZ cannot save, and i
   }
 });
 
+Deno.test("vz engine saves the state of a paused VM for a snapshot, stays paused, and a start resumes from it keeping the file", async () => {
+  const eng = await engine();
+  const paths = await bundle();
+  try {
+    const s = spec("entropy: false\n");
+    const a = await eng.start({ name: "t", spec: s, paths, graphics: false, restore: false, host });
+    await a.pause();
+    const state = `${paths.dir}/snap.state`;
+    await a.saveState(state);
+    assertEquals(a.state(), "paused");
+    await a.resume();
+    assertEquals(a.state(), "running");
+    await a.stop();
+    const b = await eng.start({
+      name: "t",
+      spec: s,
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+      resumeFrom: state,
+    });
+    assertEquals(b.state(), "running");
+    assert((await Deno.stat(state)).isFile, "a snapshot's state stays for later restores");
+    await b.stop();
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
+});
+
+Deno.test("vz engine refuses a snapshot's state save in one line when VZ cannot save the configuration", async () => {
+  const eng = await engine();
+  const paths = await bundle();
+  try {
+    const vm = await eng.start({
+      name: "t",
+      spec: spec("entropy: true\n"),
+      paths,
+      graphics: false,
+      restore: false,
+      host,
+    });
+    const support = vm.saveStateSupport();
+    assertEquals(support.available, false);
+    assertMatch(support.reason ?? "", /^Saving is not supported with an entropy device/);
+    await vm.pause();
+    const err = await assertRejects(() => vm.saveState(`${paths.dir}/x.state`), CoveError);
+    assertEquals(err.code, "vz.save");
+    assertMatch(
+      err.message,
+      /state cannot be saved: Saving is not supported with an entropy device/,
+    );
+    await vm.resume();
+    await vm.stop();
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
+});
+
 Deno.test("vz engine refuses a macOS VM that was never installed", async () => {
   const eng = await engine();
   const paths = await bundle();

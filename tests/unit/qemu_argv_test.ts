@@ -353,3 +353,11 @@ Deno.test("a minimal spec (no UUID, MAC or firmware in the plan) gives exactly t
     "virtio-balloon-pci",
   ]);
 });
+
+Deno.test("resuming saved state adds -incoming defer; a normal start does not", () => {
+  const s = spec({ engine: "qemu", memory: "1GiB", disks: [{ path: "d.img", size: "1GiB" }] });
+  const args = buildQemuArgs(s, plan({ incoming: true, savedState: "/b/state" }));
+  assertEquals(args[args.indexOf("-incoming") + 1], "defer");
+  assertEquals(args.includes("/b/state"), false);
+  assertEquals(buildQemuArgs(s, plan()).includes("-incoming"), false);
+});

@@ -220,3 +220,58 @@ Deno.test("a short runtime directory that is a symlink or open to others is refu
     await assertCoveError(() => ensurePrivateRoot(link), { code: "runtime.unsafe_dir" });
   });
 });
+
+Deno.test("a guest that a failed snapshot left paused is resumed by the next control request", async () => {
+  await withTempDir(async (dir) => {
+    // A MOCK engine handle (no VM can be made to fail its resume on demand): the first resume fails.
+    let state: "running" | "paused" = "running";
+    let resumes = 0;
+    const vm = {
+      state: () => state,
+      pause: () => {
+        state = "paused";
+        return Promise.resolve();
+      },
+      resume: () => {
+        resumes++;
+        if (resumes === 1) return Promise.reject(new Error("resume failed"));
+        state = "running";
+        return Promise.resolve();
+      },
+      saveState: () => Promise.reject(new Error("disk full")),
+      saveStateSupport: () => ({ available: true }),
+      info: () => ({}),
+    } as unknown as RunningVm;
+    const b = new Bundle("vm", dir);
+    await Deno.writeFile(join(dir, "disk.img"), new Uint8Array(4096));
+    const { applyDefaults } = await import("../../core/spec/defaults.ts");
+    const { parseSpec } = await import("../../core/spec/load.ts");
+    const { detectHost } = await import("../../core/host.ts");
+    const sup = new Supervisor(b, "qemu", new ConsoleHub(), () => {});
+    sup.spec = applyDefaults(
+      parseSpec("memory: 1MiB\ndisks: [{ path: disk.img }]\n"),
+      detectHost(),
+      "vm",
+    );
+    sup.attach(vm);
+    let failed = false;
+    await sup.snapshot({ tag: "t" }).catch(() => (failed = true));
+    assert(failed, "the save failed");
+    assertEquals(state, "paused", "its resume failed too");
+    const { controlHandler } = await import("../../core/supervisor/supervisor.ts");
+    const res = await controlHandler(sup)(
+      {
+        method: "GET",
+        path: "/status",
+        query: new URLSearchParams(),
+        headers: new Map(),
+        body: new Uint8Array(),
+      },
+      undefined as unknown as Deno.UnixConn,
+      new Uint8Array(),
+    );
+    assert(res !== "upgraded" && res.status === 200);
+    assertEquals(state, "running", "the next request resumed it");
+    assertEquals(await Array.fromAsync(Deno.readDir(join(dir, "snapshots"))), [], "nothing listed");
+  });
+});
