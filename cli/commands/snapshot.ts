@@ -5,14 +5,6 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import {
-  formatSize,
-  listVmSnapshots,
-  removeVmSnapshots,
-  restoreSnapshot,
-  saveSnapshot,
-  Store,
-} from "../../mod.ts";
 import { out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
@@ -31,6 +23,7 @@ export function register(program: Command): void {
     .option("--disk-only", "the disks only, even of a running VM")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, tag, opts) => {
+      const { formatSize, saveSnapshot, Store } = await import("../../mod.ts");
       const r = await saveSnapshot(new Store(), name, { tag, diskOnly: opts.diskOnly });
       if (opts.format === "json") outJson(r);
       else {
@@ -47,6 +40,7 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
+      const { formatSize, listVmSnapshots, Store } = await import("../../mod.ts");
       const list = await listVmSnapshots(new Store(), name);
       if (opts.format === "json") {
         outJson(list);
@@ -68,6 +62,7 @@ export function register(program: Command): void {
     .option("--disk-only", "restore the disks only (the VM stays stopped)")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, tag, opts) => {
+      const { restoreSnapshot, Store } = await import("../../mod.ts");
       const r = await restoreSnapshot(new Store(), name, tag, {
         force: opts.force,
         diskOnly: opts.diskOnly,
@@ -87,6 +82,7 @@ export function register(program: Command): void {
     .argument("<tags...>", "the snapshots' tags")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, tags, opts) => {
+      const { removeVmSnapshots, Store } = await import("../../mod.ts");
       const removed = await removeVmSnapshots(new Store(), name, tags);
       if (opts.format === "json") outJson({ name, removed });
       else out(`removed ${removed.map((t) => `snapshot ${t}`).join(", ")} of ${name}`);
