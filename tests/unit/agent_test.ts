@@ -5,7 +5,13 @@
  * host. Real guests: tests/e2e/agent_test.ts.
  */
 import { join } from "node:path";
-import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/assert.ts";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertThrows,
+} from "../helpers/assert.ts";
 import { AgentChannel } from "../../core/agent/channel.ts";
 import { copyFromGuest, copyToGuest, parseCpEndpoint } from "../../core/agent/cp.ts";
 import { agentExec } from "../../core/agent/exec.ts";
@@ -236,7 +242,7 @@ Deno.test("cp endpoints: NAME:PATH is a guest path, ./a:b and /a:b are host path
   assertEquals(parseCpEndpoint("./a:b"), { path: "./a:b" });
   assertEquals(parseCpEndpoint("/x/a:b"), { path: "/x/a:b" });
   assertEquals(parseCpEndpoint("notes.txt"), { path: "notes.txt" });
-  assertRejects(async () => parseCpEndpoint("vm1:"), CoveError);
+  assertThrows(() => parseCpEndpoint("vm1:"), CoveError);
 });
 
 Deno.test({
@@ -358,9 +364,9 @@ Deno.test("freeze runs the copy between freeze and thaw, and thaws when the copy
       let sawFrozen = false;
       await assertRejects(
         () =>
-          withFrozenGuest(ch, async () => {
+          withFrozenGuest(ch, () => {
             sawFrozen = s.log.frozen;
-            throw new Error("copy failed");
+            return Promise.reject(new Error("copy failed"));
           }),
         Error,
         "copy failed",
