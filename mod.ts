@@ -75,3 +75,25 @@ export {
 export { createFromOci } from "./core/oci/create.ts";
 export { guestAddress } from "./core/access/address.ts";
 export { runSsh } from "./core/access/ssh.ts";
+export { QGA_PORT_NAME, QgaClient, QgaError } from "./core/agent/qga.ts";
+export { AgentChannel, type AgentStatus } from "./core/agent/channel.ts";
+export type { AgentTransport } from "./core/agent/transport.ts";
+export { agentOf, agentStatus } from "./core/agent/remote.ts";
+export {
+  agentExec,
+  type AgentExecOptions,
+  type AgentExecResult,
+  MAX_AGENT_OUTPUT,
+  MAX_AGENT_STDIN,
+  truncatedError,
+} from "./core/agent/exec.ts";
+export {
+  copyFromGuest,
+  copyToGuest,
+  type CpEndpoint,
+  type CpResult,
+  parseCpEndpoint,
+} from "./core/agent/cp.ts";
+export { withFrozenGuest } from "./core/agent/freeze.ts";
+export { type AgentAddress, agentAddresses } from "./core/agent/address.ts";
+export { chooseExecVia, sshAnswers } from "./core/agent/via.ts";

@@ -73,6 +73,12 @@ export interface VmPaths {
   machine: string;
   /** Saved machine state for suspend/resume. */
   savedState: string;
+  /**
+   * Where the engine serves the guest agent channel (virtio serial port
+   * `org.qemu.guest_agent.0`) as a unix socket the supervisor connects to;
+   * attached when the spec's `agent` is true.
+   */
+  agentSocket?: string;
 }
 
 /** Everything an engine needs to start a VM. */

@@ -10,7 +10,26 @@ import { readLiveStatus } from "../../core/access/status.ts";
 import { runSsh } from "../../core/access/ssh.ts";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { Store } from "../../core/store/store.ts";
+import { agentAddresses, agentOf, chooseExecVia, MAX_AGENT_STDIN } from "../../mod.ts";
 import { out, outJson, parseFormat } from "../output.ts";
+import { execViaAgent } from "./agent.ts";
+
+function via(v: string): "auto" | "agent" | "ssh" {
+  if (v === "auto" || v === "agent" || v === "ssh") return v;
+  throw new CoveError("usage.via", `--via: '${v}' is not one of auto, agent, ssh`, {
+    exit: ExitCode.Usage,
+  });
+}
+
+function timeoutSeconds(v: string): number {
+  const n = Number(v);
+  if (!Number.isFinite(n) || n <= 0) {
+    throw new CoveError("usage.timeout", `--timeout: '${v}' is not a positive number of seconds`, {
+      exit: ExitCode.Usage,
+    });
+  }
+  return n;
+}
 
 function seconds(v: string): number {
   const n = Number(v);
@@ -31,7 +50,30 @@ export function register(program: Command): void {
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
       const b = await new Store().get(name);
-      const addr = await guestAddress(b, await b.readSpec(), {
+      const spec = await b.readSpec();
+      // The guest agent first: it knows the guest's addresses without leases or ARP.
+      const userNet = spec.networks.find((n) => n.mode !== "none")?.mode === "user";
+      if (spec.agent && !userNet && (await b.isRunning())) {
+        const found = await agentOf(b).then((a) => agentAddresses(a, { timeoutMs: 5_000 }))
+          .catch(() => []);
+        if (found.length) {
+          if (opts.format === "json") {
+            return outJson({ name, host: found[0].address, via: "agent", addresses: found });
+          }
+          return out(found[0].address);
+        }
+        if (!spec.networks.some((n) => n.mode !== "none")) {
+          throw new CoveError(
+            "vm.no_address",
+            `VM '${name}' has no network, and its guest agent reports no address but loopback`,
+            {
+              hint: `add one under networks: in its cove.yaml, e.g. { mode: nat }`,
+              exit: ExitCode.State,
+            },
+          );
+        }
+      }
+      const addr = await guestAddress(b, spec, {
         waitSeconds: opts.wait,
         status: readLiveStatus,
       });
@@ -64,10 +106,31 @@ export function register(program: Command): void {
 
   program.command("exec")
     .description(
-      "run a command in a running VM without a TTY, for scripts (cove exec NAME -- CMD...)",
+      "run a command in a running VM without a TTY, for scripts (cove exec NAME -- CMD...); over ssh when it answers, else the guest agent",
     )
     .argument("<name>", "VM name")
     .argument("<command...>", "command to run in the guest (after --)")
     .option(...waitOption, seconds, 0)
-    .action(runIn("never"));
+    .option(
+      "--via <way>",
+      "auto (ssh when it answers, else the agent), agent or ssh",
+      via,
+      "auto" as const,
+    )
+    .option(
+      "--timeout <seconds>",
+      "over the agent: kill the command after this long",
+      timeoutSeconds,
+    )
+    .action(async (name, command, opts) => {
+      let way = opts.via;
+      if (way === "auto") {
+        const b = await new Store().get(name);
+        way = opts.wait > 0 ? "ssh" : await chooseExecVia(b, await b.readSpec(), readLiveStatus);
+      }
+      if (way === "ssh") return await runIn("never")(name, command, opts);
+      Deno.exit(
+        await execViaAgent(name, command, { timeout: opts.timeout, stdinLimit: MAX_AGENT_STDIN }),
+      );
+    });
 }

@@ -140,7 +140,9 @@ export function register(program: Command): void {
     });
 
   program.command("stop")
-    .description("stop a running VM: ACPI power button, then power off after a timeout")
+    .description(
+      "stop a running VM: ACPI power button; after a timeout the guest agent's shutdown, then power off",
+    )
     .argument("<name>", "VM name")
     .option("--timeout <seconds>", "seconds to wait for the guest to shut down", parseSeconds, 30)
     .option("-f, --force", "power off at once")
@@ -150,7 +152,13 @@ export function register(program: Command): void {
       const b = await new Store().get(name);
       const r = await stopVm(b, { force: opts.force, timeoutSeconds: opts.timeout });
       if (opts.format === "json") outJson(r);
-      else out(`stopped ${name}${r.forced ? " (powered off)" : ""}`);
+      else {
+        out(
+          `stopped ${name}${
+            r.forced ? " (powered off)" : r.via === "agent" ? " (through the guest agent)" : ""
+          }`,
+        );
+      }
     });
 
   program.command("pause")

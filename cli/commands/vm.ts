@@ -100,12 +100,28 @@ export function register(program: Command): void {
       const store = new Store();
       const { withLive } = await import("../../core/supervisor/live.ts");
       const d = await withLive(store.bundle(name), await getVm(store, name));
-      if (opts.format === "json") return outJson(d);
+      const { agentStatus } = await import("../../mod.ts");
+      const enabled = (d.spec as { agent?: boolean }).agent === true;
+      const agent = enabled && await store.bundle(name).isRunning()
+        ? await agentStatus(store.bundle(name)).catch((e) => ({
+          enabled,
+          answers: false,
+          reason: e instanceof Error ? e.message : String(e),
+        }))
+        : { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
+      if (opts.format === "json") return outJson({ ...d, agent });
       out(
         table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [summaryRow(d)]),
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      out(
+        `agent: ${
+          agent.answers
+            ? `answers (qemu-guest-agent ${"version" in agent ? agent.version : "?"})`
+            : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
+        }`,
+      );
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
 

@@ -66,6 +66,13 @@ export class Bundle {
   get savedStatePath(): string {
     return join(this.dir, "state.vzvmsave");
   }
+  /** The guest agent channel's socket, in a runtime directory (the bundle's or a short one). */
+  agentSocketIn(runtimeDir: string): string {
+    return join(runtimeDir, "agent.sock");
+  }
+  get agentSocket(): string {
+    return this.agentSocketIn(this.runtimeDir);
+  }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
   resolve(p: string): string {
@@ -80,6 +87,7 @@ export class Bundle {
       runtimeDir: this.runtimeDir,
       machine: this.machinePath,
       savedState: this.savedStatePath,
+      agentSocket: this.agentSocket,
     };
   }
 

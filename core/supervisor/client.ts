@@ -93,6 +93,8 @@ export interface StopResult {
   exit: ExitInfo;
   /** True when the VM was powered off rather than shut down by the guest. */
   forced: boolean;
+  /** What stopped it: the guest's ACPI handler, its agent (guest-shutdown), or a power-off. */
+  via?: "acpi" | "agent" | "power-off";
 }
 
 /** Stops a running VM and waits until its supervisor has let go of the bundle. */

@@ -11,6 +11,7 @@
 import { dirname } from "node:path";
 import type { Engine, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
+import { AgentChannel } from "../agent/channel.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
@@ -30,6 +31,19 @@ import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
 
 export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
+
+/** Seconds a guest may take to power off after guest-shutdown, before the power-off. */
+export const AGENT_SHUTDOWN_WAIT_S = 30;
+
+/** How a stop ended: the guest's ACPI handler, its agent, or a power-off. */
+export interface StopOutcome {
+  exit: ExitInfo;
+  forced: boolean;
+  via: "acpi" | "agent" | "power-off";
+}
+
+/** Agent commands clients may not send: the supervisor keeps the channel in sync itself. */
+const RESERVED_AGENT_COMMANDS = new Set(["guest-sync", "guest-sync-delimited"]);
 
 /** Options of {@link runSupervisor}. */
 export interface RunOptions {
@@ -122,16 +136,37 @@ export class Supervisor {
   state: VmState = "starting";
   vm: RunningVm | undefined;
   readonly startedAt = new Date().toISOString();
-  #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
+  #stopping: Promise<StopOutcome> | undefined;
   #attached = Promise.withResolvers<RunningVm>();
+  /** The guest agent channel (owned here; reached through `/agent`). */
+  readonly agent: AgentChannel;
 
   constructor(
     readonly bundle: Bundle,
     readonly engineId: string,
     hub: ConsoleHub,
     readonly log: (line: string) => void,
+    agent?: AgentChannel,
   ) {
     this.hub = hub;
+    this.agent = agent ?? new AgentChannel(bundle.name, undefined);
+  }
+
+  /**
+   * Sets the guest clock to the host's (guest-set-time), as after a resume.
+   * Best effort and bounded: returns what happened, in one word or line.
+   */
+  async syncGuestClock(): Promise<string> {
+    if (!this.agent.enabled) return "skipped (agent: false)";
+    try {
+      await this.agent.command("guest-set-time", { time: Date.now() * 1e6 }, { timeoutMs: 10_000 });
+      this.log("guest clock set through the agent");
+      return "set";
+    } catch (e) {
+      const why = toCoveError(e).message;
+      this.log(`guest clock not set: ${why}`);
+      return `not set: ${why}`;
+    }
   }
 
   status(): SupervisorStatus {
@@ -154,8 +189,13 @@ export class Supervisor {
     await this.vm.writeConsole(b);
   }
 
-  /** Stops the VM: ACPI power button, then power off after `timeout` seconds (or at once with force). */
-  stop(force: boolean, timeout: number): Promise<{ exit: ExitInfo; forced: boolean }> {
+  /**
+   * Stops the VM: ACPI power button; if the guest ignores it for `timeout`
+   * seconds, guest-shutdown through the agent (when there is one) for up to
+   * {@link AGENT_SHUTDOWN_WAIT_S} more; then power off. With `force`, power
+   * off at once.
+   */
+  stop(force: boolean, timeout: number): Promise<StopOutcome> {
     const vm = this.vm;
     if (!vm) {
       // Still starting: power off as soon as it runs.
@@ -170,7 +210,7 @@ export class Supervisor {
       if (force) {
         this.log("stopping (power off)");
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
       this.log(`stopping (ACPI power button; power off after ${timeout}s)`);
       // The timeout runs from the request on, so an engine that never answers cannot hang the stop.
@@ -188,17 +228,44 @@ export class Supervisor {
         clearTimeout(timer);
         this.log(`graceful stop failed (${toCoveError(e).message}); powering off`);
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
       clearTimeout(timer);
+      if (first === "timeout" && this.agent.enabled) {
+        this.log(
+          `the guest ignored the power button for ${timeout}s; asking its agent to shut down`,
+        );
+        const byAgent = await this.#agentShutdown(vm);
+        if (byAgent) return { exit: byAgent, forced: false, via: "agent" };
+      }
       if (first === "timeout") {
         this.log(`the guest did not power off within ${timeout}s; powering off`);
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
-      return { exit: first, forced: false };
+      return { exit: first, forced: false, via: "acpi" };
     })();
     return this.#stopping;
+  }
+
+  /** guest-shutdown, then waits (bounded) for the guest to power off; null if it did not. */
+  async #agentShutdown(vm: RunningVm): Promise<ExitInfo | null> {
+    try {
+      await this.agent.command("guest-shutdown", { mode: "powerdown" }, { noReply: true });
+    } catch (e) {
+      this.log(`the agent could not be asked: ${toCoveError(e).message}`);
+      return null;
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      vm.wait(),
+      new Promise<null>((
+        res,
+      ) => (timer = setTimeout(() => res(null), AGENT_SHUTDOWN_WAIT_S * 1000))),
+    ]);
+    clearTimeout(timer);
+    if (!r) this.log(`the guest did not power off ${AGENT_SHUTDOWN_WAIT_S}s after guest-shutdown`);
+    return r;
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -304,7 +371,13 @@ export function controlHandler(sup: Supervisor) {
           const r = await sup.stop(force, timeout);
           return {
             status: 200,
-            body: { name: sup.bundle.name, state: "stopped", exit: r.exit, forced: r.forced },
+            body: {
+              name: sup.bundle.name,
+              state: "stopped",
+              exit: r.exit,
+              forced: r.forced,
+              via: r.via,
+            },
           };
         }
         case "POST /pause":
@@ -315,9 +388,43 @@ export function controlHandler(sup: Supervisor) {
             throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
           }
           if (req.path === "/pause") await vm.pause();
-          else if (req.path === "/resume") await vm.resume();
-          else await vm.suspend();
+          else if (req.path === "/resume") {
+            await vm.resume();
+            // A guest paused for an hour must not be an hour behind.
+            const clock = await sup.syncGuestClock();
+            return { status: 200, body: { name: sup.bundle.name, state: vm.state(), clock } };
+          } else await vm.suspend();
           return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
+        }
+        case "GET /agent":
+          return { status: 200, body: await sup.agent.status() };
+        case "POST /agent/command": {
+          const b = parseJsonBody(req);
+          if (typeof b.execute !== "string" || !/^guest-[a-z0-9-]+$/.test(b.execute)) {
+            throw new CoveError(
+              "http.bad_input",
+              'POST /agent/command needs {"execute": "guest-..."}',
+              { exit: ExitCode.Usage },
+            );
+          }
+          if (RESERVED_AGENT_COMMANDS.has(b.execute)) {
+            throw new CoveError(
+              "agent.reserved",
+              `${b.execute} is the supervisor's own: it keeps the channel in sync`,
+              { exit: ExitCode.Usage },
+            );
+          }
+          const args = b.arguments && typeof b.arguments === "object"
+            ? b.arguments as Record<string, unknown>
+            : undefined;
+          const timeoutMs = typeof b.timeoutMs === "number"
+            ? Math.max(100, Math.min(600_000, b.timeoutMs))
+            : undefined;
+          const ret = await sup.agent.command(b.execute, args, {
+            timeoutMs,
+            noReply: b.noReply === true,
+          });
+          return { status: 200, body: { return: ret ?? null } };
         }
         case "GET /console": {
           if ((req.headers.get("upgrade") ?? "").toLowerCase() !== CONSOLE_PROTOCOL) {
@@ -461,6 +568,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   const layout = await runtimeLayout(bundle);
   let hub: ConsoleHub | undefined;
   let server: HttpServer | undefined;
+  let agent: AgentChannel | undefined;
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
@@ -475,7 +583,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
     }
     await prepareRuntime(bundle, layout);
-    const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
+    const paths = {
+      ...bundle.vmPaths(),
+      runtimeDir: layout.runtimeDir,
+      agentSocket: bundle.agentSocketIn(layout.runtimeDir),
+    };
     await engine.validate(spec, host, paths);
 
     const consoleFile = await Deno.open(bundle.consoleLog, {
@@ -485,7 +597,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       mode: 0o600,
     });
     hub = new ConsoleHub(consoleFile);
-    const sup = new Supervisor(bundle, engineId, hub, log);
+    agent = new AgentChannel(bundle.name, spec.agent ? paths.agentSocket : undefined);
+    const sup = new Supervisor(bundle, engineId, hub, log, agent);
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -568,6 +681,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* ignore */ }
     }
     server?.close();
+    await agent?.close();
     hub?.close();
     await cleanupRuntime(bundle, layout);
     try {
