@@ -5,9 +5,12 @@
  * commands from concurrent `cove` invocations never interleave on the wire,
  * and each conversation starts in sync (guest-sync-delimited).
  *
- * The channel is cove's alone: the supervisor is the one client of the
- * socket, and other programs reach the agent only through the control API
- * (docs/control-api.md, `/agent/...`).
+ * The channel is cove's alone: once connected, the supervisor removes the
+ * socket's name, so a second client that tries to open the channel is
+ * refused (ENOENT) instead of queueing behind QEMU's single connection;
+ * other programs reach the agent only through the control API
+ * (docs/control-api.md, `/agent/...`). If that one connection is ever lost,
+ * the agent stays unreachable until the VM restarts (one clear line).
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
@@ -32,6 +35,7 @@ export class AgentChannel {
   #client: QgaClient | undefined;
   #queue: Promise<unknown> = Promise.resolve();
   #closed = false;
+  #connectedOnce = false;
 
   /**
    * @param vmName the VM, for messages
@@ -84,7 +88,13 @@ export class AgentChannel {
       await this.#client?.close();
       this.#client = undefined;
       try {
+        if (this.#connectedOnce) {
+          throw new Error("the connection was lost; restart the VM to reopen it");
+        }
         this.#client = await QgaClient.connect(this.socket);
+        this.#connectedOnce = true;
+        // Nobody else opens the channel: take its name away.
+        await Deno.remove(this.socket).catch(() => {});
       } catch (e) {
         throw agentUnavailable(
           this.vmName,

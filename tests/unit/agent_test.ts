@@ -382,3 +382,21 @@ Deno.test("freeze runs the copy between freeze and thaw, and thaws when the copy
     }
   });
 });
+
+Deno.test("the channel is the supervisor's alone: a second client that opens it is refused", async () => {
+  await withStandin({}, async (s) => {
+    const ch = new AgentChannel("vm1", s.socket);
+    try {
+      assertEquals(await ch.command("guest-ping"), {});
+      const e = await Deno.connect({ transport: "unix", path: s.socket }).then(
+        (c) => (c.close(), undefined),
+        (err) => err,
+      );
+      assert(e instanceof Deno.errors.NotFound, `a second client got ${e}`);
+      assertEquals(await ch.command("guest-ping"), {}); // the owner goes on
+      assertEquals(s.log.connections, 1);
+    } finally {
+      await ch.close();
+    }
+  });
+});
