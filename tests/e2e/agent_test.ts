@@ -116,6 +116,12 @@ Deno.test({
           assertEquals(JSON.parse(j.stdout).answers, true);
           const get = await run(home, ["get", name, "--format", "json"]);
           assertEquals(JSON.parse(get.stdout).agent.answers, true);
+          // The supervisor holds the channel; a second client cannot open it.
+          const second = await Deno.connect({
+            transport: "unix",
+            path: join(home, "vms", name, "run", "agent.sock"),
+          }).then((c) => (c.close(), "connected"), (e) => e.name);
+          assertEquals(second, "NotFound");
         },
       );
 
