@@ -620,6 +620,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* not on this OS */ }
     }
 
+    // A start that restores saved state resumes a guest whose clock stopped when it was saved.
+    const restoring = await Deno.stat(bundle.savedStatePath).then(() => true, () => false);
     let vm: RunningVm;
     try {
       vm = await engine.start({
@@ -634,6 +636,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
     sup.attach(vm);
     sup.state = vm.state();
+    if (restoring && spec.agent) void sup.syncGuestClock();
     log(`running (${JSON.stringify(vm.info(), (k, v) => (k === "argv" ? undefined : v))})`);
     const eventsDone = (async () => {
       for await (const ev of vm.events) {
