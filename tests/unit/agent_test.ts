@@ -400,3 +400,39 @@ Deno.test("the channel is the supervisor's alone: a second client that opens it 
     }
   });
 });
+
+Deno.test({
+  name: "cp to a full host disk is one line and leaves no partial file",
+  ignore: Deno.build.os !== "linux" || Deno.uid() !== 0,
+  async fn() {
+    await withStandin({}, async (s, dir) => {
+      const small = join(dir, "small");
+      await Deno.mkdir(small);
+      const m = await new Deno.Command("mount", {
+        args: ["-t", "tmpfs", "-o", "size=1m", "cove-test", small],
+        stderr: "piped",
+      }).output();
+      if (!m.success) {
+        console.log(
+          `skipped: cannot mount a tmpfs here (${new TextDecoder().decode(m.stderr).trim()})`,
+        );
+        return;
+      }
+      const ch = new AgentChannel("vm1", s.socket);
+      try {
+        const big = join(dir, "big.bin");
+        await Deno.writeFile(big, new Uint8Array(3 * 2 ** 20).fill(7));
+        const e = await assertRejects(
+          () => copyFromGuest(ch, "vm1", big, join(small, "big.bin")),
+          CoveError,
+        );
+        assertEquals(e.code, "io.no_space");
+        assert(!e.line().includes("\n"));
+        assertEquals(await Array.fromAsync(Deno.readDir(small)), []);
+      } finally {
+        await ch.close();
+        await new Deno.Command("umount", { args: [small] }).output();
+      }
+    });
+  },
+});
