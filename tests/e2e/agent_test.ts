@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
-import { agentOf, Store, withFrozenGuest } from "../../mod.ts";
+import { agentOf, cloneFile, Store, withFrozenGuest } from "../../mod.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
 /** A TCG boot to the agent takes a minute or two on a quiet 2-core machine; allow for a busy one. */
@@ -301,7 +301,7 @@ Deno.test({
           let during = "";
           await withFrozenGuest(agent, async () => {
             during = await agent.command<string>("guest-fsfreeze-status");
-            await Deno.copyFile(join(b.dir, "disk.img"), join(work, "disk-copy.img"));
+            await cloneFile(join(b.dir, "disk.img"), join(work, "disk-copy.img"));
           });
           assertEquals(during, "frozen");
           assertEquals(await agent.command<string>("guest-fsfreeze-status"), "thawed");
