@@ -32,6 +32,9 @@ import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from ".
 
 export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
 
+/** How long to listen for an error answer to guest-shutdown (it answers only on failure). */
+const AGENT_SHUTDOWN_ERROR_WAIT_MS = 3_000;
+
 /** Seconds a guest may take to power off after guest-shutdown, before the power-off. */
 export const AGENT_SHUTDOWN_WAIT_S = 30;
 
@@ -251,11 +254,18 @@ export class Supervisor {
   /** guest-shutdown, then waits (bounded) for the guest to power off; null if it did not. */
   async #agentShutdown(vm: RunningVm): Promise<ExitInfo | null> {
     try {
-      await this.agent.command("guest-shutdown", { mode: "powerdown" }, { noReply: true });
+      // guest-shutdown answers only when it fails: no answer within a few seconds is success.
+      await this.agent.command("guest-shutdown", { mode: "powerdown" }, {
+        timeoutMs: AGENT_SHUTDOWN_ERROR_WAIT_MS,
+      });
     } catch (e) {
-      this.log(`the agent could not be asked: ${toCoveError(e).message}`);
-      return null;
+      const ce = toCoveError(e);
+      if (ce.code !== "agent.timeout") {
+        this.log(`the agent could not shut the guest down: ${ce.message}`);
+        return null;
+      }
     }
+    this.log("guest-shutdown sent through the agent");
     let timer: ReturnType<typeof setTimeout> | undefined;
     const r = await Promise.race([
       vm.wait(),

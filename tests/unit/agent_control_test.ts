@@ -126,3 +126,24 @@ Deno.test("resume sets the guest clock through the agent", async () => {
     assert(standin.log.setTime[0]! >= before);
   });
 });
+
+Deno.test("when the agent refuses guest-shutdown, the stop powers off after the timeout", async () => {
+  await withControl(true, async (socket, sup, standin) => {
+    standin.faults.disabled = ["guest-shutdown"];
+    const exit = Promise.withResolvers<ExitInfo>();
+    const vm = {
+      state: () => "running",
+      info: () => ({}),
+      requestStop: () => Promise.resolve(),
+      stop: () => {
+        exit.resolve({ reason: "host" });
+        return Promise.resolve();
+      },
+      wait: () => exit.promise,
+    } as unknown as RunningVm;
+    sup.attach(vm);
+    const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
+    const body = r.json<{ via: string; forced: boolean }>();
+    assertEquals([body.via, body.forced], ["power-off", true]);
+  });
+});
