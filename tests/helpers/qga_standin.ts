@@ -27,6 +27,8 @@ export interface StandinFaults {
   dribble?: boolean;
   /** Fail guest-fsfreeze-thaw this many times. */
   thawFailures?: number;
+  /** Keep at most this many bytes of each exec output stream, as QGA's 16 MiB cap (default: no cap). */
+  outputLimit?: number;
   /** Commands that answer CommandNotFound / are disabled. */
   disabled?: string[];
 }
@@ -165,8 +167,11 @@ export function startQgaStandin(dir: string, faults: StandinFaults = {}): QgaSta
         const r: Record<string, unknown> = { exited: true };
         if (p.signal !== undefined) r.signal = p.signal;
         else r.exitcode = p.code;
-        if (p.out.length) r["out-data"] = b64(p.out);
-        if (p.err.length) r["err-data"] = b64(p.err);
+        const cap = faults.outputLimit ?? Infinity;
+        if (p.out.length) r["out-data"] = b64(p.out.subarray(0, cap));
+        if (p.err.length) r["err-data"] = b64(p.err.subarray(0, cap));
+        if (p.out.length > cap) r["out-truncated"] = true;
+        if (p.err.length > cap) r["err-truncated"] = true;
         return { return: r };
       }
       case "guest-file-open": {

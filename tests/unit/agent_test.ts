@@ -14,7 +14,7 @@ import {
 } from "../helpers/assert.ts";
 import { AgentChannel } from "../../core/agent/channel.ts";
 import { copyFromGuest, copyToGuest, parseCpEndpoint } from "../../core/agent/cp.ts";
-import { agentExec } from "../../core/agent/exec.ts";
+import { agentExec, truncatedError } from "../../core/agent/exec.ts";
 import { withFrozenGuest } from "../../core/agent/freeze.ts";
 import { encodeCommand, QgaClient, QgaError } from "../../core/agent/qga.ts";
 import { CoveError } from "../../core/errors.ts";
@@ -432,6 +432,26 @@ Deno.test({
       } finally {
         await ch.close();
         await new Deno.Command("umount", { args: [small] }).output();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: "exec output beyond the agent's capture limit is reported as cut, with a one-line error",
+  ignore: linuxOnly,
+  async fn() {
+    await withStandin({ outputLimit: 1000 }, async (s) => {
+      const ch = new AgentChannel("vm1", s.socket);
+      try {
+        const r = await agentExec(ch, ["head", "-c", "5000", "/dev/zero"]);
+        assertEquals(r.truncated, true);
+        assertEquals(r.stdout.length, 1000);
+        const e = truncatedError(["head", "-c", "5000", "/dev/zero"]);
+        assertMatch(e.line(), /exceeded 16 MiB, the guest agent's limit, and was cut/);
+        assert(!e.line().includes("\n"));
+      } finally {
+        await ch.close();
       }
     });
   },
