@@ -29,6 +29,7 @@ import type { ResolvedSource, SourceOptions } from "./core/images/source.ts";
 import type { SpecParsed, VmSpec } from "./core/spec/schema.ts";
 import type { SpecFlags } from "./core/spec/compose.ts";
 import type { AddressOptions, GuestAddress } from "./core/access/address.ts";
+import type { VmAddress } from "./core/agent/address.ts";
 import type { SshOptions } from "./core/access/ssh.ts";
 import type { ConvertOptions, ConvertResult, ImageProbe } from "./core/images/qcow2.ts";
 import type { Downloaded, DownloadOptions } from "./core/images/download.ts";
@@ -228,6 +229,15 @@ export async function guestAddress(
   return await (await import("./core/access/address.ts")).guestAddress(bundle, spec, opts);
 }
 
+/** `cove ip`: the guest agent's report first, then DHCP leases, ARP or the port forward. */
+export async function vmAddress(
+  bundle: Bundle,
+  spec: VmSpec,
+  opts: AddressOptions = {},
+): Promise<VmAddress> {
+  return await (await import("./core/agent/address.ts")).vmAddress(bundle, spec, opts);
+}
+
 /** Runs ssh into a running VM (a shell, or `opts.command`); returns its exit code. */
 export async function runSsh(bundle: Bundle, spec: VmSpec, opts: SshOptions): Promise<number> {
   return await (await import("./core/access/ssh.ts")).runSsh(bundle, spec, opts);
@@ -407,3 +417,26 @@ export {
   TAG_RULE,
   validateTag,
 } from "./core/snapshot/mod.ts";
+// The guest agent (qemu-guest-agent over a virtio serial port).
+export { QGA_PORT_NAME, QgaClient, QgaError } from "./core/agent/qga.ts";
+export { AgentChannel, type AgentStatus } from "./core/agent/channel.ts";
+export type { AgentTransport } from "./core/agent/transport.ts";
+export { agentOf, agentStatus } from "./core/agent/remote.ts";
+export {
+  agentExec,
+  type AgentExecOptions,
+  type AgentExecResult,
+  MAX_AGENT_OUTPUT,
+  MAX_AGENT_STDIN,
+  truncatedError,
+} from "./core/agent/exec.ts";
+export {
+  copyFromGuest,
+  copyToGuest,
+  type CpEndpoint,
+  type CpResult,
+  parseCpEndpoint,
+} from "./core/agent/cp.ts";
+export { withFrozenGuest } from "./core/agent/freeze.ts";
+export { type AgentAddress, agentAddresses, type VmAddress } from "./core/agent/address.ts";
+export { chooseExecVia, sshAnswers } from "./core/agent/via.ts";

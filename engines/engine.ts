@@ -81,6 +81,12 @@ export interface VmPaths {
    * guest when the supervisor does not answer.
    */
   enginePid: string;
+  /**
+   * Where the engine serves the guest agent channel (virtio serial port
+   * `org.qemu.guest_agent.0`) as a unix socket the supervisor connects to;
+   * attached when the spec's `agent` is true.
+   */
+  agentSocket?: string;
 }
 
 /** Another VM of the same store, for engines that limit how many run at once. */

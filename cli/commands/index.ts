@@ -11,6 +11,7 @@ import * as image from "./image.ts";
 import * as host from "./host.ts";
 import * as oci from "./oci.ts";
 import * as snapshot from "./snapshot.ts";
+import * as agent from "./agent.ts";
 
 /** A module that adds commands to the program. */
 export interface CommandModule {
@@ -18,4 +19,13 @@ export interface CommandModule {
 }
 
 /** Every command module. */
-export const commandModules: CommandModule[] = [vm, lifecycle, snapshot, access, image, oci, host];
+export const commandModules: CommandModule[] = [
+  vm,
+  lifecycle,
+  snapshot,
+  access,
+  agent,
+  image,
+  oci,
+  host,
+];

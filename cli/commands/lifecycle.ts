@@ -154,7 +154,9 @@ export function register(program: Command): void {
     });
 
   program.command("stop")
-    .description("stop a running VM: ACPI power button, then power off after a timeout")
+    .description(
+      "stop a running VM: ACPI power button; after a timeout the guest agent's shutdown, then power off",
+    )
     .argument("<name>", "VM name")
     .option("--timeout <duration>", "how long to wait for the guest to shut down, e.g. 30s", "30s")
     .option("-f, --force", "power off at once")
@@ -166,7 +168,13 @@ export function register(program: Command): void {
       const r = await stopVm(b, { force: opts.force, timeoutSeconds });
       if (r.unresponsive) log(`warning: ${r.unresponsive}`);
       if (opts.format === "json") outJson(r);
-      else out(`stopped ${name}${r.forced ? " (powered off)" : ""}`);
+      else {
+        out(
+          `stopped ${name}${
+            r.forced ? " (powered off)" : r.via === "agent" ? " (through the guest agent)" : ""
+          }`,
+        );
+      }
     });
 
   program.command("pause")

@@ -88,10 +88,20 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, getVm, runsAsYou, withLive, showSize } = await import("../../mod.ts");
+      const { Store, agentStatus, getVm, runsAsYou, withLive, showSize } = await import(
+        "../../mod.ts"
+      );
       const store = new Store();
       const d = await withLive(store.bundle(name), await getVm(store, name));
-      if (opts.format === "json") return outJson(d);
+      const enabled = (d.spec as { agent?: boolean }).agent === true;
+      const agent = enabled && await store.bundle(name).isRunning()
+        ? await agentStatus(store.bundle(name)).catch((e) => ({
+          enabled,
+          answers: false,
+          reason: e instanceof Error ? e.message : String(e),
+        }))
+        : { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
+      if (opts.format === "json") return outJson({ ...d, agent });
       out(
         table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
           summaryRow(d, showSize),
@@ -99,6 +109,13 @@ export function register(program: Command): void {
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      out(
+        `agent: ${
+          agent.answers
+            ? `answers (qemu-guest-agent ${"version" in agent ? agent.version : "?"})`
+            : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
+        }`,
+      );
       for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
       const { stringify } = await import("yaml");
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());

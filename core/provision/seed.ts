@@ -61,6 +61,17 @@ export interface SeedFiles {
   instanceId: string;
 }
 
+/**
+ * Installs (when missing) and starts qemu-guest-agent, for the guest agent
+ * channel (`agent: true`): catalog images do not ship it; images that do
+ * are left as they are, without touching the network.
+ */
+export const AGENT_INSTALL = "command -v qemu-ga >/dev/null 2>&1 || " +
+  "{ (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y qemu-guest-agent) || " +
+  "dnf install -y qemu-guest-agent || zypper --non-interactive install qemu-guest-agent || " +
+  "apk add qemu-guest-agent; } >/var/log/cove-agent-install.log 2>&1; " +
+  "systemctl enable --now qemu-guest-agent >/dev/null 2>&1 || systemctl start qemu-guest-agent || true";
+
 /** Options of {@link renderSeed}. */
 export interface SeedOptions {
   /** Public keys to use when the spec lists none; default cove's own key. */
@@ -130,6 +141,7 @@ export async function renderSeed(spec: VmSpec, opts: SeedOptions = {}): Promise<
   };
   const writeFiles: Record<string, unknown>[] = [];
   const runcmd: unknown[] = [];
+  if (spec.agent) runcmd.push(["sh", "-c", AGENT_INSTALL]);
   if (p.sshPort !== 22) {
     writeFiles.push({
       path: "/etc/ssh/sshd_config.d/10-cove-port.conf",

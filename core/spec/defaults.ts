@@ -83,6 +83,7 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
       hostname: parsed.provision?.hostname ?? hostnameFor(name),
     },
     qemu: parsed.qemu ?? { accel: "auto", args: [] },
+    agent: parsed.agent ?? !macos,
   };
 }
 

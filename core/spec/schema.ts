@@ -208,6 +208,10 @@ export const SpecSchema = z.strictObject({
   vsock: z.boolean().default(true).meta({ description: "A virtio socket device (host<->guest)." }),
   entropy: z.boolean().default(true).meta({ description: "A virtio entropy (RNG) device." }),
   balloon: z.boolean().default(true).meta({ description: "A virtio memory balloon." }),
+  agent: z.boolean().optional().meta({
+    description:
+      "The QEMU guest agent channel (virtio serial port org.qemu.guest_agent.0). Default: true for Linux guests.",
+  }),
   provision: Provision.optional().meta({
     description: "First-boot provisioning (cloud-init for Linux).",
   }),
@@ -271,6 +275,7 @@ export interface VmSpec extends
     | "serial"
     | "provision"
     | "qemu"
+    | "agent"
   > {
   os: OsName;
   arch: ArchName;
@@ -283,6 +288,8 @@ export interface VmSpec extends
   serial: z.output<typeof Serial>;
   provision: z.output<typeof Provision> & { user: string };
   qemu: z.output<typeof QemuOptions>;
+  /** The guest agent channel is attached. */
+  agent: boolean;
 }
 
 /** The JSON Schema of cove.yaml, for editors. */

@@ -428,6 +428,13 @@ export class Bundle {
   get resumeRequestPath(): string {
     return join(this.dir, BUNDLE_FILES.resumeRequest);
   }
+  /** The guest agent channel's socket, in a runtime directory (the bundle's or a short one). */
+  agentSocketIn(runtimeDir: string): string {
+    return join(runtimeDir, "agent.sock");
+  }
+  get agentSocket(): string {
+    return this.agentSocketIn(this.runtimeDir);
+  }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
   resolve(p: string): string {
@@ -445,6 +452,7 @@ export class Bundle {
       auxStorage: this.file("auxStorage"),
       efiVars: this.file("efiVars"),
       enginePid: this.enginePidPath,
+      agentSocket: this.agentSocket,
     };
   }
 

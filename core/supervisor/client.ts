@@ -100,6 +100,8 @@ export interface StopResult {
    * killed the engine's process (and the supervisor) itself: one line saying so.
    */
   unresponsive?: string;
+  /** What stopped it: the guest's ACPI handler, its agent (guest-shutdown), or a power-off. */
+  via?: "acpi" | "agent" | "power-off";
 }
 
 /** How long a supervisor may take to answer beyond the stop's own timeout. */

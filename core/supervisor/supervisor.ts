@@ -11,6 +11,8 @@
 import { dirname } from "node:path";
 import type { Engine, EngineContext, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
+import { AgentChannel } from "../agent/channel.ts";
+import { agentSnapshotHooks } from "../agent/freeze.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
@@ -87,6 +89,22 @@ export function describeEvent(e: SupervisorEvent): string {
       return e.message;
   }
 }
+
+/** How long to listen for an error answer to guest-shutdown (it answers only on failure). */
+const AGENT_SHUTDOWN_ERROR_WAIT_MS = 3_000;
+
+/** Seconds a guest may take to power off after guest-shutdown, before the power-off. */
+export const AGENT_SHUTDOWN_WAIT_S = 30;
+
+/** How a stop ended: the guest's ACPI handler, its agent, or a power-off. */
+export interface StopOutcome {
+  exit: ExitInfo;
+  forced: boolean;
+  via: "acpi" | "agent" | "power-off";
+}
+
+/** Agent commands clients may not send: the supervisor keeps the channel in sync itself. */
+const RESERVED_AGENT_COMMANDS = new Set(["guest-sync", "guest-sync-delimited"]);
 
 /** Options of {@link runSupervisor}. */
 export interface RunOptions {
@@ -179,7 +197,7 @@ export class Supervisor {
   state: VmState = "starting";
   vm: RunningVm | undefined;
   readonly startedAt = new Date().toISOString();
-  #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
+  #stopping: Promise<StopOutcome> | undefined;
   #attached = Promise.withResolvers<RunningVm>();
   /** The spec the VM was started with (before guest preparation): what snapshots record. */
   spec: VmSpec | undefined;
@@ -192,14 +210,42 @@ export class Supervisor {
   #saveUnderWay = false;
   /** True while the VM is paused by a save (and not yet resumed). */
   #pausedBySave = false;
+  /** The guest agent channel (owned here; reached through `/agent`). */
+  readonly agent: AgentChannel;
 
   constructor(
     readonly bundle: Bundle,
     readonly engineId: string,
     hub: ConsoleHub,
     readonly emit: (e: SupervisorEvent) => void,
+    agent?: AgentChannel,
   ) {
     this.hub = hub;
+    this.agent = agent ?? new AgentChannel(bundle.name, undefined);
+    if (this.agent.enabled) {
+      this.guest = agentSnapshotHooks(
+        this.agent,
+        () => this.syncGuestClock(),
+        (message) => this.emit({ type: "note", message }),
+      );
+    }
+  }
+
+  /**
+   * Sets the guest clock to the host's (guest-set-time), as after a resume.
+   * Best effort and bounded: returns what happened, in one word or line.
+   */
+  async syncGuestClock(): Promise<string> {
+    if (!this.agent.enabled) return "skipped (agent: false)";
+    try {
+      await this.agent.command("guest-set-time", { time: Date.now() * 1e6 }, { timeoutMs: 10_000 });
+      this.emit({ type: "note", message: "guest clock set through the agent" });
+      return "set";
+    } catch (e) {
+      const why = toCoveError(e).message;
+      this.emit({ type: "note", message: `guest clock not set: ${why}` });
+      return `not set: ${why}`;
+    }
   }
 
   status(): SupervisorStatus {
@@ -222,8 +268,13 @@ export class Supervisor {
     await this.vm.writeConsole(b);
   }
 
-  /** Stops the VM: ACPI power button, then power off after `timeout` seconds (or at once with force). */
-  stop(force: boolean, timeout: number): Promise<{ exit: ExitInfo; forced: boolean }> {
+  /**
+   * Stops the VM: ACPI power button; if the guest ignores it for `timeout`
+   * seconds, guest-shutdown through the agent (when there is one) for up to
+   * {@link AGENT_SHUTDOWN_WAIT_S} more; then power off. With `force`, power
+   * off at once.
+   */
+  stop(force: boolean, timeout: number): Promise<StopOutcome> {
     const vm = this.vm;
     if (!vm) {
       // Still starting: power off as soon as it runs.
@@ -238,7 +289,7 @@ export class Supervisor {
       if (force) {
         this.emit({ type: "stopping", force: true });
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
       this.emit({ type: "stopping", force: false, timeoutSeconds: timeout });
       // The timeout runs from the request on, so an engine that never answers cannot hang the stop.
@@ -256,15 +307,24 @@ export class Supervisor {
         clearTimeout(timer);
         this.emit({ type: "stop-failed", message: toCoveError(e).message });
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
       clearTimeout(timer);
+      if (first === "timeout" && this.agent.enabled) {
+        this.emit({
+          type: "note",
+          message:
+            `the guest ignored the power button for ${timeout}s; asking its agent to shut down`,
+        });
+        const byAgent = await this.#agentShutdown(vm);
+        if (byAgent) return { exit: byAgent, forced: false, via: "agent" };
+      }
       if (first === "timeout") {
         this.emit({ type: "stop-timeout", timeoutSeconds: timeout });
         await vm.stop();
-        return { exit: await vm.wait(), forced: true };
+        return { exit: await vm.wait(), forced: true, via: "power-off" };
       }
-      return { exit: first, forced: false };
+      return { exit: first, forced: false, via: "acpi" };
     })();
     return this.#stopping;
   }
@@ -346,6 +406,41 @@ export class Supervisor {
     });
     this.#saving = run.catch(() => {});
     return run;
+  }
+
+  /** guest-shutdown, then waits (bounded) for the guest to power off; null if it did not. */
+  async #agentShutdown(vm: RunningVm): Promise<ExitInfo | null> {
+    try {
+      // guest-shutdown answers only when it fails: no answer within a few seconds is success.
+      await this.agent.command("guest-shutdown", { mode: "powerdown" }, {
+        timeoutMs: AGENT_SHUTDOWN_ERROR_WAIT_MS,
+      });
+    } catch (e) {
+      const ce = toCoveError(e);
+      if (ce.code !== "agent.timeout") {
+        this.emit({
+          type: "note",
+          message: `the agent could not shut the guest down: ${ce.message}`,
+        });
+        return null;
+      }
+    }
+    this.emit({ type: "note", message: "guest-shutdown sent through the agent" });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const r = await Promise.race([
+      vm.wait(),
+      new Promise<null>((
+        res,
+      ) => (timer = setTimeout(() => res(null), AGENT_SHUTDOWN_WAIT_S * 1000))),
+    ]);
+    clearTimeout(timer);
+    if (!r) {
+      this.emit({
+        type: "note",
+        message: `the guest did not power off ${AGENT_SHUTDOWN_WAIT_S}s after guest-shutdown`,
+      });
+    }
+    return r;
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -452,7 +547,13 @@ export function controlHandler(sup: Supervisor) {
           const r = await sup.stop(force, timeout);
           return {
             status: 200,
-            body: { name: sup.bundle.name, state: "stopped", exit: r.exit, forced: r.forced },
+            body: {
+              name: sup.bundle.name,
+              state: "stopped",
+              exit: r.exit,
+              forced: r.forced,
+              via: r.via,
+            },
           };
         }
         case "POST /pause":
@@ -463,8 +564,12 @@ export function controlHandler(sup: Supervisor) {
             throw new CoveError("vm.state", "the VM is still starting", { exit: ExitCode.State });
           }
           if (req.path === "/pause") await vm.pause();
-          else if (req.path === "/resume") await vm.resume();
-          else await sup.suspend();
+          else if (req.path === "/resume") {
+            await vm.resume();
+            // A guest paused for an hour must not be an hour behind.
+            const clock = await sup.syncGuestClock();
+            return { status: 200, body: { name: sup.bundle.name, state: vm.state(), clock } };
+          } else await sup.suspend();
           return { status: 200, body: { name: sup.bundle.name, state: vm.state() } };
         }
         case "POST /snapshot": {
@@ -480,6 +585,36 @@ export function controlHandler(sup: Supervisor) {
             hook: testStall(),
           });
           return { status: 200, body: r };
+        }
+        case "GET /agent":
+          return { status: 200, body: await sup.agent.status() };
+        case "POST /agent/command": {
+          const b = parseJsonBody(req);
+          if (typeof b.execute !== "string" || !/^guest-[a-z0-9-]+$/.test(b.execute)) {
+            throw new CoveError(
+              "http.bad_input",
+              'POST /agent/command needs {"execute": "guest-..."}',
+              { exit: ExitCode.Usage },
+            );
+          }
+          if (RESERVED_AGENT_COMMANDS.has(b.execute)) {
+            throw new CoveError(
+              "agent.reserved",
+              `${b.execute} is the supervisor's own: it keeps the channel in sync`,
+              { exit: ExitCode.Usage },
+            );
+          }
+          const args = b.arguments && typeof b.arguments === "object"
+            ? b.arguments as Record<string, unknown>
+            : undefined;
+          const timeoutMs = typeof b.timeoutMs === "number"
+            ? Math.max(100, Math.min(600_000, b.timeoutMs))
+            : undefined;
+          const ret = await sup.agent.command(b.execute, args, {
+            timeoutMs,
+            noReply: b.noReply === true,
+          });
+          return { status: 200, body: { return: ret ?? null } };
         }
         case "GET /console": {
           if ((req.headers.get("upgrade") ?? "").toLowerCase() !== CONSOLE_PROTOCOL) {
@@ -630,6 +765,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   const layout = await runtimeLayout(bundle);
   let hub: ConsoleHub | undefined;
   let server: HttpServer | undefined;
+  let agent: AgentChannel | undefined;
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
@@ -645,7 +781,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     // cloud-init seed (refreshed when the spec changed) and what the engine needs to reach the guest.
     spec = await prepareGuest(bundle.dir, spec, engine);
     await prepareRuntime(bundle, layout);
-    const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
+    const paths = {
+      ...bundle.vmPaths(),
+      runtimeDir: layout.runtimeDir,
+      agentSocket: bundle.agentSocketIn(layout.runtimeDir),
+    };
     await engine.validate(spec, host, paths, storeContext(bundle));
 
     const consoleFile = await Deno.open(bundle.consoleLog, {
@@ -655,7 +795,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       mode: 0o600,
     });
     hub = new ConsoleHub(consoleFile);
-    const sup = new Supervisor(bundle, engineId, hub, log);
+    agent = new AgentChannel(bundle.name, spec.agent ? paths.agentSocket : undefined);
+    const sup = new Supervisor(bundle, engineId, hub, log, agent);
     sup.spec = baseSpec;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
@@ -692,6 +833,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         await clearResumeRequest(bundle);
       }
     }
+    // A start that restores saved state resumes a guest whose clock stopped when it was saved.
+    const restoring = await Deno.stat(bundle.savedStatePath).then(() => true, () => false);
     let vm: RunningVm;
     try {
       vm = await engine.start({
@@ -723,6 +866,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
     sup.attach(vm);
     sup.state = vm.state();
+    if (restoring && spec.agent) void sup.syncGuestClock();
     log({ type: "running", info: { ...vm.info() } });
     const eventsDone = (async () => {
       for await (const ev of vm.events) {
@@ -772,6 +916,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* ignore */ }
     }
     server?.close();
+    await agent?.close();
     hub?.close();
     await cleanupRuntime(bundle, layout);
     try {

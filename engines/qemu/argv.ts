@@ -13,6 +13,9 @@
  */
 import type { DiskSpec, VmSpec } from "../../core/spec/schema.ts";
 
+/** The virtio serial port name qemu-guest-agent's udev rule starts on. */
+export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
+
 /** The accelerators cove drives. */
 export type Accel = "kvm" | "hvf" | "tcg";
 
@@ -61,6 +64,12 @@ export interface QemuPlan {
   vsockCid?: number;
   qmpSocket: string;
   consoleSocket: string;
+  /**
+   * The guest agent channel: a unix socket QEMU serves (`wait=off`) and the
+   * supervisor connects to, wired to the virtio serial port
+   * `org.qemu.guest_agent.0`. Absent: no agent channel.
+   */
+  agentSocket?: string;
   pidFile: string;
   /** SMBIOS system UUID. */
   uuid?: string;
@@ -147,6 +156,14 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   a.push("-serial", "chardev:cove-console");
   a.push("-monitor", "none");
   if (plan.incoming) a.push("-incoming", "defer");
+  if (plan.agentSocket) {
+    a.push(
+      "-chardev",
+      `socket,id=cove-agent,path=${qemuEscape(plan.agentSocket)},server=on,wait=off`,
+    );
+    a.push("-device", "virtio-serial-pci,id=cove-vserial");
+    a.push("-device", `virtserialport,chardev=cove-agent,name=${QGA_PORT_NAME}`);
+  }
 
   // Display and input.
   const display = plan.graphics && spec.display !== "none";

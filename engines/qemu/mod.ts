@@ -396,7 +396,8 @@ export class QemuEngine extends BaseEngine implements Engine {
       plan.firmware = await prepareFirmware(requireFirmware(spec.arch, vars), vars);
     }
     if (spec.vsock && exists("/dev/vhost-vsock")) plan.vsockCid = vsockCid(plan.uuid);
-    for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile]) {
+    if (spec.agent && paths.agentSocket) plan.agentSocket = paths.agentSocket;
+    for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile, plan.agentSocket ?? ""]) {
       await Deno.remove(f).catch(() => {});
     }
 
@@ -483,8 +484,8 @@ class QemuVm implements RunningVm {
     this.#setState("running");
     this.#exit = exited.then(async (status) => {
       for (const h of helpers) h.kill();
-      for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile]) {
-        await Deno.remove(f).catch(() => {});
+      for (const f of [plan.qmpSocket, plan.consoleSocket, plan.pidFile, plan.agentSocket ?? ""]) {
+        if (f) await Deno.remove(f).catch(() => {});
       }
       for (const s of plan.shares) if (s.socket) await Deno.remove(s.socket).catch(() => {});
       let exit: ExitInfo;

@@ -32,11 +32,19 @@ export interface VzConfigContext {
   auxiliaryStorage: string;
   /** The guest ends of the serial console pipes, when serial is not none. */
   serial?: { readFd: number; writeFd: number };
+  /**
+   * The guest ends of the guest agent channel's pipes, when the spec has
+   * `agent: true`: a virtio console port named `org.qemu.guest_agent.0`.
+   */
+  agent?: { readFd: number; writeFd: number };
   /** Keep only devices that VZ can save and restore. */
   suspendable: boolean;
   /** The host's macOS version, e.g. "15.1.0" (decides auto devices). */
   macosVersion: string;
 }
+
+/** The virtio console port name qemu-guest-agent's udev rule starts on. */
+export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
 
 /** The kernel command line used when the spec gives none. */
 export const DEFAULT_CMDLINE = "console=hvc0";
@@ -96,6 +104,13 @@ export function buildVzConfig(spec: VmSpec, ctx: VzConfigContext): VzConfig {
     socket: spec.vsock,
     serialPorts: ctx.serial
       ? [{ type: "fileHandles", readFd: ctx.serial.readFd, writeFd: ctx.serial.writeFd }]
+      : [],
+    consolePorts: spec.agent && ctx.agent
+      ? [{
+        name: QGA_PORT_NAME,
+        isConsole: false,
+        attachment: { type: "fileHandles", readFd: ctx.agent.readFd, writeFd: ctx.agent.writeFd },
+      }]
       : [],
     clipboard: spec.clipboard,
     audio: spec.audio

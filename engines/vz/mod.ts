@@ -27,6 +27,7 @@ import type {
 } from "../engine.ts";
 import { type CoveVz, openCoveVz, type VzHostInfo } from "../../ffi/cove_vz.ts";
 import { fds } from "../../ffi/fd.ts";
+import { serveAgentBridge } from "./agent_bridge.ts";
 import { buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
 import { vzError } from "./errors.ts";
 import { preflight } from "./preflight.ts";
@@ -299,8 +300,18 @@ export class VzEngine extends BaseEngine implements Engine {
       guest = { readFd: guestIn, writeFd: guestOut };
       hostEnds = { readFd: hostIn, writeFd: hostOut };
     }
+    // Guest agent channel: two more pipes behind a virtio console port, bridged to paths.agentSocket.
+    let agentGuest: { readFd: number; writeFd: number } | undefined;
+    let agentHost: { readFd: number; writeFd: number } | undefined;
+    if (spec.agent && paths.agentSocket) {
+      const [guestIn, hostOut] = f.pipe();
+      const [hostIn, guestOut] = f.pipe();
+      agentGuest = { readFd: guestIn, writeFd: guestOut };
+      agentHost = { readFd: hostIn, writeFd: hostOut };
+    }
     const suspendable = wantsSuspendable(spec, host.macosVersion);
     const config = buildVzConfig(spec, {
+      agent: agentGuest,
       paths,
       machineIdentifier: identity.vzMachineIdentifier,
       hardwareModel: identity.vzHardwareModel,
@@ -319,17 +330,22 @@ export class VzEngine extends BaseEngine implements Engine {
         reason: created.saveRestore.error?.message,
       };
     } catch (e) {
-      if (hostEnds) {
-        f.close(hostEnds.readFd);
-        f.close(hostEnds.writeFd);
+      for (const ends of [hostEnds, agentHost]) {
+        if (!ends) continue;
+        f.close(ends.readFd);
+        f.close(ends.writeFd);
       }
       throw e;
     } finally {
-      if (guest) {
-        f.close(guest.readFd);
-        f.close(guest.writeFd);
+      for (const ends of [guest, agentGuest]) {
+        if (!ends) continue;
+        f.close(ends.readFd);
+        f.close(ends.writeFd);
       }
     }
+    const bridge = agentHost && paths.agentSocket
+      ? serveAgentBridge(paths.agentSocket, agentHost)
+      : undefined;
 
     const graphics = req.graphics && spec.display !== "none";
     const running = new VzRunningVm({
@@ -374,9 +390,11 @@ export class VzEngine extends BaseEngine implements Engine {
       }
     } catch (e) {
       const err = vzError(e, "start");
+      bridge?.close();
       await running.abandon(err.message);
       throw err;
     }
+    if (bridge) void running.wait().finally(() => bridge.close());
     return running;
   }
 

@@ -361,3 +361,30 @@ Deno.test("resuming saved state adds -incoming defer; a normal start does not", 
   assertEquals(args.includes("/b/state"), false);
   assertEquals(buildQemuArgs(s, plan()).includes("-incoming"), false);
 });
+
+Deno.test("the guest agent channel is a virtio serial port named org.qemu.guest_agent.0 on a unix socket QEMU serves", () => {
+  const s = spec({
+    engine: "qemu",
+    cpus: 1,
+    memory: "512MiB",
+    boot: { loader: "kernel", kernel: "vmlinuz" },
+    networks: [{ mode: "none" }],
+    vsock: false,
+    entropy: false,
+    balloon: false,
+  });
+  assertEquals(s.agent, true);
+  const args = buildQemuArgs(s, plan({ agentSocket: "/run/t/agent.sock" }));
+  const at = args.indexOf("-monitor") + 2;
+  assertEquals(args.slice(at, at + 6), [
+    "-chardev",
+    "socket,id=cove-agent,path=/run/t/agent.sock,server=on,wait=off",
+    "-device",
+    "virtio-serial-pci,id=cove-vserial",
+    "-device",
+    "virtserialport,chardev=cove-agent,name=org.qemu.guest_agent.0",
+  ]);
+  // Without a planned socket (agent: false, or a caller that gives none) there is no channel.
+  const none = buildQemuArgs(spec({ engine: "qemu", agent: false }), plan());
+  assertEquals(none.filter((a) => a.includes("cove-agent") || a.includes("virtio-serial")), []);
+});

@@ -2,6 +2,7 @@ import { assert, assertEquals, assertMatch, assertRejects } from "../helpers/ass
 import { parse } from "yaml";
 import { buildIso9660 } from "../../core/provision/iso9660.ts";
 import {
+  AGENT_INSTALL,
   attachSeedDisk,
   ensureSeed,
   renderSeed,
@@ -132,7 +133,7 @@ provision:
   assertMatch(script.content, /^share 'project' '\/home\/cove\/project' rw$/m);
   assertMatch(script.content, /^share 'data' '\/data' ro$/m);
   assert(!script.content.includes("unmounted"));
-  assertEquals(ud.runcmd, [["/usr/local/sbin/cove-mounts"], [
+  assertEquals(ud.runcmd, [["sh", "-c", AGENT_INSTALL], ["/usr/local/sbin/cove-mounts"], [
     "sh",
     "-c",
     "echo hello > /etc/motd",
@@ -241,4 +242,18 @@ Deno.test("the seed of a spec without MACs has no network-config (cloud-init fal
       "/user-data",
     ]);
   });
+});
+
+Deno.test("user-data installs and starts qemu-guest-agent when the spec has the agent, and not with agent: false", async () => {
+  const on = parse((await renderSeed(spec(`networks: [{ mode: user }]\n`))).userData) as {
+    runcmd?: string[][];
+  };
+  assertEquals(on.runcmd?.[0], ["sh", "-c", AGENT_INSTALL]);
+  assertMatch(AGENT_INSTALL, /command -v qemu-ga .*apt-get install -y qemu-guest-agent/);
+  const off = parse(
+    (await renderSeed(spec(`agent: false\nnetworks: [{ mode: user }]\n`))).userData,
+  ) as {
+    runcmd?: string[][];
+  };
+  assertEquals(off.runcmd, undefined);
 });

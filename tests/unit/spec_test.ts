@@ -183,7 +183,7 @@ const INVALID: [string, string, string][] = [
   [
     "an unknown top-level key",
     "cpus: 2\ncolour: blue\n",
-    "cove.yaml:2:9: colour: unknown key 'colour'; allowed: os, arch, engine, cpus, memory, disks, boot, networks, shares, rosetta, nested, display, audio, keyboard, pointing, clipboard, serial, vsock, entropy, balloon, provision, qemu",
+    "cove.yaml:2:9: colour: unknown key 'colour'; allowed: os, arch, engine, cpus, memory, disks, boot, networks, shares, rosetta, nested, display, audio, keyboard, pointing, clipboard, serial, vsock, entropy, balloon, agent, provision, qemu",
   ],
   ["cpus 0", "cpus: 0\n", "cove.yaml:1:7: cpus: got 0, expected at least 1"],
   ["cpus as text", "cpus: many\n", "cove.yaml:1:7: cpus: got a string 'many', expected an integer"],
@@ -298,6 +298,6 @@ Deno.test("spec: the JSON Schema describes every top-level key and forbids other
     properties: Record<string, unknown>;
     additionalProperties: boolean;
   };
-  assertEquals(Object.keys(schema.properties).length, 22);
+  assertEquals(Object.keys(schema.properties).length, 23);
   assertEquals(schema.additionalProperties, false);
 });

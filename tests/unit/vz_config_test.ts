@@ -36,6 +36,7 @@ function ctx(name: string, extra: Partial<VzConfigContext> = {}): VzConfigContex
     machineIdentifier: "bWFjaGluZS1pZGVudGlmaWVy",
     auxiliaryStorage: paths(name).auxStorage,
     serial: { readFd: 100, writeFd: 101 },
+    agent: { readFd: 102, writeFd: 103 },
     suspendable: false,
     macosVersion: "15.1.0",
     ...extra,
@@ -216,4 +217,16 @@ Deno.test("the golden configurations use only fields the Swift decoder knows", a
     walk(JSON.parse(await Deno.readTextFile(`${golden}${f}`)));
   }
   assertEquals([...keys].filter((k) => !known.has(k)), []);
+});
+
+Deno.test("a Linux guest's agent channel is a virtio console port named org.qemu.guest_agent.0; agent: false and macOS have none", () => {
+  const linux = buildVzConfig(spec(LINUX_KERNEL, "tiny"), ctx("tiny"));
+  assertEquals(linux.consolePorts, [{
+    name: "org.qemu.guest_agent.0",
+    isConsole: false,
+    attachment: { type: "fileHandles", readFd: 102, writeFd: 103 },
+  }]);
+  const off = buildVzConfig(spec(LINUX_KERNEL + "agent: false\n", "tiny"), ctx("tiny"));
+  assertEquals(off.consolePorts, []);
+  assertEquals(buildVzConfig(spec(MACOS, "mac"), ctx("mac")).consolePorts, []);
 });
