@@ -41,6 +41,19 @@ export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
  * code that is not here.
  */
 export const ERROR_CODES: Readonly<Record<string, string>> = {
+  "agent.closed": "the guest agent channel closed",
+  "agent.disabled": "the VM's guest agent is turned off (agent: false in its spec)",
+  "agent.exec_timeout": "a guest command over the agent ran past --timeout",
+  "agent.exec_usage": "a guest command is empty or cannot be run through the agent",
+  "agent.guest_failed": "the guest agent refused or failed a command",
+  "agent.output_truncated": "a guest command's output is over the agent's bound",
+  "agent.reserved": "a guest agent command is the supervisor's own (it keeps the channel in sync)",
+  "agent.stdin_too_large":
+    "the standard input for a guest command over the agent is over its bound",
+  "agent.thaw_failed": "the guest's filesystems could not be thawed",
+  "agent.timeout": "the guest agent did not answer in time",
+  "agent.unavailable":
+    "the VM's guest agent does not answer (is qemu-guest-agent installed and running?)",
   "boot.bad_kernel": "a --kernel or --initrd file is not what the engine can boot",
   "boot.not_found": "a --kernel or --initrd file does not exist",
   "cache.digest": "a cache key is not a sha256 digest",
@@ -50,6 +63,14 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "catalog.unknown": "no catalog image has that alias",
   "config.not_file": "the --config path is a directory",
   "config.not_found": "the --config file does not exist",
+  "cp.checksum": "the copy does not match its source's checksum",
+  "cp.guest_stat": "a guest path cannot be inspected through the agent",
+  "cp.guest_write": "the guest file cannot be written through the agent",
+  "cp.host_tar": "the host's tar failed while copying a directory",
+  "cp.is_directory": "the path to copy is a directory (use -r)",
+  "cp.no_parent": "the destination's directory does not exist",
+  "cp.not_found": "the path to copy does not exist",
+  "cp.usage": "cove cp needs NAME:PATH on exactly one side",
   "disk.format": "the root disk is not raw, so it cannot be resized",
   "disk.none": "the VM has no disk to resize",
   "disk.not_found": "a disk named in the spec does not exist",
@@ -176,6 +197,7 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "usage.number": "a count flag is not a whole number in its range",
   "usage.shell": "the shell is not bash, zsh or fish",
   "usage.size": "a size flag is not a size",
+  "usage.via": "--via is not auto, agent or ssh",
   "vm.bad_name": "the VM name is not valid",
   "vm.broken": "the VM's bundle has no readable cove.yaml",
   "vm.busy": "another cove command (a push, a delete, a create) holds the VM",

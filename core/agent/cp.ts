@@ -11,7 +11,6 @@
  * checksum matches; a failure removes the temporary file, on either side.
  * @module
  */
-import { createHash } from "node:crypto";
 import { basename, dirname, join, posix } from "node:path";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { agentExec, agentRun, fromBase64, toBase64 } from "./exec.ts";
@@ -105,6 +104,7 @@ export async function readGuestFile(
   path: string,
   sink: (chunk: Uint8Array) => Promise<void>,
 ): Promise<{ bytes: number; sha256: string }> {
+  const { createHash } = await import("node:crypto"); // slow to load: only when copying
   const handle = await agent.command<number>("guest-file-open", { path, mode: "r" });
   const hash = createHash("sha256");
   let bytes = 0;
@@ -134,6 +134,7 @@ export async function writeGuestFile(
   path: string,
   source: AsyncIterable<Uint8Array>,
 ): Promise<{ bytes: number; sha256: string }> {
+  const { createHash } = await import("node:crypto"); // slow to load: only when copying
   const handle = await agent.command<number>("guest-file-open", { path, mode: "w" });
   const hash = createHash("sha256");
   let bytes = 0;

@@ -6,6 +6,7 @@
  * closed at once, so the channel stays the supervisor's alone.
  * @module
  */
+import { dirname } from "node:path";
 import { fds, readableFromFd, writeAllFd } from "../../ffi/fd.ts";
 
 /** A running bridge. */
@@ -18,6 +19,7 @@ export function serveAgentBridge(
   socket: string,
   host: { readFd: number; writeFd: number },
 ): AgentBridge {
+  Deno.mkdirSync(dirname(socket), { recursive: true, mode: 0o700 });
   const listener = Deno.listen({ transport: "unix", path: socket });
   try {
     Deno.chmodSync(socket, 0o600);
