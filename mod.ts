@@ -17,6 +17,8 @@ export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
 export {
   jsonSchema,
+  type NetworkSpec,
+  type PortForwardSpec,
   type SpecInput,
   type SpecParsed,
   SpecSchema,
@@ -53,8 +55,16 @@ export {
   type StopResult,
   stopVm,
   suspendVm,
+  vmForwards,
   vmStatus,
 } from "./core/supervisor/client.ts";
+export {
+  type ActiveForward,
+  formatForward,
+  type ForwardOrigin,
+  parseForwardFlag,
+} from "./core/net/forwards.ts";
+export { type ForwardProxy, openForward, type ProxySpec } from "./core/net/proxy.ts";
 export { type LiveStatus, liveStatus } from "./core/supervisor/live.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
 export { type ImageProbe, probeImage } from "./core/images/qcow2.ts";

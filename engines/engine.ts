@@ -9,7 +9,7 @@
  * in core sits above the engines.
  * @module
  */
-import type { ArchName, OsName, VmSpec } from "../core/spec/schema.ts";
+import type { ArchName, NetworkSpec, OsName, VmSpec } from "../core/spec/schema.ts";
 
 /** Engine identifiers; `auto` is resolved by {@link ./select.ts}. */
 export type EngineId = "vz" | "qemu";
@@ -146,4 +146,11 @@ export interface Engine {
   validate(spec: VmSpec, host: HostInfo, paths: VmPaths): Promise<void>;
   /** Starts the VM. The returned handle is running or starting. */
   start(req: StartRequest): Promise<RunningVm>;
+  /**
+   * Whether the engine itself forwards the host ports of this NIC's
+   * `forwards` (QEMU user networking: hostfwd). When false the supervisor's
+   * proxy serves them, to the guest's own address, and the engine starts
+   * with that NIC's `forwards` empty.
+   */
+  forwardsPorts(nic: NetworkSpec): boolean;
 }

@@ -7,7 +7,16 @@
 import { type Command, Option } from "@commander-js/extra-typings";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { Store } from "../../core/store/store.ts";
+import { parseForwardFlag, type PortForwardSpec } from "../../mod.ts";
 import { log, out, outJson, parseFormat } from "../output.ts";
+
+const FORWARD_HELP =
+  "forward [ADDR:]HOST:GUEST[/udp] for this run only, on top of the spec's (repeatable)";
+
+/** Collects repeated `--forward` values. */
+function collectForward(v: string, prev: PortForwardSpec[]): PortForwardSpec[] {
+  return [...prev, parseForwardFlag(v)];
+}
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -44,6 +53,7 @@ export function register(program: Command): void {
       parseSeconds,
       30,
     )
+    .option("--forward <spec>", FORWARD_HELP, collectForward, [])
     .addOption(hiddenDetached())
     .action(async (name, opts) => {
       const { runSupervisor } = await import("../../core/supervisor/supervisor.ts");
@@ -57,6 +67,7 @@ export function register(program: Command): void {
         ephemeral: opts.ephemeral,
         graphics: opts.graphics,
         stopTimeout: opts.stopTimeout,
+        forwards: opts.forward,
         log: (line) => {
           if (/^(stopping|received|the guest did not|graceful stop failed)/.test(line)) say(line);
         },
@@ -128,12 +139,14 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--no-graphics", "headless: no window even if the VM has a display")
     .option("--timeout <seconds>", "how long to wait for the VM to run", parseSeconds, 120)
+    .option("--forward <spec>", FORWARD_HELP, collectForward, [])
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const { startDetached } = await import("../../core/supervisor/start.ts");
       const s = await startDetached(new Store(), name, {
         timeoutMs: opts.timeout * 1000,
         graphics: opts.graphics,
+        forwards: opts.forward,
       });
       if (opts.format === "json") outJson(s);
       else out(`started ${name}`);

@@ -60,7 +60,7 @@ export const Disk = z.strictObject({
   }),
 });
 
-/** A host to guest port forward, for `user` networking. */
+/** A host to guest port forward: QEMU's hostfwd on user networking, the supervisor's proxy elsewhere. */
 export const PortForward = z.strictObject({
   host: z.int().min(0).max(65535).meta({ description: "Host port; 0 picks a free one." }),
   guest: z.int().min(1).max(65535).meta({ description: "Guest port." }),
@@ -75,11 +75,13 @@ export const Network = z.strictObject({
       "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; none: no network.",
   }),
   interface: z.string().optional().meta({
-    description: "Host interface to bridge to (bridged only), e.g. en0.",
+    description:
+      "Host interface to bridge to (bridged only), e.g. en0; on qemu a bridge (via qemu-bridge-helper) or an existing tap device.",
   }),
   mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
   forwards: z.array(PortForward).default([]).meta({
-    description: "Host to guest port forwards (user and, on qemu, nat networking).",
+    description:
+      "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself, elsewhere cove's supervisor proxies to the guest's address.",
   }),
 });
 

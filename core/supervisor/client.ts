@@ -8,6 +8,7 @@
 import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { Bundle } from "../store/bundle.ts";
+import type { ActiveForward } from "../net/forwards.ts";
 import { httpRequest, httpUpgrade } from "./http.ts";
 import { controlSocketTarget } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
@@ -192,4 +193,12 @@ export async function attachConsole(
       } catch { /* closed */ }
     },
   };
+}
+
+/** The active port forwards of a running VM (`cove port`), each with its origin. */
+export async function vmForwards(
+  bundle: Bundle,
+): Promise<{ name: string; forwards: ActiveForward[] }> {
+  await assertRunning(bundle, "list the forwards of");
+  return await control(bundle, "GET", "/forwards");
 }

@@ -5,6 +5,7 @@
  * @module
  */
 import type { VmState } from "../../engines/engine.ts";
+import type { ActiveForward } from "../net/forwards.ts";
 
 /** The protocol name of the console byte stream (`Upgrade: cove-console`). */
 export const CONSOLE_PROTOCOL = "cove-console";
@@ -22,4 +23,6 @@ export interface SupervisorStatus {
   consoleLog: string;
   /** Engine facts: QEMU pid, accelerator, forwarded ports, ... */
   info: Record<string, unknown>;
+  /** Every active port forward, with its origin (also `GET /forwards`). */
+  forwards?: ActiveForward[];
 }

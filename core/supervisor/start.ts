@@ -8,6 +8,8 @@
  */
 import { fileURLToPath } from "node:url";
 import { CoveError, ExitCode } from "../errors.ts";
+import { formatForward } from "../net/forwards.ts";
+import type { PortForwardSpec } from "../spec/schema.ts";
 import type { Store } from "../store/store.ts";
 import { httpRequest } from "./http.ts";
 import { controlSocketTarget } from "./paths.ts";
@@ -32,6 +34,8 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Show a window if the VM has a display (default true). */
   graphics?: boolean;
+  /** Port forwards for this run only, on top of the spec's. */
+  forwards?: PortForwardSpec[];
 }
 
 /** How long a timed-out `cove start` waits after SIGTERM before SIGKILL. */
@@ -55,6 +59,7 @@ export async function startDetached(
     name,
     "--detached",
     ...(opts.graphics === false ? ["--no-graphics"] : []),
+    ...(opts.forwards ?? []).flatMap((f) => ["--forward", formatForward(f)]),
   ]);
   const env: Record<string, string> = { COVE_HOME: store.home };
   const child = new Deno.Command(cmd.command, {

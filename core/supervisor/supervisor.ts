@@ -14,7 +14,9 @@ import { loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
-import type { VmSpec } from "../spec/schema.ts";
+import type { PortForwardSpec, VmSpec } from "../spec/schema.ts";
+import { engineActive, ForwardSet, planForwards, type PortOwner } from "../net/forwards.ts";
+import { macResolver } from "../net/resolve.ts";
 import { type Bundle, type BundleLock, LOCK_RETRY_MS } from "../store/bundle.ts";
 import { Store } from "../store/store.ts";
 import {
@@ -43,6 +45,8 @@ export interface RunOptions {
   log?: (line: string) => void;
   /** Called once the VM runs, with the live supervisor. */
   onRunning?: (sup: Supervisor) => void | Promise<void>;
+  /** Port forwards for this run only (`--forward`), on top of the spec's. */
+  forwards?: PortForwardSpec[];
 }
 
 /** The ring buffer and fan-out of console output. */
@@ -124,6 +128,8 @@ export class Supervisor {
   readonly startedAt = new Date().toISOString();
   #stopping: Promise<{ exit: ExitInfo; forced: boolean }> | undefined;
   #attached = Promise.withResolvers<RunningVm>();
+  /** The run's port forwards (spec, flags, automatic). */
+  forwards: ForwardSet | undefined;
 
   constructor(
     readonly bundle: Bundle,
@@ -143,6 +149,7 @@ export class Supervisor {
       startedAt: this.startedAt,
       consoleLog: this.bundle.consoleLog,
       info: this.vm?.info() ?? {},
+      forwards: this.forwards?.list() ?? [],
     };
   }
 
@@ -335,6 +342,11 @@ export function controlHandler(sup: Supervisor) {
           void serveConsoleClient(sup, conn, rest, replay).catch(() => {});
           return "upgraded";
         }
+        case "GET /forwards":
+          return {
+            status: 200,
+            body: { name: sup.bundle.name, forwards: sup.forwards?.list() ?? [] },
+          };
         case "GET /console/tail": {
           const bytes = Math.max(0, Math.min(65536, Number(req.query.get("bytes") ?? "4096") || 0));
           return { status: 200, body: { text: new TextDecoder().decode(sup.hub.tail(bytes)) } };
@@ -461,6 +473,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   const layout = await runtimeLayout(bundle);
   let hub: ConsoleHub | undefined;
   let server: HttpServer | undefined;
+  let forwards: ForwardSet | undefined;
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
@@ -474,9 +487,20 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     if (isVzEngine(engine)) {
       engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
     }
+    // Who serves each forward: the engine (QEMU hostfwd) or this supervisor's proxy.
+    const fwdPlan = planForwards(spec, opts.forwards ?? [], (n) => engine.forwardsPorts(n));
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
-    await engine.validate(spec, host, paths);
+    // The proxied forwards listen before the VM starts; a refusal starts nothing.
+    const nics = spec.networks;
+    forwards = new ForwardSet((i) => macResolver(nics[i]?.mac ?? ""), { log });
+    const owner = portOwner(bundle);
+    await forwards.probe(fwdPlan.all.filter((f) => !fwdPlan.proxied.includes(f)), owner);
+    await engine.validate(fwdPlan.engineSpec, host, paths);
+    await forwards.openAll(fwdPlan.proxied, owner);
+    for (const f of forwards.list()) {
+      log(`forward ${f.address}:${f.host} -> guest ${f.guest}/${f.protocol} (${f.where}, proxy)`);
+    }
 
     const consoleFile = await Deno.open(bundle.consoleLog, {
       write: true,
@@ -486,6 +510,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     });
     hub = new ConsoleHub(consoleFile);
     const sup = new Supervisor(bundle, engineId, hub, log);
+    sup.forwards = forwards;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -511,7 +536,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     try {
       vm = await engine.start({
         name: bundle.name,
-        spec,
+        spec: fwdPlan.engineSpec,
         paths,
         graphics: opts.graphics ?? false,
         restore: true,
@@ -519,6 +544,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     } catch (e) {
       throw toCoveError(e);
     }
+    forwards.setEngineForwards(engineActive(fwdPlan, vm.info().forwards));
     sup.attach(vm);
     sup.state = vm.state();
     log(`running (${JSON.stringify(vm.info(), (k, v) => (k === "argv" ? undefined : v))})`);
@@ -568,12 +594,30 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* ignore */ }
     }
     server?.close();
+    await forwards?.closeAll();
     hub?.close();
     await cleanupRuntime(bundle, layout);
     try {
       logFile?.close();
     } catch { /* closed */ }
   }
+}
+
+/** Names the other running VM of this store whose forward holds a host port. */
+function portOwner(bundle: Bundle): PortOwner {
+  return async (f) => {
+    const store = new Store(dirname(dirname(bundle.dir)));
+    const { liveStatus } = await import("./live.ts");
+    const { sameHostPort } = await import("../net/forwards.ts");
+    for (const v of await store.list()) {
+      if (v.state !== "running" || v.name === bundle.name) continue;
+      const st = await liveStatus(store.bundle(v.name), { timeoutMs: 1000 });
+      for (const o of st.supervisor?.forwards ?? []) {
+        if (sameHostPort(o, f)) return `VM '${v.name}' (${o.where})`;
+      }
+    }
+    return undefined;
+  };
 }
 
 /** The vz engine's extra hook, found without importing (and so loading) the vz module. */

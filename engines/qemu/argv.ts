@@ -56,6 +56,12 @@ export interface QemuPlan {
   firmware?: FirmwarePlan;
   /** Port forwards per network (same order as spec.networks). */
   forwards: ForwardPlan[][];
+  /**
+   * Per network: true when a bridged NIC's `interface` is an existing tap
+   * device, which QEMU opens itself (`-netdev tap`) instead of asking
+   * qemu-bridge-helper to make one on a bridge.
+   */
+  taps?: boolean[];
   shares: SharePlan[];
   /** vhost-vsock guest CID, when the host has /dev/vhost-vsock. */
   vsockCid?: number;
@@ -208,7 +214,12 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   spec.networks.forEach((n, i) => {
     const id = `cove-net${i}`;
     if (n.mode === "none") return;
-    if (n.mode === "bridged") {
+    if (n.mode === "bridged" && plan.taps?.[i]) {
+      a.push(
+        "-netdev",
+        `tap,id=${id},ifname=${qemuEscape(n.interface ?? "")},script=no,downscript=no`,
+      );
+    } else if (n.mode === "bridged") {
       a.push("-netdev", `bridge,id=${id},br=${qemuEscape(n.interface ?? "br0")}`);
     } else {
       const opts = [`user,id=${id}`];

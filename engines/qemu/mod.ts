@@ -11,7 +11,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import type {
   Capabilities,
@@ -311,6 +311,15 @@ export class QemuEngine implements Engine {
     };
   }
 
+  /**
+   * User networking (`user`, and `nat`, which QEMU runs as user networking)
+   * forwards with hostfwd; a guest on a bridge or tap has its own address,
+   * and the supervisor's proxy forwards to it.
+   */
+  forwardsPorts(nic: NetworkSpec): boolean {
+    return nic.mode === "user" || nic.mode === "nat";
+  }
+
   async validate(spec: VmSpec, _host: HostInfo, paths: VmPaths): Promise<void> {
     await check(spec, paths, { ports: true });
   }
@@ -333,6 +342,9 @@ export class QemuEngine implements Engine {
           host: f.host === 0 ? freePort(f.address) : f.host,
           guest: f.guest,
         }))
+      ),
+      taps: spec.networks.map((n) =>
+        n.mode === "bridged" && !!n.interface && exists(`/sys/class/net/${n.interface}/tun_flags`)
       ),
       shares: [],
       qmpSocket: rt("qmp.sock"),

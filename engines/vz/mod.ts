@@ -12,7 +12,7 @@
  * @module
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
 import type {
   Availability,
   Capabilities,
@@ -182,6 +182,11 @@ export class VzEngine implements Engine {
         cpus: `${info.cpuCount.min}..${info.cpuCount.max}`,
       },
     };
+  }
+
+  /** VZ has no port forwarding of its own: the supervisor's proxy serves every NIC's forwards. */
+  forwardsPorts(_nic: NetworkSpec): boolean {
+    return false;
   }
 
   async validate(spec: VmSpec, host: HostInfo, paths: VmPaths): Promise<void> {

@@ -256,13 +256,7 @@ export function checkNetworks(spec: VmSpec, host: VzHostInfo): void {
         "set mode: nat",
       );
     }
-    if (n.forwards.length > 0) {
-      throw usageError(
-        "vz.network",
-        `${where}: port forwards need user networking (qemu); a vz guest is reachable at its own NAT address`,
-        "remove forwards, and use 'cove ip' or 'cove ssh'",
-      );
-    }
+    // Forwards need nothing of VZ: the supervisor's proxy serves them to the guest's address.
     if (n.mode !== "bridged") continue;
     if (!host.entitlements.networking) {
       throw hostError(

@@ -306,3 +306,16 @@ Deno.test("the same spec and plan always give the same argv", () => {
   const s = spec({ engine: "qemu", memory: "1GiB", disks: [{ path: "d.img", size: "1GiB" }] });
   assertEquals(buildQemuArgs(s, plan()), buildQemuArgs(s, plan()));
 });
+
+Deno.test("a bridged NIC on an existing tap device opens the tap itself; on a bridge it asks the helper", () => {
+  const s = spec({
+    os: "linux",
+    networks: [{ mode: "bridged", interface: "tap7" }, { mode: "bridged", interface: "br0" }],
+  });
+  const a = buildQemuArgs(s, plan({ forwards: [[], []], taps: [true, false] }));
+  const netdevs = a.filter((_, i) => a[i - 1] === "-netdev");
+  assertEquals(netdevs, [
+    "tap,id=cove-net0,ifname=tap7,script=no,downscript=no",
+    "bridge,id=cove-net1,br=br0",
+  ]);
+});

@@ -238,19 +238,13 @@ Deno.test("bridged networking without com.apple.vm.networking is refused; with i
   }
 });
 
-Deno.test("other specs vz cannot run are refused: x86_64, user networking, forwards, limits, Rosetta, Mac input", async () => {
+Deno.test("other specs vz cannot run are refused: x86_64, user networking, limits, Rosetta, Mac input", async () => {
   await refused("os: linux\narch: x86_64\n", vzHost(), "vz.arch", /arm64 guests only/);
   await refused(
     `${LINUX}networks: [{ mode: user }]\n`,
     vzHost(),
     "vz.network",
     /user networking is QEMU's/,
-  );
-  await refused(
-    `${LINUX}networks: [{ mode: nat, forwards: [{ host: 2222, guest: 22 }] }]\n`,
-    vzHost(),
-    "vz.network",
-    /port forwards/,
   );
   await refused("os: linux\narch: arm64\ncpus: 16\n", vzHost(), "vz.cpus", /16 is outside 1\.\.8/);
   await refused(
@@ -273,6 +267,19 @@ Deno.test("other specs vz cannot run are refused: x86_64, user networking, forwa
     /needs macOS 14/,
   );
   await refused(LINUX, vzHost({ supported: false }), "vz.unsupported", /cannot run/);
+});
+
+Deno.test("forwards on vz NAT pass pre-flight: the supervisor's proxy serves them", async () => {
+  const paths = await bundle();
+  try {
+    await preflight({
+      spec: spec(`${LINUX}networks: [{ mode: nat, forwards: [{ host: 2222, guest: 22 }] }]\n`),
+      paths,
+      host: vzHost(),
+    });
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
 });
 
 Deno.test("kernel and disk formats are recognised by their magic bytes", () => {
