@@ -68,6 +68,17 @@ export const PortForward = z.strictObject({
   address: z.string().default("127.0.0.1").meta({ description: "Host address to bind." }),
 });
 
+const GuestPort = z.int().min(1).max(65535);
+
+/** Rules for automatic forwards (`autoForward: true` is every port). */
+export const AutoForwardRules = z.strictObject({
+  ignore: z.array(GuestPort).default([]).meta({ description: "Guest ports never forwarded." }),
+  range: z.strictObject({
+    from: GuestPort.default(1).meta({ description: "Lowest guest port forwarded." }),
+    to: GuestPort.default(65535).meta({ description: "Highest guest port forwarded." }),
+  }).default({ from: 1, to: 65535 }).meta({ description: "Only guest ports in this range." }),
+});
+
 /** A network interface. */
 export const Network = z.strictObject({
   mode: z.enum(["nat", "bridged", "user", "none"]).meta({
@@ -79,6 +90,10 @@ export const Network = z.strictObject({
       "Host interface to bridge to (bridged only), e.g. en0; on qemu a bridge (via qemu-bridge-helper) or an existing tap device.",
   }),
   mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
+  autoForward: z.union([z.boolean(), AutoForwardRules]).default(false).meta({
+    description:
+      "Forward each TCP port the guest listens on (non-loopback) from 127.0.0.1, at the same port or the next free one; needs the guest agent. true, or rules.",
+  }),
   forwards: z.array(PortForward).default([]).meta({
     description:
       "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself, elsewhere cove's supervisor proxies to the guest's address.",
@@ -208,6 +223,7 @@ export type SpecParsed = z.output<typeof SpecSchema>;
 export type DiskSpec = z.output<typeof Disk>;
 export type NetworkSpec = z.output<typeof Network>;
 export type PortForwardSpec = z.output<typeof PortForward>;
+export type AutoForwardSpec = z.output<typeof AutoForwardRules>;
 export type ShareSpec = z.output<typeof Share>;
 export type BootSpec = z.output<typeof Boot>;
 export type DisplaySpec = z.output<typeof Display>;
