@@ -90,9 +90,9 @@ export const Network = z.strictObject({
       "Host interface to bridge to (bridged only), e.g. en0; on qemu a bridge (via qemu-bridge-helper) or an existing tap device.",
   }),
   mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
-  autoForward: z.union([z.boolean(), AutoForwardRules]).default(false).meta({
+  autoForward: z.union([z.boolean(), AutoForwardRules]).optional().meta({
     description:
-      "Forward each TCP port the guest listens on (non-loopback) from 127.0.0.1, at the same port or the next free one; needs the guest agent. true, or rules.",
+      "Forward each TCP port the guest listens on (non-loopback) from 127.0.0.1, at the same port or the next free one; needs the guest agent. Off by default; true, or rules.",
   }),
   forwards: z.array(PortForward).default([]).meta({
     description:

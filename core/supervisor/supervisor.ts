@@ -17,6 +17,12 @@ import { detectHost } from "../host.ts";
 import type { PortForwardSpec, VmSpec } from "../spec/schema.ts";
 import { engineActive, ForwardSet, planForwards, type PortOwner } from "../net/forwards.ts";
 import { macResolver } from "../net/resolve.ts";
+import {
+  type AutoForwarder,
+  autoForwardRule,
+  type ReadGuestFile,
+  startAutoForward,
+} from "../net/autoforward.ts";
 import { type Bundle, type BundleLock, LOCK_RETRY_MS } from "../store/bundle.ts";
 import { Store } from "../store/store.ts";
 import {
@@ -130,6 +136,7 @@ export class Supervisor {
   #attached = Promise.withResolvers<RunningVm>();
   /** The run's port forwards (spec, flags, automatic). */
   forwards: ForwardSet | undefined;
+  #auto: AutoForwarder[] = [];
 
   constructor(
     readonly bundle: Bundle,
@@ -206,6 +213,28 @@ export class Supervisor {
       return { exit: first, forced: false };
     })();
     return this.#stopping;
+  }
+
+  /**
+   * Starts the automatic forwards of every NIC with `autoForward`, reading
+   * the guest's /proc/net/tcp* through `read` (the guest agent's file read).
+   * Returns how many NICs it watches.
+   */
+  enableAutoForward(spec: VmSpec, read: ReadGuestFile): number {
+    const set = this.forwards;
+    if (!set || this.#auto.length > 0) return this.#auto.length;
+    spec.networks.forEach((nic, i) => {
+      const rule = autoForwardRule(nic);
+      if (rule) this.#auto.push(startAutoForward(set, i, rule, read, { log: this.log }));
+    });
+    return this.#auto.length;
+  }
+
+  /** Stops the automatic forwards (the VM stopped). */
+  async stopAutoForward(): Promise<void> {
+    const ws = this.#auto;
+    this.#auto = [];
+    await Promise.all(ws.map((w) => w.stop()));
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -474,6 +503,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   let hub: ConsoleHub | undefined;
   let server: HttpServer | undefined;
   let forwards: ForwardSet | undefined;
+  let supervisor: Supervisor | undefined;
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
@@ -511,6 +541,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     hub = new ConsoleHub(consoleFile);
     const sup = new Supervisor(bundle, engineId, hub, log);
     sup.forwards = forwards;
+    supervisor = sup;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -594,6 +625,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* ignore */ }
     }
     server?.close();
+    await supervisor?.stopAutoForward();
     await forwards?.closeAll();
     hub?.close();
     await cleanupRuntime(bundle, layout);

@@ -9,6 +9,7 @@
  *   and how many distinct bodies came back.
  * - `udp HOST PORT TEXT`: one datagram; the reply's text (or null after 5 s).
  * - `closed HOST PORT`: connects and reads; the bytes received before the end.
+ * - `drain HOST PORT`: connects, reads to the end; bytes and seconds (for bench/forward).
  * @module
  */
 import dgram from "node:dgram";
@@ -96,8 +97,20 @@ if (cmd === "http") {
   } catch (e) {
     result = { connected: false, error: (e as Error).name };
   }
+} else if (cmd === "drain") {
+  const t0 = performance.now();
+  const c = await Deno.connect({ hostname: host, port });
+  const buf = new Uint8Array(1024 * 1024);
+  let bytes = 0;
+  while (true) {
+    const n = await c.read(buf);
+    if (n === null) break;
+    bytes += n;
+  }
+  c.close();
+  result = { bytes, seconds: (performance.now() - t0) / 1000 };
 } else {
-  console.error("usage: netprobe http|parallel|udp|closed HOST PORT ...");
+  console.error("usage: netprobe http|parallel|udp|closed|drain HOST PORT ...");
   Deno.exit(2);
 }
 console.log(JSON.stringify(result));
