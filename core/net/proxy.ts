@@ -23,8 +23,12 @@
 import dgram from "node:dgram";
 import { CoveError, ExitCode } from "../errors.ts";
 
-/** The guest's current address (IPv4 or IPv6 literal), or undefined when it has none yet. */
-export type ResolveGuest = () => Promise<string | undefined>;
+/**
+ * The guest's current address (IPv4 or IPv6 literal), or undefined when it
+ * has none yet. `failed` says that a connect to that address just failed:
+ * a resolver that knows several candidates answers with another one.
+ */
+export type ResolveGuest = (hint?: { failed?: string }) => Promise<string | undefined>;
 
 /** One forward as the proxy serves it. */
 export interface ProxySpec {
@@ -226,11 +230,19 @@ class TcpProxy implements ForwardProxy {
         this.#stats.failed++;
         return;
       }
+      const timeout = this.opts.connectTimeoutMs ?? 5000;
       try {
-        guest = await connectWithin(addr, this.spec.guest, this.opts.connectTimeoutMs ?? 5000);
+        guest = await connectWithin(addr, this.spec.guest, timeout);
       } catch {
-        this.#stats.failed++;
-        return;
+        // The address may be stale (the guest moved): ask once more, saying which one failed.
+        const again = await this.resolve({ failed: addr }).catch(() => undefined);
+        if (again && again !== addr && !this.#closed) {
+          guest = await connectWithin(again, this.spec.guest, timeout).catch(() => undefined);
+        }
+        if (!guest) {
+          this.#stats.failed++;
+          return;
+        }
       }
       if (this.#closed) return;
       this.#conns.add(guest);

@@ -25,20 +25,24 @@ export interface NeighEntry {
 }
 
 /**
- * The address of the freshest usable neighbour entry for `mac`: FAILED and
- * INCOMPLETE entries are skipped, IPv4 preferred, the smallest `confirmed`
- * age wins.
+ * The addresses of the usable neighbour entries for `mac`, best first:
+ * FAILED and INCOMPLETE entries are skipped, IPv4 comes first, then the
+ * smallest `confirmed` age.
  */
-export function neighIpFor(entries: NeighEntry[], mac: string): string | undefined {
+export function neighIpsFor(entries: NeighEntry[], mac: string): string[] {
   const want = normaliseMac(mac);
   const ok = entries.filter((e) =>
     e.lladdr && normaliseMac(e.lladdr) === want &&
     !(e.state ?? []).some((s) => s === "FAILED" || s === "INCOMPLETE")
   );
-  const v4 = ok.filter((e) => !e.dst.includes(":"));
-  const pool = v4.length ? v4 : ok;
-  pool.sort((a, b) => (a.confirmed ?? Infinity) - (b.confirmed ?? Infinity));
-  return pool[0]?.dst;
+  const v4 = (e: NeighEntry) => (e.dst.includes(":") ? 1 : 0);
+  ok.sort((a, b) => v4(a) - v4(b) || (a.confirmed ?? Infinity) - (b.confirmed ?? Infinity));
+  return ok.map((e) => e.dst);
+}
+
+/** The best of {@link neighIpsFor}. */
+export function neighIpFor(entries: NeighEntry[], mac: string): string | undefined {
+  return neighIpsFor(entries, mac)[0];
 }
 
 async function output(cmd: string, args: string[]): Promise<string> {
@@ -60,41 +64,51 @@ export interface MacResolverOptions {
 
 /** A {@link ResolveGuest} that finds the NIC with `mac` in the host's tables. */
 export function macResolver(mac: string, opts: MacResolverOptions = {}): ResolveGuest {
-  let cached: { at: number; ip: string | undefined } | undefined;
-  let inflight: Promise<string | undefined> | undefined;
-  const lookup = async (): Promise<string | undefined> => {
+  let cached: { at: number; ips: string[] } | undefined;
+  let inflight: Promise<string[]> | undefined;
+  /** Addresses a connect failed on lately, with when: tried last for a while. */
+  const failed = new Map<string, number>();
+  const lookup = async (): Promise<string[]> => {
     if (Deno.build.os === "darwin") {
       const text = await Deno.readTextFile(opts.leaseFile ?? "/var/db/dhcpd_leases").catch(() =>
         ""
       );
-      const ip = leaseIpFor(parseLeases(text), mac);
-      if (ip) return ip;
-      return arpIpFor(parseArp(await output("arp", ["-an"])), mac);
+      const ip = leaseIpFor(parseLeases(text), mac) ??
+        arpIpFor(parseArp(await output("arp", ["-an"])), mac);
+      return ip ? [ip] : [];
     }
     const json = await output("ip", ["-s", "-j", "neigh", "show"]);
     if (json) {
       try {
-        const ip = neighIpFor(JSON.parse(json) as NeighEntry[], mac);
-        if (ip) return ip;
+        const ips = neighIpsFor(JSON.parse(json) as NeighEntry[], mac);
+        if (ips.length) return ips;
       } catch { /* fall back to /proc */ }
     }
     // /proc/net/arp: "IP HWtype Flags HWaddress Mask Device".
     const text = await Deno.readTextFile("/proc/net/arp").catch(() => "");
     const rows = text.split("\n").slice(1).map((l) => l.trim().split(/\s+/));
-    return rows.find((r) =>
+    return rows.filter((r) =>
       r.length >= 4 && r[2] !== "0x0" && normaliseMac(r[3]) === normaliseMac(mac)
-    )
-      ?.[0];
+    ).map((r) => r[0]);
   };
-  return () => {
+  const pick = (ips: string[]) => {
     const now = Date.now();
-    if (cached && now - cached.at < (opts.cacheMs ?? 1000) && cached.ip) {
-      return Promise.resolve(cached.ip);
+    for (const [ip, at] of failed) if (now - at > 30_000) failed.delete(ip);
+    return ips.find((ip) => !failed.has(ip)) ?? ips[0];
+  };
+  return async (hint) => {
+    if (hint?.failed) {
+      failed.set(hint.failed, Date.now());
+      cached = undefined;
     }
-    inflight ??= lookup().then((ip) => {
-      cached = { at: Date.now(), ip };
-      return ip;
+    const now = Date.now();
+    if (cached && now - cached.at < (opts.cacheMs ?? 1000) && cached.ips.length) {
+      return pick(cached.ips);
+    }
+    inflight ??= lookup().then((ips) => {
+      cached = { at: Date.now(), ips };
+      return ips;
     }).finally(() => (inflight = undefined));
-    return inflight;
+    return pick(await inflight);
   };
 }

@@ -294,3 +294,31 @@ Deno.test("a forward on a port in use, or on an address not on this host, is ref
     assertEquals((e as CoveError).exit, 2);
   }
 });
+
+Deno.test({
+  name:
+    "when the connect to the resolved address fails the proxy asks again, naming it, and uses the new answer",
+  ignore: !linux, // 127.0.0.3 is a loopback address on Linux only
+  fn: async () => {
+    const srv = digestServer("127.0.0.1", new TextEncoder().encode("new"));
+    const asked: (string | undefined)[] = [];
+    const p = await openForward(
+      { protocol: "tcp", address: "127.0.0.1", host: 0, guest: srv.port },
+      (hint) => {
+        asked.push(hint?.failed);
+        return Promise.resolve(hint?.failed ? "127.0.0.1" : "127.0.0.3"); // .3: nothing listens
+      },
+    );
+    try {
+      const c = await Deno.connect({ hostname: "127.0.0.1", port: p.port });
+      await c.closeWrite();
+      const got = new TextDecoder().decode(await readAll(c));
+      c.close();
+      assertEquals(got.slice(65), "new");
+      assertEquals(asked, [undefined, "127.0.0.3"]);
+    } finally {
+      await p.close();
+      await srv.close();
+    }
+  },
+});
