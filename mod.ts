@@ -65,6 +65,8 @@ export {
   parseForwardFlag,
 } from "./core/net/forwards.ts";
 export { type ForwardProxy, openForward, type ProxySpec } from "./core/net/proxy.ts";
+export { type NetworkInfo, type NetworkMode, NetworkStore } from "./core/net/networks.ts";
+export { networkMembers, runSwitch } from "./core/net/join.ts";
 export { type LiveStatus, liveStatus } from "./core/supervisor/live.ts";
 export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
 export { type ImageProbe, probeImage } from "./core/images/qcow2.ts";

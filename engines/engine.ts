@@ -84,6 +84,12 @@ export interface StartRequest {
   graphics: boolean;
   /** Resume from saved state if present (vz). */
   restore: boolean;
+  /**
+   * Per NIC (same order as spec.networks): for a NIC on a cove network
+   * (`mode: network`) whose engine joins it through cove's switch, the
+   * switch's unix socket.
+   */
+  networkSockets?: (string | undefined)[];
 }
 
 /** The lifecycle states a running handle reports. */
@@ -153,4 +159,10 @@ export interface Engine {
    * with that NIC's `forwards` empty.
    */
   forwardsPorts(nic: NetworkSpec): boolean;
+  /**
+   * Whether a NIC on a cove network (`mode: network`) is joined through
+   * cove's Ethernet switch (QEMU: a stream netdev); when false the engine
+   * joins it by its own means (VZ: a vmnet network). Default false.
+   */
+  needsSwitch?(nic: NetworkSpec): boolean;
 }

@@ -81,9 +81,12 @@ export const AutoForwardRules = z.strictObject({
 
 /** A network interface. */
 export const Network = z.strictObject({
-  mode: z.enum(["nat", "bridged", "user", "none"]).meta({
+  mode: z.enum(["nat", "bridged", "user", "network", "none"]).meta({
     description:
-      "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; none: no network.",
+      "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; network: a cove network between VMs (see 'cove network'); none: no network.",
+  }),
+  network: z.string().optional().meta({
+    description: "The cove network to join (mode: network), made with 'cove network create'.",
   }),
   interface: z.string().optional().meta({
     description:
@@ -98,6 +101,9 @@ export const Network = z.strictObject({
     description:
       "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself, elsewhere cove's supervisor proxies to the guest's address.",
   }),
+}).refine((n) => n.mode !== "network" || !!n.network, {
+  message: "mode: network needs network: NAME (a network made with 'cove network create')",
+  path: ["network"],
 });
 
 /** A host directory shared with the guest. */

@@ -25,4 +25,6 @@ export interface SupervisorStatus {
   info: Record<string, unknown>;
   /** Every active port forward, with its origin (also `GET /forwards`). */
   forwards?: ActiveForward[];
+  /** The cove networks the VM joined, with its address on each (ADDR/PREFIX). */
+  networks?: { nic: number; network: string; address: string }[];
 }

@@ -17,6 +17,8 @@ import { detectHost } from "../host.ts";
 import type { PortForwardSpec, VmSpec } from "../spec/schema.ts";
 import { engineActive, ForwardSet, planForwards, type PortOwner } from "../net/forwards.ts";
 import { macResolver } from "../net/resolve.ts";
+import { ensureSwitch, joinNetwork } from "../net/join.ts";
+import { NetworkStore } from "../net/networks.ts";
 import {
   type AutoForwarder,
   autoForwardRule,
@@ -136,6 +138,8 @@ export class Supervisor {
   #attached = Promise.withResolvers<RunningVm>();
   /** The run's port forwards (spec, flags, automatic). */
   forwards: ForwardSet | undefined;
+  /** The cove networks joined, with the VM's address on each. */
+  networks: { nic: number; network: string; address: string }[] = [];
   #auto: AutoForwarder[] = [];
 
   constructor(
@@ -157,6 +161,7 @@ export class Supervisor {
       consoleLog: this.bundle.consoleLog,
       info: this.vm?.info() ?? {},
       forwards: this.forwards?.list() ?? [],
+      networks: this.networks,
     };
   }
 
@@ -519,6 +524,19 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
     // Who serves each forward: the engine (QEMU hostfwd) or this supervisor's proxy.
     const fwdPlan = planForwards(spec, opts.forwards ?? [], (n) => engine.forwardsPorts(n));
+    // cove networks: each must exist; the VM gets its address; the switch runs if the engine needs it.
+    const home = dirname(dirname(bundle.dir));
+    const networkSockets: (string | undefined)[] = [];
+    const joined: Supervisor["networks"] = [];
+    for (const [i, n] of spec.networks.entries()) {
+      if (n.mode !== "network" || !n.network) continue;
+      const j = await joinNetwork(home, n.network, bundle.name);
+      joined.push({ nic: i, network: n.network, address: j.address });
+      log(`network ${n.network} (${j.info.subnet}): ${j.address}`);
+      if (engine.needsSwitch?.(n)) {
+        networkSockets[i] = await ensureSwitch(new NetworkStore(home), n.network);
+      }
+    }
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
     // The proxied forwards listen before the VM starts; a refusal starts nothing.
@@ -541,6 +559,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     hub = new ConsoleHub(consoleFile);
     const sup = new Supervisor(bundle, engineId, hub, log);
     sup.forwards = forwards;
+    sup.networks = joined;
     supervisor = sup;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
@@ -571,6 +590,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         paths,
         graphics: opts.graphics ?? false,
         restore: true,
+        networkSockets,
       });
     } catch (e) {
       throw toCoveError(e);

@@ -204,6 +204,15 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
       exit: ExitCode.Usage,
     });
   }
+  spec.networks.forEach((n, i) => {
+    if (n.mode === "network" && n.forwards.length > 0) {
+      throw new CoveError(
+        "qemu.network_forwards",
+        `networks[${i}]: forwards on a cove network are not served on qemu (the host is not on it)`,
+        { hint: "add a second NIC with mode: user and put the forwards there", exit: ExitCode.Usage },
+      );
+    }
+  });
   if (opts.ports) {
     spec.networks.forEach((n, i) => {
       n.forwards.forEach((f, j) => {
@@ -317,7 +326,13 @@ export class QemuEngine implements Engine {
    * and the supervisor's proxy forwards to it.
    */
   forwardsPorts(nic: NetworkSpec): boolean {
-    return nic.mode === "user" || nic.mode === "nat";
+    // A cove network's forwards stay with the engine, which refuses them (see check()).
+    return nic.mode === "user" || nic.mode === "nat" || nic.mode === "network";
+  }
+
+  /** QEMU joins a cove network through cove's switch. */
+  needsSwitch(nic: NetworkSpec): boolean {
+    return nic.mode === "network";
   }
 
   async validate(spec: VmSpec, _host: HostInfo, paths: VmPaths): Promise<void> {
@@ -328,6 +343,15 @@ export class QemuEngine implements Engine {
     const { spec, paths } = req;
     const host = localHost();
     const binary = await check(spec, paths, { ports: true });
+    spec.networks.forEach((n, i) => {
+      if (n.mode === "network" && !req.networkSockets?.[i]) {
+        throw new CoveError(
+          "qemu.network",
+          `networks[${i}]: no switch socket for cove network '${n.network}'`,
+          { exit: ExitCode.Failure },
+        );
+      }
+    });
     const accel = await chooseAccel(spec, host, binary);
     await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
     const rt = (f: string) => join(paths.runtimeDir, f);
@@ -343,6 +367,7 @@ export class QemuEngine implements Engine {
           guest: f.guest,
         }))
       ),
+      networkSockets: req.networkSockets,
       taps: spec.networks.map((n) =>
         n.mode === "bridged" && !!n.interface && exists(`/sys/class/net/${n.interface}/tun_flags`)
       ),
