@@ -85,11 +85,21 @@ export interface StartRequest {
   /** Resume from saved state if present (vz). */
   restore: boolean;
   /**
-   * Per NIC (same order as spec.networks): for a NIC on a cove network
-   * (`mode: network`) whose engine joins it through cove's switch, the
-   * switch's unix socket.
+   * Per NIC (same order as spec.networks): the cove network a `mode:
+   * network` NIC joins, as the supervisor found it.
    */
-  networkSockets?: (string | undefined)[];
+  networks?: (CoveNetworkAttachment | undefined)[];
+}
+
+/** A cove network (`cove network create`) that a NIC joins. */
+export interface CoveNetworkAttachment {
+  name: string;
+  /** IPv4 CIDR. */
+  subnet: string;
+  /** vz: the vmnet mode; qemu networks are host-only either way. */
+  mode: "host" | "shared";
+  /** The switch's unix socket, for engines that join through cove's switch. */
+  socket?: string;
 }
 
 /** The lifecycle states a running handle reports. */

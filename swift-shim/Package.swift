@@ -16,6 +16,7 @@ let package = Package(
       path: "Sources/CoveVZ",
       linkerSettings: [
         .linkedFramework("Virtualization"),
+        .linkedFramework("vmnet"),
         .linkedFramework("AppKit"),
         .linkedFramework("Security"),
       ]

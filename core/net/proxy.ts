@@ -45,7 +45,7 @@ export interface ProxySpec {
 export interface ProxyOptions {
   /** Bytes buffered per direction of a TCP connection. Default 128 KiB. */
   bufferSize?: number;
-  /** How long a connect to the guest may take. Default 5000 ms. */
+  /** How long a connect to the guest may take (a busy guest's full accept queue makes SYNs wait). Default 20 s. */
   connectTimeoutMs?: number;
   /** Most TCP connections at once; more are closed on accept. Default 4096. */
   maxConnections?: number;
@@ -230,7 +230,7 @@ class TcpProxy implements ForwardProxy {
         this.#stats.failed++;
         return;
       }
-      const timeout = this.opts.connectTimeoutMs ?? 5000;
+      const timeout = this.opts.connectTimeoutMs ?? 20_000;
       try {
         guest = await connectWithin(addr, this.spec.guest, timeout);
       } catch {

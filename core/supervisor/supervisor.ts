@@ -9,7 +9,13 @@
  * @module
  */
 import { dirname } from "node:path";
-import type { Engine, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
+import type {
+  CoveNetworkAttachment,
+  Engine,
+  ExitInfo,
+  RunningVm,
+  VmState,
+} from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
@@ -526,16 +532,21 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     const fwdPlan = planForwards(spec, opts.forwards ?? [], (n) => engine.forwardsPorts(n));
     // cove networks: each must exist; the VM gets its address; the switch runs if the engine needs it.
     const home = dirname(dirname(bundle.dir));
-    const networkSockets: (string | undefined)[] = [];
+    const coveNetworks: CoveNetworkAttachment[] = [];
     const joined: Supervisor["networks"] = [];
     for (const [i, n] of spec.networks.entries()) {
       if (n.mode !== "network" || !n.network) continue;
       const j = await joinNetwork(home, n.network, bundle.name);
       joined.push({ nic: i, network: n.network, address: j.address });
       log(`network ${n.network} (${j.info.subnet}): ${j.address}`);
-      if (engine.needsSwitch?.(n)) {
-        networkSockets[i] = await ensureSwitch(new NetworkStore(home), n.network);
-      }
+      coveNetworks[i] = {
+        name: n.network,
+        subnet: j.info.subnet,
+        mode: j.info.mode,
+        socket: engine.needsSwitch?.(n)
+          ? await ensureSwitch(new NetworkStore(home), n.network)
+          : undefined,
+      };
     }
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
@@ -590,7 +601,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         paths,
         graphics: opts.graphics ?? false,
         restore: true,
-        networkSockets,
+        networks: coveNetworks,
       });
     } catch (e) {
       throw toCoveError(e);

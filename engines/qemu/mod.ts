@@ -209,7 +209,10 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
       throw new CoveError(
         "qemu.network_forwards",
         `networks[${i}]: forwards on a cove network are not served on qemu (the host is not on it)`,
-        { hint: "add a second NIC with mode: user and put the forwards there", exit: ExitCode.Usage },
+        {
+          hint: "add a second NIC with mode: user and put the forwards there",
+          exit: ExitCode.Usage,
+        },
       );
     }
   });
@@ -344,7 +347,7 @@ export class QemuEngine implements Engine {
     const host = localHost();
     const binary = await check(spec, paths, { ports: true });
     spec.networks.forEach((n, i) => {
-      if (n.mode === "network" && !req.networkSockets?.[i]) {
+      if (n.mode === "network" && !req.networks?.[i]?.socket) {
         throw new CoveError(
           "qemu.network",
           `networks[${i}]: no switch socket for cove network '${n.network}'`,
@@ -367,7 +370,7 @@ export class QemuEngine implements Engine {
           guest: f.guest,
         }))
       ),
-      networkSockets: req.networkSockets,
+      networkSockets: req.networks?.map((n) => n?.socket),
       taps: spec.networks.map((n) =>
         n.mode === "bridged" && !!n.interface && exists(`/sys/class/net/${n.interface}/tun_flags`)
       ),

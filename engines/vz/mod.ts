@@ -261,6 +261,7 @@ export class VzEngine implements Engine {
       serial: guest,
       suspendable,
       macosVersion: host.macosVersion,
+      networks: req.networks,
     });
     let handle: number;
     let saveRestore: { supported: boolean; reason?: string };

@@ -257,6 +257,13 @@ export function checkNetworks(spec: VmSpec, host: VzHostInfo): void {
       );
     }
     // Forwards need nothing of VZ: the supervisor's proxy serves them to the guest's address.
+    if (n.mode === "network" && macosMajor(host.macosVersion) < 26) {
+      throw hostError(
+        "vz.vmnet",
+        `${where}: cove networks on vz need macOS 26 (a vmnet network attachment); this Mac runs ${host.macosVersion}`,
+        "use the qemu engine for this VM, or mode: nat",
+      );
+    }
     if (n.mode !== "bridged") continue;
     if (!host.entitlements.networking) {
       throw hostError(
