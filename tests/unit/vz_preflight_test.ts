@@ -291,3 +291,19 @@ Deno.test("kernel and disk formats are recognised by their magic bytes", () => {
   assertEquals(diskFormat(new TextEncoder().encode("KDMV")), "vmdk");
   assertEquals(diskFormat(new Uint8Array(512)), "raw");
 });
+
+Deno.test("a cove network on vz needs macOS 26: older Macs are refused in one line", async () => {
+  const yaml = `${LINUX}networks: [{ mode: network, network: lab }]\n`;
+  await refused(
+    yaml,
+    vzHost({ macosVersion: "15.4.0" }),
+    "vz.vmnet",
+    /need macOS 26.*runs 15\.4\.0/,
+  );
+  const paths = await bundle();
+  try {
+    await preflight({ spec: spec(yaml), paths, host: vzHost({ macosVersion: "26.0.0" }) });
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
+});
