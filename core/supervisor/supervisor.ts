@@ -24,7 +24,7 @@ import type { PortForwardSpec, VmSpec } from "../spec/schema.ts";
 import { engineActive, ForwardSet, planForwards, type PortOwner } from "../net/forwards.ts";
 import { macResolver } from "../net/resolve.ts";
 import { ensureSwitch, joinNetwork } from "../net/join.ts";
-import { NetworkStore } from "../net/networks.ts";
+import { type NetworkInfo, NetworkStore } from "../net/networks.ts";
 import {
   type AutoForwarder,
   autoForwardRule,
@@ -522,29 +522,38 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     spec = await bundle.readSpec();
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
+    // cove networks: each must exist, and the VM gets its address on it (for the seed, below).
+    const home = dirname(dirname(bundle.dir));
+    const addresses: (string | undefined)[] = [];
+    const infos: (NetworkInfo | undefined)[] = [];
+    const joined: Supervisor["networks"] = [];
+    for (const [i, n] of spec.networks.entries()) {
+      if (n.mode !== "network" || !n.network) continue;
+      const j = await joinNetwork(home, n.network, bundle.name);
+      addresses[i] = j.address;
+      infos[i] = j.info;
+      joined.push({ nic: i, network: n.network, address: j.address });
+      log(`network ${n.network} (${j.info.subnet}): ${j.address}`);
+    }
     // cloud-init seed (refreshed when the spec changed) and, for qemu user networking, the SSH forward.
-    spec = await prepareGuest(bundle.dir, spec, engineId);
+    spec = await prepareGuest(bundle.dir, spec, engineId, addresses);
     const engine: Engine = await loadEngine(engineId);
     if (isVzEngine(engine)) {
       engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
     }
     // Who serves each forward: the engine (QEMU hostfwd) or this supervisor's proxy.
     const fwdPlan = planForwards(spec, opts.forwards ?? [], (n) => engine.forwardsPorts(n));
-    // cove networks: each must exist; the VM gets its address; the switch runs if the engine needs it.
-    const home = dirname(dirname(bundle.dir));
-    const coveNetworks: CoveNetworkAttachment[] = [];
-    const joined: Supervisor["networks"] = [];
+    // The switch of each cove network runs if the engine joins through it.
+    const coveNetworks: (CoveNetworkAttachment | undefined)[] = [];
     for (const [i, n] of spec.networks.entries()) {
-      if (n.mode !== "network" || !n.network) continue;
-      const j = await joinNetwork(home, n.network, bundle.name);
-      joined.push({ nic: i, network: n.network, address: j.address });
-      log(`network ${n.network} (${j.info.subnet}): ${j.address}`);
+      const info = infos[i];
+      if (!info) continue;
       coveNetworks[i] = {
-        name: n.network,
-        subnet: j.info.subnet,
-        mode: j.info.mode,
+        name: info.name,
+        subnet: info.subnet,
+        mode: info.mode,
         socket: engine.needsSwitch?.(n)
-          ? await ensureSwitch(new NetworkStore(home), n.network)
+          ? await ensureSwitch(new NetworkStore(home), info.name)
           : undefined,
       };
     }

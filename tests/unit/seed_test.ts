@@ -242,3 +242,28 @@ Deno.test("the seed of a spec without MACs has no network-config (cloud-init fal
     ]);
   });
 });
+
+Deno.test("a NIC on a cove network gets the address the network handed out instead of DHCP", async () => {
+  const s = spec(
+    `networks:
+  - { mode: nat, mac: "52:54:00:00:00:01" }
+  - { mode: network, network: lab, mac: "52:54:00:00:00:02" }
+provision: { sshKeys: [k] }
+`,
+  );
+  const files = await renderSeed(s, { addresses: [undefined, "10.250.1.2/24"] });
+  const nc = parse(files.networkConfig!) as {
+    ethernets: Record<string, { dhcp4: boolean; addresses?: string[] }>;
+  };
+  assertEquals(nc.ethernets.eth0.dhcp4, true);
+  assertEquals(
+    nc.ethernets.eth1,
+    {
+      match: { macaddress: "52:54:00:00:00:02" },
+      "set-name": "eth1",
+      dhcp4: false,
+      addresses: ["10.250.1.2/24"],
+      dhcp6: false,
+    } as unknown as (typeof nc.ethernets)["eth1"],
+  );
+});
