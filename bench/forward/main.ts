@@ -9,7 +9,8 @@
  * hostfwd's; the goal is at most 1.0) and the CPU time the supervisor used
  * per proxied transfer.
  *
- * Run as root on Linux: `deno run -A bench/forward/main.ts [--runs N]`.
+ * Run as root on Linux: `deno run -A bench/forward/main.ts [--runs N] [--size 1GiB]`
+ * (`--size` shortens the transfer where TCG makes 1 GiB take many minutes).
  * @module
  */
 import { join } from "node:path";
@@ -18,13 +19,15 @@ import { ensureNetGuest } from "../../tests/fixtures/netguest.ts";
 import { Store } from "../../core/store/store.ts";
 import { controlSocketTarget } from "../../core/supervisor/paths.ts";
 import { httpRequest } from "../../core/supervisor/http.ts";
+import { formatSize, parseSize } from "../../core/units.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const CLI = join(ROOT, "cli", "main.ts");
 const PROBE = join(ROOT, "tests", "helpers", "netprobe.ts");
 const runsArg = Deno.args.indexOf("--runs");
 const RUNS = runsArg >= 0 ? Number(Deno.args[runsArg + 1]) : 3;
-const GIB = 1024 ** 3;
+const sizeArg = Deno.args.indexOf("--size");
+const GIB = sizeArg >= 0 ? parseSize(Deno.args[sizeArg + 1], "--size") : 1024 ** 3;
 const NS = `cove-bench-fwd-${Deno.pid}`;
 const HOSTFWD_PORT = 29001;
 const PROXY_PORT = 29002;
@@ -154,7 +157,7 @@ try {
   }
   const ratio = median(proxy) / median(slirp);
   console.log(
-    `1 GiB, median of ${RUNS}: hostfwd ${median(slirp).toFixed(2)} s, cove proxy ${
+    `${formatSize(GIB)}, median of ${RUNS}: hostfwd ${median(slirp).toFixed(2)} s, cove proxy ${
       median(proxy).toFixed(2)
     } s; ratio ${ratio.toFixed(3)} (goal <= 1.0); supervisor CPU per transfer ${
       median(cpu).toFixed(2)
