@@ -67,7 +67,13 @@ export {
 export { checkPoolSize, type PoolTask, runPool } from "./core/pool.ts";
 export { VERSION } from "./core/version.ts";
 export { detectHost } from "./core/host.ts";
-export type { SpecInput, SpecParsed, VmSpec } from "./core/spec/schema.ts";
+export type {
+  NetworkSpec,
+  PortForwardSpec,
+  SpecInput,
+  SpecParsed,
+  VmSpec,
+} from "./core/spec/schema.ts";
 export type { SpecError } from "./core/spec/load.ts";
 export { applyDefaults } from "./core/spec/defaults.ts";
 export type { SpecFlags } from "./core/spec/compose.ts";
@@ -110,8 +116,18 @@ export {
   type StopResult,
   stopVm,
   suspendVm,
+  vmForwards,
   vmStatus,
 } from "./core/supervisor/client.ts";
+export {
+  type ActiveForward,
+  formatForward,
+  type ForwardOrigin,
+  parseForwardFlag,
+} from "./core/net/forwards.ts";
+export { type ForwardProxy, openForward, type ProxySpec } from "./core/net/proxy.ts";
+export { type NetworkInfo, type NetworkMode, NetworkStore } from "./core/net/networks.ts";
+export { networkMembers, runSwitch } from "./core/net/join.ts";
 export {
   type AttachEnd,
   type AttachOptions,

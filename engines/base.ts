@@ -43,6 +43,11 @@ export abstract class BaseEngine implements Engine {
   ): Promise<void>;
   abstract start(req: StartRequest): Promise<RunningVm>;
 
+  /** By default the engine forwards no ports itself: the supervisor's proxy serves them. */
+  forwardsPorts(_nic: NetworkSpec): boolean {
+    return false;
+  }
+
   /** Default: reach the guest at its address on the network. */
   guestAccess(): GuestAccess {
     return addressAccess;

@@ -169,6 +169,22 @@ export interface StartRequest {
    * cannot be loaded (the VM does not run then).
    */
   resumeFrom?: string;
+  /**
+   * Per NIC (same order as spec.networks): the cove network a `mode:
+   * network` NIC joins, as the supervisor found it.
+   */
+  networks?: (CoveNetworkAttachment | undefined)[];
+}
+
+/** A cove network (`cove network create`) that a NIC joins. */
+export interface CoveNetworkAttachment {
+  name: string;
+  /** IPv4 CIDR. */
+  subnet: string;
+  /** vz: the vmnet mode; qemu networks are host-only either way. */
+  mode: "host" | "shared";
+  /** The switch's unix socket, for engines that join through cove's switch. */
+  socket?: string;
 }
 
 /** The lifecycle states a running handle reports. */
@@ -252,4 +268,17 @@ export interface Engine {
   guestAccess(): GuestAccess;
   /** The installer from restore images, or undefined when this engine has none. */
   restoreImageInstaller(): RestoreImageInstaller | undefined;
+  /**
+   * Whether the engine itself forwards the host ports of this NIC's
+   * `forwards` (QEMU user networking: hostfwd). When false the supervisor's
+   * proxy serves them, to the guest's own address, and the engine starts
+   * with that NIC's `forwards` empty.
+   */
+  forwardsPorts(nic: NetworkSpec): boolean;
+  /**
+   * Whether a NIC on a cove network (`mode: network`) is joined through
+   * cove's Ethernet switch (QEMU: a stream netdev); when false the engine
+   * joins it by its own means (VZ: a vmnet network). Default false.
+   */
+  needsSwitch?(nic: NetworkSpec): boolean;
 }

@@ -55,6 +55,8 @@ export interface VzStorage {
 export type VzNetworkAttachment =
   | { type: "nat" }
   | { type: "bridged"; interface: string }
+  /** A vmnet network made for a cove network (macOS 26+: VZVmnetNetworkDeviceAttachment). */
+  | { type: "vmnet"; mode: "host" | "shared"; subnet: string }
   | { type: "fileHandle"; fd: number; mtu?: number };
 
 export interface VzNetwork {

@@ -19,6 +19,7 @@ let package = Package(
       path: "Sources/CoveVZ",
       linkerSettings: [
         .linkedFramework("Virtualization"),
+        .linkedFramework("vmnet"),
         .linkedFramework("AppKit"),
         .linkedFramework("Security"),
       ]

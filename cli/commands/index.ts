@@ -12,6 +12,7 @@ import * as host from "./host.ts";
 import * as oci from "./oci.ts";
 import * as snapshot from "./snapshot.ts";
 import * as agent from "./agent.ts";
+import * as net from "./net.ts";
 
 /** A module that adds commands to the program. */
 export interface CommandModule {
@@ -25,6 +26,7 @@ export const commandModules: CommandModule[] = [
   snapshot,
   access,
   agent,
+  net,
   image,
   oci,
   host,

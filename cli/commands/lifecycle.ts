@@ -12,6 +12,14 @@ import { type Command, Option } from "@commander-js/extra-typings";
 import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
 import { log, out, outJson, parseFormat } from "../output.ts";
 
+const FORWARD_HELP =
+  "forward [ADDR:]HOST:GUEST[/udp] for this run only, on top of the spec's (repeatable)";
+
+/** Collects repeated `--forward` values (read by the library when the command runs). */
+function collect(v: string, prev: string[]): string[] {
+  return [...prev, v];
+}
+
 /** The events `cove run` shows the user: how a stop is going. The rest go to supervisor.log only. */
 function shownEvent(e: SupervisorEvent): string | undefined {
   switch (e.type) {
@@ -48,6 +56,7 @@ export function register(program: Command): void {
       "how long a graceful stop may take on Ctrl-C, e.g. 30s",
       "30s",
     )
+    .option("--forward <spec>", FORWARD_HELP, collect, [] as string[])
     .addOption(hiddenDetached())
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
@@ -63,6 +72,7 @@ export function register(program: Command): void {
         ephemeral: opts.ephemeral,
         graphics: opts.graphics,
         stopTimeout,
+        forwards: opts.forward.map(cove.parseForwardFlag),
         onEvent: (e) => {
           const line = shownEvent(e);
           if (line) say(line);
@@ -138,15 +148,19 @@ export function register(program: Command): void {
     .argument("<name>", "VM name")
     .option("--no-graphics", "headless: no window even if the VM has a display")
     .option("--timeout <duration>", "how long to wait for the VM to run, e.g. 2m", "2m")
+    .option("--forward <spec>", FORWARD_HELP, collect, [] as string[])
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const { Store, parseFlag, runsAsYou, startDetached } = await import("../../mod.ts");
+      const { Store, parseFlag, parseForwardFlag, runsAsYou, startDetached } = await import(
+        "../../mod.ts"
+      );
       const timeoutMs = parseFlag("--timeout", opts.timeout);
       const store = new Store();
       const spec = await (await store.get(name)).readSpec().catch(() => undefined);
       for (const line of spec ? runsAsYou(spec) : []) log(`note: ${line}`);
       const s = await startDetached(store, name, {
         timeoutMs,
+        forwards: opts.forward.map(parseForwardFlag),
         graphics: opts.graphics,
       });
       if (opts.format === "json") outJson(s);

@@ -21,7 +21,9 @@ export async function prepareGuest(
   bundleDir: string,
   spec: VmSpec,
   engine: Pick<Engine, "guestAccess">,
+  /** Per NIC: the static address a cove network handed out (ADDR/PREFIX). */
+  addresses?: (string | undefined)[],
 ): Promise<VmSpec> {
-  await ensureSeed(bundleDir, spec);
+  await ensureSeed(bundleDir, spec, { addresses });
   return withSshForward(spec, engine.guestAccess());
 }

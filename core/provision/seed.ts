@@ -10,7 +10,8 @@
  * - `meta-data`: `instance-id` and `local-hostname`. The instance id is a
  *   hash of everything in the seed, so a changed spec is a new instance to
  *   cloud-init and it applies the change at the next boot;
- * - `network-config` (v2): DHCP on each NIC, matched by its MAC address.
+ * - `network-config` (v2): DHCP on each NIC, matched by its MAC address; a NIC on a
+ *   cove network gets the static address the network handed out instead.
  *
  * The seed is attached as the last disk: read-only, virtio, media `disk`.
  * Not a cdrom: a cdrom is an AHCI/IDE CD on qemu x86 (q35) or USB mass
@@ -76,6 +77,11 @@ export const AGENT_INSTALL = "command -v qemu-ga >/dev/null 2>&1 || " +
 export interface SeedOptions {
   /** Public keys to use when the spec lists none; default cove's own key. */
   defaultKeys?: string[];
+  /**
+   * Per NIC (same order as spec.networks): a static address, ADDR/PREFIX,
+   * instead of DHCP: what a cove network (`mode: network`) hands out.
+   */
+  addresses?: (string | undefined)[];
 }
 
 /** True when the spec attaches a cove seed. */
@@ -161,14 +167,15 @@ export async function renderSeed(spec: VmSpec, opts: SeedOptions = {}): Promise<
     "#cloud-config\n# written by cove from cove.yaml; edit the spec, not this file\n" +
     stringify(cloudConfig, YAML_OPTS);
 
-  const nics = spec.networks.filter((n) => n.mode !== "none" && n.mac);
+  const nics = spec.networks.map((n, k) => ({ n, address: opts.addresses?.[k] }))
+    .filter(({ n }) => n.mode !== "none" && n.mac);
   const networkConfig = nics.length
     ? stringify({
       version: 2,
-      ethernets: Object.fromEntries(nics.map((n, i) => [`eth${i}`, {
+      ethernets: Object.fromEntries(nics.map(({ n, address }, i) => [`eth${i}`, {
         match: { macaddress: n.mac!.toLowerCase() },
         "set-name": `eth${i}`,
-        dhcp4: true,
+        ...(address ? { dhcp4: false, addresses: [address] } : { dhcp4: true }),
         dhcp6: false,
       }])),
     }, YAML_OPTS)

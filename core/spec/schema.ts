@@ -60,7 +60,7 @@ export const Disk = z.strictObject({
   }),
 });
 
-/** A host to guest port forward, for `user` networking. */
+/** A host to guest port forward: QEMU's hostfwd on user networking, the supervisor's proxy elsewhere. */
 export const PortForward = z.strictObject({
   host: z.int().min(0).max(65535).meta({ description: "Host port; 0 picks a free one." }),
   guest: z.int().min(1).max(65535).meta({ description: "Guest port." }),
@@ -68,19 +68,42 @@ export const PortForward = z.strictObject({
   address: z.string().default("127.0.0.1").meta({ description: "Host address to bind." }),
 });
 
+const GuestPort = z.int().min(1).max(65535);
+
+/** Rules for automatic forwards (`autoForward: true` is every port). */
+export const AutoForwardRules = z.strictObject({
+  ignore: z.array(GuestPort).default([]).meta({ description: "Guest ports never forwarded." }),
+  range: z.strictObject({
+    from: GuestPort.default(1).meta({ description: "Lowest guest port forwarded." }),
+    to: GuestPort.default(65535).meta({ description: "Highest guest port forwarded." }),
+  }).default({ from: 1, to: 65535 }).meta({ description: "Only guest ports in this range." }),
+});
+
 /** A network interface. */
 export const Network = z.strictObject({
-  mode: z.enum(["nat", "bridged", "user", "none"]).meta({
+  mode: z.enum(["nat", "bridged", "user", "network", "none"]).meta({
     description:
-      "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; none: no network.",
+      "nat: VZ shared NAT; bridged: a host interface; user: QEMU user-mode networking; network: a cove network between VMs (see 'cove network'); none: no network.",
+  }),
+  network: z.string().optional().meta({
+    description: "The cove network to join (mode: network), made with 'cove network create'.",
   }),
   interface: z.string().optional().meta({
-    description: "Host interface to bridge to (bridged only), e.g. en0.",
+    description:
+      "Host interface to bridge to (bridged only), e.g. en0; on qemu a bridge (via qemu-bridge-helper) or an existing tap device.",
   }),
   mac: MacAddress.optional().meta({ description: "Generated at create time when absent." }),
-  forwards: z.array(PortForward).default([]).meta({
-    description: "Host to guest port forwards (user and, on qemu, nat networking).",
+  autoForward: z.union([z.boolean(), AutoForwardRules]).optional().meta({
+    description:
+      "Forward each TCP port the guest listens on (non-loopback) from 127.0.0.1, at the same port or the next free one; needs the guest agent. Off by default; true, or rules.",
   }),
+  forwards: z.array(PortForward).default([]).meta({
+    description:
+      "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself, elsewhere cove's supervisor proxies to the guest's address.",
+  }),
+}).refine((n) => n.mode !== "network" || !!n.network, {
+  message: "mode: network needs network: NAME (a network made with 'cove network create')",
+  path: ["network"],
 });
 
 /** A valid share tag: VZ wants a virtiofs tag of fewer than 36 UTF-8 bytes. */
@@ -254,6 +277,7 @@ export type SpecParsed = z.output<typeof SpecSchema>;
 export type DiskSpec = z.output<typeof Disk>;
 export type NetworkSpec = z.output<typeof Network>;
 export type PortForwardSpec = z.output<typeof PortForward>;
+export type AutoForwardSpec = z.output<typeof AutoForwardRules>;
 export type ShareSpec = z.output<typeof Share>;
 export type BootSpec = z.output<typeof Boot>;
 export type DisplaySpec = z.output<typeof Display>;

@@ -9,6 +9,7 @@ import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { SaveResult } from "../snapshot/snapshot.ts";
 import type { Bundle } from "../store/bundle.ts";
+import type { ActiveForward } from "../net/forwards.ts";
 import { httpRequest, HttpTimeout, httpUpgrade } from "./http.ts";
 import { consoleTailLines, writeLastExit } from "./lastexit.ts";
 import { controlSocketTarget } from "./paths.ts";
@@ -315,4 +316,12 @@ export async function attachConsole(
       } catch { /* closed */ }
     },
   };
+}
+
+/** The active port forwards of a running VM (`cove port`), each with its origin. */
+export async function vmForwards(
+  bundle: Bundle,
+): Promise<{ name: string; forwards: ActiveForward[] }> {
+  await assertRunning(bundle, "list the forwards of");
+  return await control(bundle, "GET", "/forwards");
 }

@@ -5,6 +5,7 @@
  * @module
  */
 import type { VmState } from "../../engines/engine.ts";
+import type { ActiveForward } from "../net/forwards.ts";
 
 /** The protocol name of the console byte stream (`Upgrade: cove-console`). */
 export const CONSOLE_PROTOCOL = "cove-console";
@@ -22,4 +23,8 @@ export interface SupervisorStatus {
   consoleLog: string;
   /** Engine facts: QEMU pid, accelerator, forwarded ports, ... */
   info: Record<string, unknown>;
+  /** Every active port forward, with its origin (also `GET /forwards`). */
+  forwards?: ActiveForward[];
+  /** The cove networks the VM joined, with its address on each (ADDR/PREFIX). */
+  networks?: { nic: number; network: string; address: string }[];
 }

@@ -8,6 +8,8 @@
  */
 import { fileURLToPath } from "node:url";
 import { CoveError, ExitCode } from "../errors.ts";
+import { formatForward } from "../net/forwards.ts";
+import type { PortForwardSpec } from "../spec/schema.ts";
 import { heldError } from "../store/bundle.ts";
 import type { Store } from "../store/store.ts";
 import { httpRequest } from "./http.ts";
@@ -33,6 +35,8 @@ export interface StartOptions {
   timeoutMs?: number;
   /** Show a window if the VM has a display (default true). */
   graphics?: boolean;
+  /** Port forwards for this run only, on top of the spec's. */
+  forwards?: PortForwardSpec[];
 }
 
 /**
@@ -82,6 +86,7 @@ export async function startDetached(
     name,
     "--detached",
     ...(opts.graphics === false ? ["--no-graphics"] : []),
+    ...(opts.forwards ?? []).flatMap((f) => ["--forward", formatForward(f)]),
   ]);
   const env: Record<string, string> = { COVE_HOME: store.home };
   const child = new Deno.Command(cmd.command, {

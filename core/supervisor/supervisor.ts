@@ -9,15 +9,32 @@
  * @module
  */
 import { dirname } from "node:path";
-import type { Engine, EngineContext, ExitInfo, RunningVm, VmState } from "../../engines/engine.ts";
+import type {
+  CoveNetworkAttachment,
+  Engine,
+  EngineContext,
+  ExitInfo,
+  RunningVm,
+  VmState,
+} from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { AgentChannel } from "../agent/channel.ts";
 import { agentSnapshotHooks } from "../agent/freeze.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { detectHost } from "../host.ts";
-import type { VmSpec } from "../spec/schema.ts";
+import type { PortForwardSpec, VmSpec } from "../spec/schema.ts";
 import { type Bundle, type BundleLock, heldError } from "../store/bundle.ts";
+import { engineActive, ForwardSet, planForwards, type PortOwner } from "../net/forwards.ts";
+import { macResolver } from "../net/resolve.ts";
+import { ensureSwitch, joinNetwork } from "../net/join.ts";
+import { type NetworkInfo, NetworkStore } from "../net/networks.ts";
+import {
+  type AutoForwarder,
+  autoForwardRule,
+  type ReadGuestFile,
+  startAutoForward,
+} from "../net/autoforward.ts";
 import { Store } from "../store/store.ts";
 import {
   type HttpRequest,
@@ -118,6 +135,8 @@ export interface RunOptions {
   onEvent?: (e: SupervisorEvent) => void;
   /** Called once the VM runs, with the live supervisor. */
   onRunning?: (sup: Supervisor) => void | Promise<void>;
+  /** Port forwards for this run only (`--forward`), on top of the spec's. */
+  forwards?: PortForwardSpec[];
 }
 
 /** The ring buffer and fan-out of console output. */
@@ -212,6 +231,11 @@ export class Supervisor {
   #pausedBySave = false;
   /** The guest agent channel (owned here; reached through `/agent`). */
   readonly agent: AgentChannel;
+  /** The run's port forwards (spec, flags, automatic). */
+  forwards: ForwardSet | undefined;
+  /** The cove networks joined, with the VM's address on each. */
+  networks: { nic: number; network: string; address: string }[] = [];
+  #auto: AutoForwarder[] = [];
 
   constructor(
     readonly bundle: Bundle,
@@ -257,6 +281,8 @@ export class Supervisor {
       startedAt: this.startedAt,
       consoleLog: this.bundle.consoleLog,
       info: this.vm?.info() ?? {},
+      forwards: this.forwards?.list() ?? [],
+      networks: this.networks,
     };
   }
 
@@ -441,6 +467,32 @@ export class Supervisor {
       });
     }
     return r;
+  }
+
+  /**
+   * Starts the automatic forwards of every NIC with `autoForward`, reading
+   * the guest's /proc/net/tcp* through `read` (the guest agent's file read).
+   * Returns how many NICs it watches.
+   */
+  enableAutoForward(spec: VmSpec, read: ReadGuestFile): number {
+    const set = this.forwards;
+    if (!set || this.#auto.length > 0) return this.#auto.length;
+    spec.networks.forEach((nic, i) => {
+      const rule = autoForwardRule(nic);
+      if (rule) {
+        this.#auto.push(startAutoForward(set, i, rule, read, {
+          log: (message) => this.emit({ type: "note", message }),
+        }));
+      }
+    });
+    return this.#auto.length;
+  }
+
+  /** Stops the automatic forwards (the VM stopped). */
+  async stopAutoForward(): Promise<void> {
+    const ws = this.#auto;
+    this.#auto = [];
+    await Promise.all(ws.map((w) => w.stop()));
   }
 
   /** Called by the run loop once the engine handle exists. */
@@ -632,6 +684,11 @@ export function controlHandler(sup: Supervisor) {
           void serveConsoleClient(sup, conn, rest, replay).catch(() => {});
           return "upgraded";
         }
+        case "GET /forwards":
+          return {
+            status: 200,
+            body: { name: sup.bundle.name, forwards: sup.forwards?.list() ?? [] },
+          };
         case "GET /console/tail": {
           const bytes = Math.max(0, Math.min(65536, Number(req.query.get("bytes") ?? "4096") || 0));
           return { status: 200, body: { text: new TextDecoder().decode(sup.hub.tail(bytes)) } };
@@ -762,10 +819,13 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     } catch { /* ignore */ }
     opts.onEvent?.(e);
   };
+  const note = (message: string) => log({ type: "note", message });
   const layout = await runtimeLayout(bundle);
   let hub: ConsoleHub | undefined;
   let server: HttpServer | undefined;
   let agent: AgentChannel | undefined;
+  let forwards: ForwardSet | undefined;
+  let supervisor: Supervisor | undefined;
   const signals: [Deno.Signal, () => void][] = [];
   let spec: VmSpec;
   try {
@@ -777,16 +837,54 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     await bundle.checkDisks(spec);
     const host = detectHost();
     const engineId = resolveEngineId(spec, host);
+    // cove networks: each must exist, and the VM gets its address on it (for the seed, below).
+    const home = dirname(dirname(bundle.dir));
+    const addresses: (string | undefined)[] = [];
+    const infos: (NetworkInfo | undefined)[] = [];
+    const joined: Supervisor["networks"] = [];
+    for (const [i, n] of spec.networks.entries()) {
+      if (n.mode !== "network" || !n.network) continue;
+      const j = await joinNetwork(home, n.network, bundle.name);
+      addresses[i] = j.address;
+      infos[i] = j.info;
+      joined.push({ nic: i, network: n.network, address: j.address });
+      note(`network ${n.network} (${j.info.subnet}): ${j.address}`);
+    }
     const engine: Engine = await loadEngine(engineId);
     // cloud-init seed (refreshed when the spec changed) and what the engine needs to reach the guest.
-    spec = await prepareGuest(bundle.dir, spec, engine);
+    spec = await prepareGuest(bundle.dir, spec, engine, addresses);
+    // Who serves each forward: the engine (QEMU hostfwd) or this supervisor's proxy.
+    const fwdPlan = planForwards(spec, opts.forwards ?? [], (n) => engine.forwardsPorts(n));
+    // The switch of each cove network runs if the engine joins through it.
+    const coveNetworks: (CoveNetworkAttachment | undefined)[] = [];
+    for (const [i, n] of spec.networks.entries()) {
+      const info = infos[i];
+      if (!info) continue;
+      coveNetworks[i] = {
+        name: info.name,
+        subnet: info.subnet,
+        mode: info.mode,
+        socket: engine.needsSwitch?.(n)
+          ? await ensureSwitch(new NetworkStore(home), info.name)
+          : undefined,
+      };
+    }
     await prepareRuntime(bundle, layout);
     const paths = {
       ...bundle.vmPaths(),
       runtimeDir: layout.runtimeDir,
       agentSocket: bundle.agentSocketIn(layout.runtimeDir),
     };
-    await engine.validate(spec, host, paths, storeContext(bundle));
+    // The proxied forwards listen before the VM starts; a refusal starts nothing.
+    const nics = spec.networks;
+    forwards = new ForwardSet((i) => macResolver(nics[i]?.mac ?? ""), { log: note });
+    const owner = portOwner(bundle);
+    await forwards.probe(fwdPlan.all.filter((f) => !fwdPlan.proxied.includes(f)), owner);
+    await engine.validate(fwdPlan.engineSpec, host, paths, storeContext(bundle));
+    await forwards.openAll(fwdPlan.proxied, owner);
+    for (const f of forwards.list()) {
+      note(`forward ${f.address}:${f.host} -> guest ${f.guest}/${f.protocol} (${f.where}, proxy)`);
+    }
 
     const consoleFile = await Deno.open(bundle.consoleLog, {
       write: true,
@@ -798,6 +896,9 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     agent = new AgentChannel(bundle.name, spec.agent ? paths.agentSocket : undefined);
     const sup = new Supervisor(bundle, engineId, hub, log, agent);
     sup.spec = baseSpec;
+    sup.forwards = forwards;
+    sup.networks = joined;
+    supervisor = sup;
 
     const listener = Deno.listen({ transport: "unix", path: layout.controlSocket });
     await Deno.chmod(layout.controlSocket, 0o600);
@@ -839,12 +940,13 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     try {
       vm = await engine.start({
         name: bundle.name,
-        spec,
+        spec: fwdPlan.engineSpec,
         paths,
         graphics: opts.graphics ?? false,
         restore: !resumeFrom,
         resumeFrom,
         host,
+        networks: coveNetworks,
       });
     } catch (e) {
       if (resumeFrom) {
@@ -859,6 +961,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       }
       throw toCoveError(e);
     }
+    forwards.setEngineForwards(engineActive(fwdPlan, vm.info().forwards));
     if (resumeFrom) {
       await clearResumeRequest(bundle);
       log({ type: "note", message: `resumed snapshot ${resume!.tag}` });
@@ -916,6 +1019,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       } catch { /* ignore */ }
     }
     server?.close();
+    await supervisor?.stopAutoForward();
+    await forwards?.closeAll();
     await agent?.close();
     hub?.close();
     await cleanupRuntime(bundle, layout);
@@ -939,6 +1044,23 @@ function storeContext(bundle: Bundle): EngineContext {
           running: v.state === "running",
         }));
     },
+  };
+}
+
+/** Names the other running VM of this store whose forward holds a host port. */
+function portOwner(bundle: Bundle): PortOwner {
+  return async (f) => {
+    const store = new Store(dirname(dirname(bundle.dir)));
+    const { liveStatus } = await import("./live.ts");
+    const { sameHostPort } = await import("../net/forwards.ts");
+    for (const v of await store.list()) {
+      if (v.state !== "running" || v.name === bundle.name) continue;
+      const st = await liveStatus(store.bundle(v.name), { timeoutMs: 1000 });
+      for (const o of st.supervisor?.forwards ?? []) {
+        if (sameHostPort(o, f)) return `VM '${v.name}' (${o.where})`;
+      }
+    }
+    return undefined;
   };
 }
 

@@ -59,6 +59,14 @@ export interface QemuPlan {
   firmware?: FirmwarePlan;
   /** Port forwards per network (same order as spec.networks). */
   forwards: ForwardPlan[][];
+  /**
+   * Per network: true when a bridged NIC's `interface` is an existing tap
+   * device, which QEMU opens itself (`-netdev tap`) instead of asking
+   * qemu-bridge-helper to make one on a bridge.
+   */
+  taps?: boolean[];
+  /** Per network: the switch socket of a cove network (mode: network). */
+  networkSockets?: (string | undefined)[];
   shares: SharePlan[];
   /** vhost-vsock guest CID, when the host has /dev/vhost-vsock. */
   vsockCid?: number;
@@ -230,7 +238,16 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   spec.networks.forEach((n, i) => {
     const id = `cove-net${i}`;
     if (n.mode === "none") return;
-    if (n.mode === "bridged") {
+    if (n.mode === "network") {
+      // A cove network: frames over a unix stream socket to cove's switch.
+      const path = qemuEscape(plan.networkSockets?.[i] ?? "");
+      a.push("-netdev", `stream,id=${id},server=off,addr.type=unix,addr.path=${path}`);
+    } else if (n.mode === "bridged" && plan.taps?.[i]) {
+      a.push(
+        "-netdev",
+        `tap,id=${id},ifname=${qemuEscape(n.interface ?? "")},script=no,downscript=no`,
+      );
+    } else if (n.mode === "bridged") {
       a.push("-netdev", `bridge,id=${id},br=${qemuEscape(n.interface ?? "br0")}`);
     } else {
       const opts = [`user,id=${id}`];

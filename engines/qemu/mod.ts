@@ -208,6 +208,18 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
       exit: ExitCode.Usage,
     });
   }
+  spec.networks.forEach((n, i) => {
+    if (n.mode === "network" && n.forwards.length > 0) {
+      throw new CoveError(
+        "qemu.network_forwards",
+        `networks[${i}]: forwards on a cove network are not served on qemu (the host is not on it)`,
+        {
+          hint: "add a second NIC with mode: user and put the forwards there",
+          exit: ExitCode.Usage,
+        },
+      );
+    }
+  });
   if (opts.ports) {
     spec.networks.forEach((n, i) => {
       n.forwards.forEach((f, j) => {
@@ -334,6 +346,21 @@ export class QemuEngine extends BaseEngine implements Engine {
     };
   }
 
+  /**
+   * User networking (`user`, and `nat`, which QEMU runs as user networking)
+   * forwards with hostfwd; a guest on a bridge or tap has its own address,
+   * and the supervisor's proxy forwards to it.
+   */
+  override forwardsPorts(nic: NetworkSpec): boolean {
+    // A cove network's forwards stay with the engine, which refuses them (see check()).
+    return nic.mode === "user" || nic.mode === "nat" || nic.mode === "network";
+  }
+
+  /** QEMU joins a cove network through cove's switch. */
+  needsSwitch(nic: NetworkSpec): boolean {
+    return nic.mode === "network";
+  }
+
   async validate(spec: VmSpec, _host: HostInfo, paths: VmPaths): Promise<void> {
     await check(spec, paths, { ports: true });
   }
@@ -361,6 +388,15 @@ export class QemuEngine extends BaseEngine implements Engine {
     const { spec, paths } = req;
     const host = req.host;
     const binary = await check(spec, paths, { ports: true });
+    spec.networks.forEach((n, i) => {
+      if (n.mode === "network" && !req.networks?.[i]?.socket) {
+        throw new CoveError(
+          "qemu.network",
+          `networks[${i}]: no switch socket for cove network '${n.network}'`,
+          { exit: ExitCode.Failure },
+        );
+      }
+    });
     const accel = await chooseAccel(spec, host, binary);
     await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
     const rt = (f: string) => join(paths.runtimeDir, f);
@@ -375,6 +411,10 @@ export class QemuEngine extends BaseEngine implements Engine {
           host: f.host === 0 ? freePort(f.address) : f.host,
           guest: f.guest,
         }))
+      ),
+      networkSockets: req.networks?.map((n) => n?.socket),
+      taps: spec.networks.map((n) =>
+        n.mode === "bridged" && !!n.interface && exists(`/sys/class/net/${n.interface}/tun_flags`)
       ),
       shares: [],
       qmpSocket: rt("qmp.sock"),

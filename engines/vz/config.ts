@@ -39,6 +39,8 @@ export interface VzConfigContext {
   agent?: { readFd: number; writeFd: number };
   /** Keep only devices that VZ can save and restore. */
   suspendable: boolean;
+  /** Per NIC: the cove network a `mode: network` NIC joins (a vmnet network on VZ). */
+  networks?: ({ subnet: string; mode: "host" | "shared" } | undefined)[];
   /** The host's macOS version, e.g. "15.1.0" (decides auto devices). */
   macosVersion: string;
 }
@@ -91,10 +93,13 @@ export function buildVzConfig(spec: VmSpec, ctx: VzConfigContext): VzConfig {
       if (s.type === "virtio-block") s.identifier = `cove-disk${i}`;
       return s;
     }),
-    network: spec.networks.flatMap((n): VzNetwork[] => {
+    network: spec.networks.flatMap((n, i): VzNetwork[] => {
       if (n.mode === "none" || n.mode === "user") return [];
-      const attachment = n.mode === "bridged"
+      const cove = ctx.networks?.[i];
+      const attachment: VzNetwork["attachment"] = n.mode === "bridged"
         ? { type: "bridged" as const, interface: n.interface ?? "" }
+        : n.mode === "network"
+        ? { type: "vmnet" as const, mode: cove?.mode ?? "host", subnet: cove?.subnet ?? "" }
         : { type: "nat" as const };
       return [n.mac ? { macAddress: n.mac.toLowerCase(), attachment } : { attachment }];
     }),

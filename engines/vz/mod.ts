@@ -213,6 +213,8 @@ export class VzEngine extends BaseEngine implements Engine {
     };
   }
 
+  // VZ has no port forwarding of its own: BaseEngine's forwardsPorts (the supervisor's proxy).
+
   async validate(
     spec: VmSpec,
     host: HostInfo,
@@ -319,6 +321,7 @@ export class VzEngine extends BaseEngine implements Engine {
       serial: guest,
       suspendable,
       macosVersion: host.macosVersion,
+      networks: req.networks,
     });
     let handle: number;
     let saveRestore: { supported: boolean; reason?: string };

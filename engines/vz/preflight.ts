@@ -237,11 +237,12 @@ export function checkNetworks(spec: VmSpec, host: VzHostInfo): void {
         "set mode: nat",
       );
     }
-    if (n.forwards.length > 0) {
-      throw usageError(
-        "vz.network",
-        `${where}: port forwards need user networking (qemu); a vz guest is reachable at its own NAT address`,
-        "remove forwards, and use 'cove ip' or 'cove ssh'",
+    // Forwards need nothing of VZ: the supervisor's proxy serves them to the guest's address.
+    if (n.mode === "network" && macosMajor(host.macosVersion) < 26) {
+      throw hostError(
+        "vz.vmnet",
+        `${where}: cove networks on vz need macOS 26 (a vmnet network attachment); this Mac runs ${host.macosVersion}`,
+        "use the qemu engine for this VM, or mode: nat",
       );
     }
     if (n.mode !== "bridged") continue;

@@ -388,3 +388,16 @@ Deno.test("the guest agent channel is a virtio serial port named org.qemu.guest_
   const none = buildQemuArgs(spec({ engine: "qemu", agent: false }), plan());
   assertEquals(none.filter((a) => a.includes("cove-agent") || a.includes("virtio-serial")), []);
 });
+
+Deno.test("a bridged NIC on an existing tap device opens the tap itself; on a bridge it asks the helper", () => {
+  const s = spec({
+    os: "linux",
+    networks: [{ mode: "bridged", interface: "tap7" }, { mode: "bridged", interface: "br0" }],
+  });
+  const a = buildQemuArgs(s, plan({ forwards: [[], []], taps: [true, false] }));
+  const netdevs = a.filter((_, i) => a[i - 1] === "-netdev");
+  assertEquals(netdevs, [
+    "tap,id=cove-net0,ifname=tap7,script=no,downscript=no",
+    "bridge,id=cove-net1,br=br0",
+  ]);
+});

@@ -257,3 +257,28 @@ Deno.test("user-data installs and starts qemu-guest-agent when the spec has the 
   };
   assertEquals(off.runcmd, undefined);
 });
+
+Deno.test("a NIC on a cove network gets the address the network handed out instead of DHCP", async () => {
+  const s = spec(
+    `networks:
+  - { mode: nat, mac: "52:54:00:00:00:01" }
+  - { mode: network, network: lab, mac: "52:54:00:00:00:02" }
+provision: { sshKeys: [k] }
+`,
+  );
+  const files = await renderSeed(s, { addresses: [undefined, "10.250.1.2/24"] });
+  const nc = parse(files.networkConfig!) as {
+    ethernets: Record<string, { dhcp4: boolean; addresses?: string[] }>;
+  };
+  assertEquals(nc.ethernets.eth0.dhcp4, true);
+  assertEquals(
+    nc.ethernets.eth1,
+    {
+      match: { macaddress: "52:54:00:00:00:02" },
+      "set-name": "eth1",
+      dhcp4: false,
+      addresses: ["10.250.1.2/24"],
+      dhcp6: false,
+    } as unknown as (typeof nc.ethernets)["eth1"],
+  );
+});

@@ -230,3 +230,33 @@ Deno.test("a Linux guest's agent channel is a virtio console port named org.qemu
   assertEquals(off.consolePorts, []);
   assertEquals(buildVzConfig(spec(MACOS, "mac"), ctx("mac")).consolePorts, []);
 });
+
+Deno.test("a cove network maps to a vmnet attachment and a NAT NIC with forwards stays plain NAT (the supervisor proxies)", async () => {
+  const s = spec(
+    `os: linux
+arch: arm64
+boot: { loader: kernel, kernel: Image, cmdline: console=hvc0 }
+disks:
+  - path: rootfs.img
+networks:
+  - mode: nat
+    mac: 52:54:00:00:00:08
+    forwards: [{ host: 8080, guest: 80 }]
+  - mode: network
+    network: lab
+    mac: 52:54:00:00:00:09
+`,
+    "netvm",
+  );
+  const config = buildVzConfig(s, {
+    ...ctx("netvm"),
+    networks: [undefined, { subnet: "10.250.1.0/24", mode: "shared" }],
+  });
+  await matchesGolden("vz_linux_network.json", { network: config.network });
+  assertEquals(config.network?.[0].attachment, { type: "nat" });
+  assertEquals(config.network?.[1].attachment, {
+    type: "vmnet",
+    mode: "shared",
+    subnet: "10.250.1.0/24",
+  });
+});

@@ -233,19 +233,13 @@ Deno.test("bridged networking without com.apple.vm.networking is refused; with i
   }
 });
 
-Deno.test("other specs vz cannot run are refused: x86_64, user networking, forwards, limits, Rosetta, Mac input", async () => {
+Deno.test("other specs vz cannot run are refused: x86_64, user networking, limits, Rosetta, Mac input", async () => {
   await refused("os: linux\narch: x86_64\n", vzHost(), "vz.arch", /arm64 guests only/);
   await refused(
     `${LINUX}networks: [{ mode: user }]\n`,
     vzHost(),
     "vz.network",
     /user networking is QEMU's/,
-  );
-  await refused(
-    `${LINUX}networks: [{ mode: nat, forwards: [{ host: 2222, guest: 22 }] }]\n`,
-    vzHost(),
-    "vz.network",
-    /port forwards/,
   );
   await refused("os: linux\narch: arm64\ncpus: 16\n", vzHost(), "vz.cpus", /16 is outside 1\.\.8/);
   await refused(
@@ -270,6 +264,19 @@ Deno.test("other specs vz cannot run are refused: x86_64, user networking, forwa
   await refused(LINUX, vzHost({ supported: false }), "vz.unsupported", /cannot run/);
 });
 
+Deno.test("forwards on vz NAT pass pre-flight: the supervisor's proxy serves them", async () => {
+  const paths = await bundle();
+  try {
+    await preflight({
+      spec: spec(`${LINUX}networks: [{ mode: nat, forwards: [{ host: 2222, guest: 22 }] }]\n`),
+      paths,
+      host: vzHost(),
+    });
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
+});
+
 Deno.test("kernel and disk formats are recognised by their magic bytes", () => {
   const img = new Uint8Array(64);
   img.set(new TextEncoder().encode("ARM\x64"), 0x38);
@@ -278,4 +285,20 @@ Deno.test("kernel and disk formats are recognised by their magic bytes", () => {
   assertEquals(diskFormat(new TextEncoder().encode("vhdxfile....")), "vhdx");
   assertEquals(diskFormat(new TextEncoder().encode("KDMV")), "vmdk");
   assertEquals(diskFormat(new Uint8Array(512)), "raw");
+});
+
+Deno.test("a cove network on vz needs macOS 26: older Macs are refused in one line", async () => {
+  const yaml = `${LINUX}networks: [{ mode: network, network: lab }]\n`;
+  await refused(
+    yaml,
+    vzHost({ macosVersion: "15.4.0" }),
+    "vz.vmnet",
+    /need macOS 26.*runs 15\.4\.0/,
+  );
+  const paths = await bundle();
+  try {
+    await preflight({ spec: spec(yaml), paths, host: vzHost({ macosVersion: "26.0.0" }) });
+  } finally {
+    await Deno.remove(paths.dir, { recursive: true });
+  }
 });

@@ -306,6 +306,11 @@ enum Build {
             + "bridging needs the com.apple.vm.networking entitlement")
       }
       device.attachment = VZBridgedNetworkDeviceAttachment(interface: interface)
+    case "vmnet":
+      guard #available(macOS 26, *) else {
+        throw ShimError.needs("\(at): a vmnet network", macOS: "26")
+      }
+      device.attachment = try vmnetAttachment(n.attachment, at)
     case "fileHandle":
       let fd = try need(n.attachment.fd, "\(at).attachment.fd")
       let attachment = VZFileHandleNetworkDeviceAttachment(fileHandle: try fds.adopt(fd, "\(at).attachment.fd"))
@@ -314,7 +319,7 @@ enum Build {
       }
       device.attachment = attachment
     default:
-      throw ShimError.bad("\(at).attachment.type", "expected nat, bridged or fileHandle")
+      throw ShimError.bad("\(at).attachment.type", "expected nat, bridged, vmnet or fileHandle")
     }
     return device
   }

@@ -50,8 +50,10 @@ struct StorageJSON: Decodable {
 }
 
 struct NetworkAttachmentJSON: Decodable {
-  var type: String  // "nat" | "bridged" | "fileHandle"
+  var type: String  // "nat" | "bridged" | "fileHandle" | "vmnet"
   var interface: String?
+  var mode: String?  // vmnet: "host" | "shared"
+  var subnet: String?  // vmnet: IPv4 CIDR
   var fd: Int32?
   var mtu: Int?
 }
