@@ -6,17 +6,6 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import {
-  CoveError,
-  coveHome,
-  ExitCode,
-  formatForward,
-  networkMembers,
-  NetworkStore,
-  runSwitch,
-  Store,
-  vmForwards,
-} from "../../mod.ts";
 import { out, outJson, parseFormat, table } from "../output.ts";
 
 /** Registers the networking commands. */
@@ -32,7 +21,8 @@ function registerPort(program: Command): void {
     .argument("<name>", "VM name")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
-      const r = await vmForwards(await new Store().get(name));
+      const cove = await import("../../mod.ts");
+      const r = await cove.vmForwards(await new cove.Store().get(name));
       if (opts.format === "json") {
         outJson(r.forwards);
         return;
@@ -49,7 +39,7 @@ function registerPort(program: Command): void {
           f.protocol,
           f.origin,
           f.via,
-          formatForward(f),
+          cove.formatForward(f),
         ]),
       ));
     });
@@ -66,12 +56,13 @@ export function registerNetwork(program: Command): void {
     .option("--mode <mode>", "host (VMs and host only) or shared (vz: with NAT out)", "host")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, opts) => {
+      const cove = await import("../../mod.ts");
       if (opts.mode !== "host" && opts.mode !== "shared") {
-        throw new CoveError("usage.mode", `--mode: '${opts.mode}' is not host or shared`, {
-          exit: ExitCode.Usage,
+        throw new cove.CoveError("usage.mode", `--mode: '${opts.mode}' is not host or shared`, {
+          exit: cove.ExitCode.Usage,
         });
       }
-      const info = await new NetworkStore(coveHome()).create(name, {
+      const info = await new cove.NetworkStore(cove.coveHome()).create(name, {
         subnet: opts.subnet,
         mode: opts.mode,
       });
@@ -82,9 +73,10 @@ export function registerNetwork(program: Command): void {
     .description("list cove networks with their subnet, mode and member VMs")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (opts) => {
-      const home = coveHome();
-      const members = await networkMembers(home);
-      const rows = (await new NetworkStore(home).list()).map((n) => ({
+      const cove = await import("../../mod.ts");
+      const home = cove.coveHome();
+      const members = await cove.networkMembers(home);
+      const rows = (await new cove.NetworkStore(home).list()).map((n) => ({
         ...n,
         members: members.get(n.name) ?? [],
       }));
@@ -101,14 +93,19 @@ export function registerNetwork(program: Command): void {
     .description("remove a cove network that no VM names any more")
     .argument("<name>", "network name")
     .action(async (name) => {
-      const home = coveHome();
-      await new NetworkStore(home).remove(name, (await networkMembers(home)).get(name) ?? []);
+      const cove = await import("../../mod.ts");
+      const home = cove.coveHome();
+      await new cove.NetworkStore(home).remove(
+        name,
+        (await cove.networkMembers(home)).get(name) ?? [],
+      );
       out(`removed network ${name}`);
     });
   net.command("switch", { hidden: true })
     .description("internal: run the Ethernet switch of a cove network")
     .argument("<name>", "network name")
     .action(async (name) => {
-      await runSwitch(new NetworkStore(coveHome()), name);
+      const cove = await import("../../mod.ts");
+      await cove.runSwitch(new cove.NetworkStore(cove.coveHome()), name);
     });
 }
