@@ -75,8 +75,23 @@ export interface VmPaths {
   savedState: string;
 }
 
+/**
+ * macOS guests (27+): the account Setup Assistant would ask for, created
+ * unattended at the first boot after install (VZMacGuestProvisioningOptions).
+ * Engines that cannot provision a guest this way ignore it.
+ */
+export interface GuestProvisioning {
+  username: string;
+  fullName: string;
+  password: string;
+  logsInAutomatically: boolean;
+  enablesRemoteLogin: boolean;
+}
+
 /** Everything an engine needs to start a VM. */
 export interface StartRequest {
+  /** The first boot after a macOS install: provision the guest's account. */
+  guestProvisioning?: GuestProvisioning;
   name: string;
   spec: VmSpec;
   paths: VmPaths;

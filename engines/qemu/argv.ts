@@ -11,7 +11,7 @@
  * second unix socket.
  * @module
  */
-import type { DiskSpec, VmSpec } from "../../core/spec/schema.ts";
+import { type DiskSpec, keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
 
 /** The accelerators cove drives. */
 export type Accel = "kvm" | "hvf" | "tcg";
@@ -153,7 +153,7 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   if (display) {
     a.push("-display", "default");
     a.push("-device", x86 ? "virtio-vga" : "virtio-gpu-pci");
-    if (spec.keyboard !== "none") {
+    if (keyboardKind(spec.keyboard) !== "none") {
       needUsb();
       a.push("-device", "usb-kbd");
     }

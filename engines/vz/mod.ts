@@ -24,7 +24,13 @@ import type {
 } from "../engine.ts";
 import { type CoveVz, openCoveVz, type VzHostInfo } from "../../ffi/cove_vz.ts";
 import { fds } from "../../ffi/fd.ts";
-import { AUX_STORAGE, buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
+import {
+  AUX_STORAGE,
+  buildVzConfig,
+  buildVzStartOptions,
+  macosMajor,
+  wantsSuspendable,
+} from "./config.ts";
 import { vzError } from "./errors.ts";
 import { preflight } from "./preflight.ts";
 import { VzRunningVm } from "./running.ts";
@@ -310,7 +316,10 @@ export class VzEngine implements Engine {
     try {
       const restored = req.restore && saveRestore.supported && (await exists(paths.savedState)) &&
         await this.#restore(vz, handle, paths.savedState);
-      if (!restored) await call("start", () => vz.start(handle, {}));
+      if (!restored) {
+        const options = buildVzStartOptions(spec, req.guestProvisioning);
+        await call("start", () => vz.start(handle, options));
+      }
       if (graphics) {
         const d = spec.display === "none" ? { width: 1280, height: 800 } : spec.display;
         vz.showWindow(handle, {

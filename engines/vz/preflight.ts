@@ -13,7 +13,7 @@
  * @module
  */
 import { CoveError, ExitCode, usageError } from "../../core/errors.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
 import { formatSize, parseSize } from "../../core/units.ts";
 import type { VmPaths } from "../engine.ts";
 import type { VzHostInfo } from "../../ffi/cove_vz_json.ts";
@@ -341,14 +341,14 @@ export async function checkShares(spec: VmSpec, host: VzHostInfo): Promise<void>
 }
 
 export function checkInput(spec: VmSpec, host: VzHostInfo): void {
-  if (spec.os !== "macos" && (spec.keyboard === "mac" || spec.pointing === "trackpad")) {
+  if (spec.os !== "macos" && (keyboardKind(spec.keyboard) === "mac" || spec.pointing === "trackpad")) {
     throw usageError(
       "vz.input",
       "the Mac keyboard and trackpad are for macOS guests",
       "use keyboard/pointing: usb",
     );
   }
-  if (spec.keyboard === "mac" && macosMajor(host.macosVersion) < 14) {
+  if (keyboardKind(spec.keyboard) === "mac" && macosMajor(host.macosVersion) < 14) {
     throw hostError(
       "vz.input",
       `keyboard: the Mac keyboard needs macOS 14 or later (this Mac runs ${host.macosVersion})`,
