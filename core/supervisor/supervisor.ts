@@ -28,6 +28,11 @@ import {
 import { consoleTailLines, type LastExit, writeLastExit } from "./lastexit.ts";
 import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
+import {
+  firstBootProvisioning,
+  keyInstallPending,
+  markGuestProvisioned,
+} from "../provision/macos.ts";
 
 export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
 
@@ -472,7 +477,10 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     spec = await prepareGuest(bundle.dir, spec, engineId);
     const engine: Engine = await loadEngine(engineId);
     if (isVzEngine(engine)) {
-      engine.setRunningMacOSCounter((selfDir) => runningMacOSCount(bundle, selfDir));
+      engine.setRunningMacOSCounter(
+        (selfDir) => runningMacOSCount(bundle, selfDir),
+        (selfDir) => runningMacOSNames(bundle, selfDir),
+      );
     }
     await prepareRuntime(bundle, layout);
     const paths = { ...bundle.vmPaths(), runtimeDir: layout.runtimeDir };
@@ -508,6 +516,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
 
     let vm: RunningVm;
+    // macOS guests: the first boot after install creates the account unattended.
+    const guestProvisioning = await firstBootProvisioning(bundle, spec);
     try {
       vm = await engine.start({
         name: bundle.name,
@@ -515,9 +525,14 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         paths,
         graphics: opts.graphics ?? false,
         restore: true,
+        ...(guestProvisioning ? { guestProvisioning } : {}),
       });
     } catch (e) {
       throw toCoveError(e);
+    }
+    if (guestProvisioning) {
+      await markGuestProvisioned(bundle);
+      log(`first boot: provisioning the guest's account '${guestProvisioning.username}'`);
     }
     sup.attach(vm);
     sup.state = vm.state();
@@ -534,7 +549,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       for await (const chunk of vm.consoleOutput) hub!.push(chunk);
     })().catch(() => {});
     if (opts.onRunning) await opts.onRunning(sup);
+    const firstBoot = (await keyInstallPending(bundle, spec))
+      ? finishFirstBoot(bundle, spec, engineId, vm, log)
+      : Promise.resolve();
     const exit = await vm.wait();
+    await Promise.race([firstBoot, new Promise((r) => setTimeout(r, 1000))]);
     await Promise.race([
       Promise.all([eventsDone, consoleDone]),
       new Promise((r) => setTimeout(r, 2000)),
@@ -576,19 +595,55 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   }
 }
 
+/**
+ * The rest of a macOS guest's first boot, beside the running VM: waits for
+ * ssh, installs cove's key with the password, deletes the password. Logged;
+ * a failure leaves the VM running and is kept in the install record.
+ */
+async function finishFirstBoot(
+  bundle: Bundle,
+  spec: VmSpec,
+  engineId: string,
+  vm: RunningVm,
+  log: (line: string) => void,
+): Promise<void> {
+  try {
+    const { runFirstBootKeyInstall } = await import("../provision/macos_firstboot.ts");
+    await runFirstBootKeyInstall(bundle, spec, {
+      status: () => Promise.resolve({ engine: engineId, ...vm.info() }),
+      log,
+    });
+    log("first boot: cove's key is installed; the password file is deleted");
+  } catch (e) {
+    log(`first boot: ${toCoveError(e).line()}`);
+  }
+}
+
 /** The vz engine's extra hook, found without importing (and so loading) the vz module. */
 function isVzEngine(
   e: Engine,
-): e is Engine & { setRunningMacOSCounter(c: (selfDir: string) => Promise<number>): void } {
+): e is Engine & {
+  setRunningMacOSCounter(
+    c: (selfDir: string) => Promise<number>,
+    n?: (selfDir: string) => Promise<string[]>,
+  ): void;
+} {
   return e.id === "vz" && "setRunningMacOSCounter" in e;
 }
 
 /** How many other macOS VMs of this store are running (VZ allows two at once). */
 async function runningMacOSCount(bundle: Bundle, selfDir: string): Promise<number> {
+  return (await runningMacOSNames(bundle, selfDir)).length;
+}
+
+/** The names of the other macOS VMs of this store that are running. */
+async function runningMacOSNames(bundle: Bundle, selfDir: string): Promise<string[]> {
   const store = new Store(dirname(dirname(bundle.dir)));
-  let n = 0;
+  const names: string[] = [];
   for (const v of await store.list()) {
-    if (v.os === "macos" && v.state === "running" && store.bundle(v.name).dir !== selfDir) n++;
+    if (v.os === "macos" && v.state === "running" && store.bundle(v.name).dir !== selfDir) {
+      names.push(v.name);
+    }
   }
-  return n;
+  return names;
 }

@@ -31,7 +31,7 @@ import {
   macosMajor,
   wantsSuspendable,
 } from "./config.ts";
-import { vzError } from "./errors.ts";
+import { parseVzProcesses, vmLimitError, type VzProcess, vzError } from "./errors.ts";
 import { preflight } from "./preflight.ts";
 import { VzRunningVm } from "./running.ts";
 
@@ -70,11 +70,30 @@ async function exists(path: string): Promise<boolean> {
 
 /** Counts other running macOS VMs; `selfDir` is the bundle being started. */
 export type RunningMacOSCounter = (selfDir: string) => Promise<number>;
+/** Names cove's other running macOS VMs; `selfDir` is the bundle being started. */
+export type RunningMacOSLister = (selfDir: string) => Promise<string[]>;
+
+/** This Mac's VZ VMs and VM managers by process name (best effort; none when ps fails). */
+export async function listVzProcesses(): Promise<VzProcess[]> {
+  try {
+    const out = await new Deno.Command("ps", {
+      args: ["-axo", "pid=,comm="],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return parseVzProcesses(new TextDecoder().decode(out.stdout), Deno.pid);
+  } catch {
+    return [];
+  }
+}
 
 export interface VzEngineOptions {
   /** Opens the library; tests point this at the test double. */
   open?: () => Promise<CoveVz>;
   runningMacOSVms?: RunningMacOSCounter;
+  runningMacOSNames?: RunningMacOSLister;
+  /** The VZ processes of this Mac; default {@link listVzProcesses}. */
+  vzProcesses?: () => Promise<VzProcess[]>;
 }
 
 /** The vz engine. */
@@ -83,15 +102,30 @@ export class VzEngine implements Engine {
   #open: () => Promise<CoveVz>;
   #lib?: Promise<CoveVz>;
   #count?: RunningMacOSCounter;
+  #names?: RunningMacOSLister;
+  #processes: () => Promise<VzProcess[]>;
 
   constructor(opts: VzEngineOptions = {}) {
     this.#open = opts.open ?? (() => openCoveVz());
     this.#count = opts.runningMacOSVms;
+    this.#names = opts.runningMacOSNames;
+    this.#processes = opts.vzProcesses ?? listVzProcesses;
   }
 
-  /** Wires the two-macOS-VMs check to cove's store. */
-  setRunningMacOSCounter(count: RunningMacOSCounter): void {
+  /** Wires the two-macOS-VMs check (and the names it reports) to cove's store. */
+  setRunningMacOSCounter(count: RunningMacOSCounter, names?: RunningMacOSLister): void {
     this.#count = count;
+    if (names) this.#names = names;
+  }
+
+  /** VZ's VM-limit refusal, told with what cove knows runs. */
+  async #limitError(selfDir: string, cause: unknown): Promise<CoveError> {
+    const cove = this.#names
+      ? await this.#names(selfDir).catch(() => [])
+      : Array.from({ length: await this.#count?.(selfDir).catch(() => 0) ?? 0 }, (_, i) =>
+        `#${i + 1}`);
+    const others = await this.#processes().catch(() => []);
+    return vmLimitError("start", { cove, others }, cause);
   }
 
   /** The opened library (once per process). */
@@ -330,7 +364,8 @@ export class VzEngine implements Engine {
         });
       }
     } catch (e) {
-      const err = vzError(e, "start");
+      let err = vzError(e, "start");
+      if (err.code === "vz.limit") err = await this.#limitError(paths.dir, e);
       await running.abandon(err.message);
       throw err;
     }
