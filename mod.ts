@@ -75,3 +75,15 @@ export {
 export { createFromOci } from "./core/oci/create.ts";
 export { guestAddress } from "./core/access/address.ts";
 export { runSsh } from "./core/access/ssh.ts";
+export {
+  applyMacProvisioning,
+  FIRST_BOOT_WAIT_S,
+  icloudStatus,
+  type InstallRecord,
+  type PasswordSource,
+  provisioningPlan,
+  readInstallRecord,
+  resolvePassword,
+  waitFirstBoot,
+} from "./core/provision/macos.ts";
+export { isoKeyboardAgentPlist, isoKeyMapping } from "./core/provision/keyboard.ts";

@@ -12,6 +12,7 @@ import type { SpecParsed, VmSpec } from "./spec/schema.ts";
 import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
 import { formatSize, parseSize } from "./units.ts";
+import { macosDetails } from "./provision/macos.ts";
 
 /** Options of {@link createVm}. */
 export interface CreateVmOptions extends SpecFlags {
@@ -87,6 +88,8 @@ export interface VmDetails extends VmSummary {
   path: string;
   spec: VmSpec;
   machine?: MachineIdentity;
+  /** macOS guests: iCloud sign-in, first-boot provisioning, ISO keyboard mapping. */
+  macos?: { icloud: string; provision?: string; keyboard?: string };
 }
 
 /** The details of one VM. */
@@ -95,7 +98,10 @@ export async function getVm(store: Store, name: string): Promise<VmDetails> {
   const summary = await store.summary(b);
   const spec = await b.readSpec();
   const machine = await b.readMachine().catch(() => undefined);
-  return { ...summary, path: b.dir, spec, machine };
+  const macos = spec.os === "macos"
+    ? await macosDetails(b, spec, machine?.vzMachineIdentifier)
+    : undefined;
+  return { ...summary, path: b.dir, spec, machine, ...(macos ? { macos } : {}) };
 }
 
 /** Changes of `cove set`. */

@@ -13,6 +13,17 @@ import { log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
+function waitSeconds(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new CoveError("usage.wait", `--wait: '${v}' is not a whole number of seconds`, {
+      hint: "give seconds, e.g. --wait 900",
+      exit: ExitCode.Usage,
+    });
+  }
+  return n;
+}
+
 function summaryRow(s: VmSummary): string[] {
   return [
     s.name,
@@ -42,6 +53,15 @@ export function register(program: Command): void {
     .option("--kernel <file>", "boot this Linux kernel directly")
     .option("--initrd <file>", "initial ramdisk for --kernel")
     .option("--cmdline <args>", "kernel command line for --kernel")
+    .option("--user <name>", "macOS guests: the first account's short name (default admin)")
+    .option("--full-name <name>", "macOS guests: the first account's full name")
+    .option("--password-file <file>", "macOS guests: the account's password, one line (mode 0600)")
+    .option("--password-stdin", "macOS guests: read the account's password from stdin")
+    .option(
+      "--wait <seconds>",
+      "macOS guests: bound on the first boot's wait for ssh (default 600)",
+      waitSeconds,
+    )
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const store = new Store();
@@ -55,13 +75,52 @@ export function register(program: Command): void {
       }
       const { isIpswSource, assertCanInstallMacOS } = await import("../../core/images/ipsw.ts");
       const ipsw = opts.from !== undefined && isIpswSource(opts.from);
+      const asked = opts.passwordFile !== undefined || opts.passwordStdin === true;
+      if (asked && !ipsw) {
+        throw new CoveError(
+          "usage.password",
+          "--password-file and --password-stdin set a macOS guest's first account; they need --from ipsw:…",
+          { hint: "Linux guests get cove's key through cloud-init", exit: ExitCode.Usage },
+        );
+      }
       if (ipsw) assertCanInstallMacOS();
+      const mac = await import("../../mod.ts");
+      const host = mac.detectHost();
+      // Before the long install: the password (refused at once when bad), and what the host allows.
+      const before = ipsw ? mac.provisioningPlan(host, undefined, asked) : undefined;
+      if (before?.notice) log(before.notice);
+      const secret = ipsw && before?.unattended
+        ? await mac.resolvePassword({
+          passwordFile: opts.passwordFile,
+          passwordStdin: opts.passwordStdin,
+        })
+        : undefined;
       const fromSource = opts.from ? await sourceHandler(opts.from, opts.format) : undefined;
       const b = await createVm(store, name, {
         ...opts,
         os: opts.os ?? (ipsw ? "macos" : undefined),
         fromSource,
       });
+      if (secret) {
+        const plan = await mac.applyMacProvisioning(b, {
+          password: secret.password,
+          host,
+          waitSeconds: opts.wait,
+        });
+        if (plan.notice) log(plan.notice);
+        else {
+          const spec = await b.readSpec();
+          if (secret.generated) {
+            log(
+              `password of '${spec.provision.user}' in '${b.name}' (shown once; keep it): ${secret.password}`,
+            );
+          }
+          log(`first boot: creating '${spec.provision.user}' and installing cove's ssh key`);
+          await mac.startDetached(store, b.name, { timeoutMs: 120_000 });
+          await mac.waitFirstBoot(b, (opts.wait ?? mac.FIRST_BOOT_WAIT_S) + 30);
+          log(`ready: 'cove ssh ${b.name}'`);
+        }
+      }
       if (opts.format === "json") outJson(await getVm(store, b.name));
       else out(`created ${b.name}`);
     });
@@ -106,6 +165,11 @@ export function register(program: Command): void {
       );
       out(`path: ${d.path}`);
       if (d.error) out(`error: ${d.error}`);
+      if (d.macos) {
+        out(`icloud: ${d.macos.icloud}`);
+        if (d.macos.provision) out(`provision: ${d.macos.provision}`);
+        if (d.macos.keyboard) out(`keyboard: ${d.macos.keyboard}`);
+      }
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
     });
 

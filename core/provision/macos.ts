@@ -428,3 +428,117 @@ export async function completeFirstBoot(
     if (!(e instanceof Deno.errors.NotFound)) throw e;
   });
 }
+
+// ------------------------------------------------------------ create flow
+
+/** Where create's password comes from. */
+export interface PasswordSource {
+  passwordFile?: string;
+  passwordStdin?: boolean;
+}
+
+/** The password for the first account: from the file, stdin, or generated. */
+export async function resolvePassword(
+  src: PasswordSource,
+): Promise<{ password: string; generated: boolean }> {
+  if (src.passwordFile !== undefined && src.passwordStdin) {
+    throw new CoveError("password.both", "give --password-file or --password-stdin, not both", {
+      exit: ExitCode.Usage,
+    });
+  }
+  if (src.passwordFile !== undefined) {
+    return { password: await readPasswordFile(src.passwordFile), generated: false };
+  }
+  if (src.passwordStdin) return { password: await readPasswordStdin(), generated: false };
+  return { password: generatePassword(), generated: true };
+}
+
+/**
+ * After a macOS install: keeps the password for the first boot when the
+ * installed image and this host can provision unattended, and returns the
+ * one line to print when they cannot.
+ */
+export async function applyMacProvisioning(
+  bundle: Bundle,
+  opts: { password: string; host: { macosVersion?: string }; waitSeconds?: number },
+): Promise<ProvisioningPlan> {
+  const rec = await readInstallRecord(bundle);
+  const plan = provisioningPlan(opts.host, rec?.restoreImage, true);
+  if (!rec || !plan.unattended) return plan;
+  await storePassword(bundle, opts.password);
+  await writeInstallRecord(bundle, {
+    ...rec,
+    provisioning: true,
+    ...(opts.waitSeconds !== undefined ? { waitSeconds: opts.waitSeconds } : {}),
+  });
+  return plan;
+}
+
+/** How far a macOS guest's first boot got, for `cove get` and create's wait. */
+export function provisionState(rec: InstallRecord | undefined): string | undefined {
+  if (!rec?.provisioning) return undefined;
+  if (rec.keysInstalledAt) return `done (${rec.keysInstalledAt})`;
+  if (rec.lastProvisionError) return `failed: ${rec.lastProvisionError}`;
+  if (rec.guestProvisionedAt) return "waiting for ssh";
+  return "at the first boot";
+}
+
+/**
+ * Waits (bounded) until the first boot has installed cove's key, or failed,
+ * or the VM stopped; throws one line naming the logs when it did not finish.
+ */
+export async function waitFirstBoot(bundle: Bundle, seconds: number): Promise<void> {
+  const deadline = Date.now() + seconds * 1000;
+  while (true) {
+    const rec = await readInstallRecord(bundle);
+    if (rec?.keysInstalledAt) return;
+    if (rec?.lastProvisionError) {
+      throw new CoveError("provision.first_boot", rec.lastProvisionError, {
+        hint: `see ${bundle.consoleLog} and ${bundle.supervisorLog}`,
+        exit: ExitCode.State,
+      });
+    }
+    if (!(await bundle.isRunning())) {
+      throw new CoveError(
+        "provision.stopped",
+        `VM '${bundle.name}' stopped before its first boot finished; see ${bundle.consoleLog} and ${bundle.supervisorLog}`,
+        { hint: `start it again with 'cove start ${bundle.name}'`, exit: ExitCode.State },
+      );
+    }
+    if (Date.now() >= deadline) {
+      throw new CoveError(
+        "provision.ssh_timeout",
+        `VM '${bundle.name}' did not finish its first boot within ${seconds}s; see ${bundle.consoleLog} and ${bundle.supervisorLog}`,
+        { hint: "it keeps running; 'cove get' shows how far it got", exit: ExitCode.State },
+      );
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+/** The macOS lines of `cove get`: iCloud, first-boot provisioning, ISO keyboard. */
+export async function macosDetails(
+  bundle: Bundle,
+  spec: VmSpec,
+  machineIdentifier: string | undefined,
+): Promise<{ icloud: string; provision?: string; keyboard?: string }> {
+  const rec = await readInstallRecord(bundle);
+  const icloud = rec
+    ? icloudStatus(rec, {
+      hostIdentity: await hostIdentityHash(),
+      machineIdentity: machineIdentifier ? await sha256Hex(machineIdentifier) : undefined,
+    })
+    : "not known (no install record: installed by another tool)";
+  const iso = keyboardLayout(spec.keyboard) === "iso";
+  return {
+    icloud,
+    ...(provisionState(rec) ? { provision: provisionState(rec) } : {}),
+    ...(iso
+      ? {
+        keyboard: rec?.keyboardAgentAt
+          ? `iso (hidutil LaunchAgent installed ${rec.keyboardAgentAt})`
+          : "iso (hidutil LaunchAgent installed at the first boot's key install)",
+      }
+      : {}),
+  };
+}

@@ -21,6 +21,10 @@ export interface SpecFlags {
   initrd?: string;
   cmdline?: string;
   display?: string;
+  /** provision.user (macOS: the first account's short name). */
+  user?: string;
+  /** provision.fullName (macOS guests). */
+  fullName?: string;
 }
 
 /** Reads a --config file; a missing file gets one clear line. */
@@ -56,6 +60,13 @@ export function applyFlags(base: SpecParsed, flags: SpecFlags): SpecParsed {
   if (flags.cpus !== undefined) raw.cpus = toNumber(flags.cpus);
   if (flags.memory !== undefined) raw.memory = flags.memory;
   if (flags.display !== undefined) raw.display = parseDisplay(flags.display);
+  if (flags.user !== undefined || flags.fullName !== undefined) {
+    raw.provision = {
+      ...(raw.provision as Record<string, unknown> | undefined),
+      ...(flags.user !== undefined ? { user: flags.user } : {}),
+      ...(flags.fullName !== undefined ? { fullName: flags.fullName } : {}),
+    };
+  }
   if (flags.diskSize !== undefined) {
     const disks = (raw.disks as Record<string, unknown>[] | undefined) ?? [{ path: "disk.img" }];
     const i = Math.max(0, disks.findIndex((d) => (d.media ?? "disk") === "disk"));
@@ -90,6 +101,8 @@ const FLAG_OF: Record<string, string> = {
   "boot.kernel": "--kernel",
   "boot.initrd": "--initrd",
   "boot.cmdline": "--cmdline",
+  "provision.user": "--user",
+  "provision.fullName": "--full-name",
 };
 
 function flagFor(path: string): string {
