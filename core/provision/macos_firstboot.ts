@@ -54,7 +54,9 @@ export async function runFirstBootKeyInstall(
       return { host: a.host, port: a.port };
     },
     install: async (req) => {
-      opts.log?.(`first boot: installing keys for '${req.user}' at ${req.target.host}:${req.target.port}`);
+      opts.log?.(
+        `first boot: installing keys for '${req.user}' at ${req.target.host}:${req.target.port}`,
+      );
       await installKeysWithPassword({
         ...bundleTarget(bundle, req.user, req.target),
         password: req.password,

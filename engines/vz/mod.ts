@@ -31,7 +31,7 @@ import {
   macosMajor,
   wantsSuspendable,
 } from "./config.ts";
-import { parseVzProcesses, vmLimitError, type VzProcess, vzError } from "./errors.ts";
+import { parseVzProcesses, vmLimitError, vzError, type VzProcess } from "./errors.ts";
 import { preflight } from "./preflight.ts";
 import { VzRunningVm } from "./running.ts";
 

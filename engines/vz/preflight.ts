@@ -341,7 +341,9 @@ export async function checkShares(spec: VmSpec, host: VzHostInfo): Promise<void>
 }
 
 export function checkInput(spec: VmSpec, host: VzHostInfo): void {
-  if (spec.os !== "macos" && (keyboardKind(spec.keyboard) === "mac" || spec.pointing === "trackpad")) {
+  if (
+    spec.os !== "macos" && (keyboardKind(spec.keyboard) === "mac" || spec.pointing === "trackpad")
+  ) {
     throw usageError(
       "vz.input",
       "the Mac keyboard and trackpad are for macOS guests",
