@@ -130,15 +130,15 @@ export function checkGuest(spec: VmSpec, host: VzHostInfo, runningMacOSVms?: num
     if (spec.os === "macos") {
       throw usageError(
         "vz.nested",
-        "nested: macOS guests cannot use nested virtualization",
-        "set nested: false",
+        "nested: macOS guests cannot use nested virtualization (VZ offers it only on the generic platform of Linux guests: VZGenericPlatformConfiguration.isNestedVirtualizationEnabled)",
+        `set nested: false; see ${NESTED_DOC}`,
       );
     }
     if (macosMajor(host.macosVersion) < 15) {
       throw hostError(
         "vz.nested",
-        `nested: needs macOS 15 or later (this Mac runs ${host.macosVersion})`,
-        "set nested: false",
+        `nested: needs macOS 15 or later (this Mac runs ${host.macosVersion}), where VZGenericPlatformConfiguration.isNestedVirtualizationSupported first exists`,
+        `update macOS, or set nested: false; see ${NESTED_DOC}`,
       );
     }
     if (!host.nestedVirtualizationSupported) {
@@ -146,12 +146,16 @@ export function checkGuest(spec: VmSpec, host: VzHostInfo, runningMacOSVms?: num
         "vz.nested",
         `nested: this Mac's chip cannot nest virtualization (${
           host.machineModel ?? "unknown model"
-        }); it needs M3 or later`,
-        "set nested: false",
+        }); it needs M3 or later (isNestedVirtualizationSupported is false here)`,
+        `set nested: false, or run it on an M3 or later Mac; see ${NESTED_DOC}`,
       );
     }
   }
 }
+
+/** Apple's page on the nested virtualization check. */
+export const NESTED_DOC =
+  "https://developer.apple.com/documentation/virtualization/vzgenericplatformconfiguration/isnestedvirtualizationsupported";
 
 export function checkResources(spec: VmSpec, host: VzHostInfo): void {
   const { min, max } = host.cpuCount;
