@@ -498,3 +498,19 @@ Deno.test("the key install script appends each key once and keeps the files priv
   assertEquals((await Deno.stat(join(home, ".ssh/authorized_keys"))).mode! & 0o777, 0o600);
   assertEquals((await Deno.stat(join(home, ".ssh"))).mode! & 0o777, 0o700);
 });
+
+// ------------------------------------------------------------ the CLI's refusals
+
+Deno.test("cove create refuses a bad --user for macOS, and password options without an ipsw source", async () => {
+  const { cove } = await import("../helpers/cli.ts");
+  const home = await Deno.makeTempDir({ prefix: "cove-macprov-cli-" });
+  const bad = await cove(home, ["create", "m", "--os", "macos", "--user", "_jane"]);
+  assertEquals(bad.code, 2, bad.stderr);
+  assertMatch(bad.stderr.trim(), /^cove: .*--user.*macOS short name/);
+  assertEquals(bad.stderr.trim().split("\n").length, 1, "one line");
+  const pw = await cove(home, ["create", "l", "--password-file", "/nonexistent"]);
+  assertEquals(pw.code, 2, pw.stderr);
+  assertMatch(pw.stderr, /--password-file and --password-stdin set a macOS guest's first account/);
+  const list = await cove(home, ["list", "-q"]);
+  assertEquals(list.stdout.trim(), "", "nothing half-made is listed");
+});
