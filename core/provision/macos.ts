@@ -147,6 +147,7 @@ function checkPassword(text: string, where: string): string {
       exit: ExitCode.Usage,
     });
   }
+  // deno-lint-ignore no-control-regex -- refusing control characters is the point
   if (lines.length > PASSWORD_MAX || /[\x00-\x1f\x7f]/.test(lines)) {
     throw new CoveError(
       "password.invalid",

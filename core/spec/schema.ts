@@ -154,6 +154,7 @@ export const Provision = z.strictObject({
   user: z.string().regex(USER_NAME, {
     error: "expected a user name (letters, digits, '_', '-' or '.', starting with a letter)",
   }).optional().meta({ description: "Guest user. Default: cove (Linux), admin (macOS)." }),
+  // deno-lint-ignore no-control-regex -- a full name without control characters
   fullName: z.string().min(1).max(255).regex(/^[^\x00-\x1f:]+$/, {
     error: "expected a full name without control characters or ':'",
   }).optional().meta({

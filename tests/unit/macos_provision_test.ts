@@ -478,14 +478,14 @@ Deno.test("the keyboard spec accepts a layout object and keeps the device kind",
 Deno.test("the key install script appends each key once and keeps the files private", async () => {
   const home = await Deno.makeTempDir();
   const script = authorizedKeysScript();
-  const run = (keys: string) =>
+  const run = () =>
     new Deno.Command("sh", {
       args: ["-c", script],
       env: { HOME: home },
       stdin: "piped",
     }).spawn();
   for (let i = 0; i < 2; i++) {
-    const child = run("ssh-ed25519 AAAA one\nssh-ed25519 BBBB two\n");
+    const child = run();
     const w = child.stdin.getWriter();
     await w.write(new TextEncoder().encode("ssh-ed25519 AAAA one\nssh-ed25519 BBBB two\n"));
     await w.close();
