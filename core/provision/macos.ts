@@ -315,9 +315,14 @@ export async function markGuestProvisioned(bundle: Bundle): Promise<void> {
   await updateInstallRecord(bundle, { guestProvisionedAt: new Date().toISOString() });
 }
 
-/** Whether a first-boot key install is still owed (the password is still in the bundle). */
+/**
+ * Whether a first-boot key install is still owed: the guest was started with
+ * provisioning options and the password is still in the bundle. Only a macOS
+ * create leaves such a bundle; the check itself is OS-neutral, so a Linux
+ * test guest with a password runs the same supervisor path.
+ */
 export async function keyInstallPending(bundle: Bundle, spec: VmSpec): Promise<boolean> {
-  if (spec.os !== "macos" || !spec.provision.ssh) return false;
+  if (!spec.provision.ssh) return false;
   const rec = await readInstallRecord(bundle);
   return !!rec?.guestProvisionedAt && !rec.keysInstalledAt &&
     (await readStoredPassword(bundle)) !== undefined;

@@ -3,12 +3,14 @@
  * against a real sshd. A Debian 12 cloud guest (tests/fixtures/
  * debian_cloud_guest.ts) stands in for the Mac: its cloud-init seed gives
  * the user a password and turns sshd's password login on, and does NOT get
- * cove's key (provision.sshKeys holds an unrelated key). Then the very
- * function the supervisor runs after a provisioning first boot
- * (runFirstBootKeyInstall) waits for ssh, installs cove's key over one
- * password session through the SSH_ASKPASS helper, proves the key alone
- * logs in and deletes the password from the bundle; `cove exec` then works
- * with the key (BatchMode: no password possible).
+ * cove's key (provision.sshKeys holds an unrelated key). The bundle is
+ * left as a provisioned macOS first boot leaves it (install record, 0600
+ * password); then `cove start`'s supervisor runs what it runs after a
+ * provisioning first boot on a Mac (runFirstBootKeyInstall): waits for ssh,
+ * installs cove's key over one password session through the SSH_ASKPASS
+ * helper, proves the key alone logs in and deletes the password. The test
+ * waits with the bounded wait `cove create` uses; `cove exec` then works
+ * with the key alone (BatchMode: no password possible).
  *
  * What only a Mac with macOS 27 shows: that the guest's account and Remote
  * Login came from VZMacGuestProvisioningOptions rather than from cloud-init.
@@ -26,6 +28,7 @@ import { runFirstBootKeyInstall } from "../../core/provision/macos_firstboot.ts"
 import {
   readInstallRecord,
   storePassword,
+  waitFirstBoot,
   writeInstallRecord,
 } from "../../core/provision/macos.ts";
 
@@ -91,61 +94,74 @@ Deno.test({
       }),
     );
     let started = false;
+    const bundle = new Bundle(name, join(home, "vms", name));
     try {
-      await t.step("create and start the guest", async () => {
-        const c = await run(home, [
-          "create",
-          name,
-          "--config",
-          config,
-          "--from",
-          g.disk,
-          "--kernel",
-          g.kernel,
-          "--initrd",
-          g.initrd,
-          "--cmdline",
-          g.cmdline,
-        ], 300_000);
-        assertEquals(c.code, 0, c.stderr);
-        const s = await run(home, ["start", name], 300_000);
-        assertEquals(s.code, 0, s.stderr);
-        started = true;
-      });
-
-      const bundle = new Bundle(name, join(home, "vms", name));
-      const spec = applyDefaults(await bundle.readParsedSpec(), detectHost(), name);
-
-      await t.step("the askpass key install succeeds and deletes the password", async () => {
-        // As create leaves a provisioned macOS bundle: the record and the 0600 password.
-        await writeInstallRecord(bundle, {
-          restoreImage: { version: "27.0", build: "test" },
-          hostIdentity: "test",
-          installedAt: new Date().toISOString(),
-          provisioning: true,
-          guestProvisionedAt: new Date().toISOString(),
-        });
-        await storePassword(bundle, PASSWORD);
-        const prev = Deno.env.get("COVE_HOME");
-        Deno.env.set("COVE_HOME", home);
-        try {
-          await runFirstBootKeyInstall(bundle, spec, {
-            status: readLiveStatus,
+      await t.step(
+        "create the guest, left as a provisioned macOS first boot leaves it",
+        async () => {
+          const c = await run(home, [
+            "create",
+            name,
+            "--config",
+            config,
+            "--from",
+            g.disk,
+            "--kernel",
+            g.kernel,
+            "--initrd",
+            g.initrd,
+            "--cmdline",
+            g.cmdline,
+          ], 300_000);
+          assertEquals(c.code, 0, c.stderr);
+          // What create and the engine's start leave for a macOS 27 guest: the
+          // record (started with provisioning options) and the 0600 password.
+          await writeInstallRecord(bundle, {
+            restoreImage: { version: "27.0", build: "test" },
+            hostIdentity: "test",
+            installedAt: new Date().toISOString(),
+            provisioning: true,
+            guestProvisionedAt: new Date().toISOString(),
             waitSeconds: BOOT_WAIT_S,
-            home,
           });
-        } finally {
-          if (prev === undefined) Deno.env.delete("COVE_HOME");
-          else Deno.env.set("COVE_HOME", prev);
-        }
-        let gone = false;
-        try {
-          await Deno.stat(bundle.provisionPasswordPath);
-        } catch (e) {
-          gone = e instanceof Deno.errors.NotFound;
-        }
-        assert(gone, "the password file is deleted");
-        assert((await readInstallRecord(bundle))?.keysInstalledAt, "recorded");
+          await storePassword(bundle, PASSWORD);
+        },
+      );
+
+      await t.step(
+        "cove start: the supervisor installs cove's key over askpass and deletes the password",
+        async () => {
+          const s = await run(home, ["start", name], 300_000);
+          assertEquals(s.code, 0, s.stderr);
+          started = true;
+          // The same bounded wait cove create uses.
+          await waitFirstBoot(bundle, BOOT_WAIT_S + 60);
+          let gone = false;
+          try {
+            await Deno.stat(bundle.provisionPasswordPath);
+          } catch (e) {
+            gone = e instanceof Deno.errors.NotFound;
+          }
+          assert(gone, "the password file is deleted");
+          assert((await readInstallRecord(bundle))?.keysInstalledAt, "recorded");
+          const log = await Deno.readTextFile(bundle.supervisorLog);
+          assert(log.includes("first boot: cove's key is installed"), log);
+          assert(!log.includes(PASSWORD), "the password is never logged");
+        },
+      );
+
+      await t.step("a direct second run finds nothing left to do", async () => {
+        const spec = applyDefaults(await bundle.readParsedSpec(), detectHost(), name);
+        await runFirstBootKeyInstall(bundle, spec, {
+          status: readLiveStatus,
+          home,
+          waitSeconds: 5,
+        });
+        assertEquals(
+          (await readInstallRecord(bundle))?.lastProvisionError,
+          undefined,
+          "no password: no session, no error",
+        );
       });
 
       await t.step("cove exec then logs in with the key alone", async () => {
