@@ -514,3 +514,25 @@ Deno.test("cove create refuses a bad --user for macOS, and password options with
   const list = await cove(home, ["list", "-q"]);
   assertEquals(list.stdout.trim(), "", "nothing half-made is listed");
 });
+
+Deno.test("cove get prints the icloud line of a macOS VM from its install record", async () => {
+  const { cove } = await import("../helpers/cli.ts");
+  const home = await Deno.makeTempDir({ prefix: "cove-macprov-get-" });
+  const env = { COVE_HOST_IDENTITY: "get-test-mac" };
+  assertEquals((await cove(home, ["create", "m", "--os", "macos"], { env })).code, 0);
+  const b = new Bundle("m", join(home, "vms", "m"));
+  const { hostIdentityHash } = await import("../../core/provision/macos.ts");
+  const prev = Deno.env.get("COVE_HOST_IDENTITY");
+  Deno.env.set("COVE_HOST_IDENTITY", "get-test-mac");
+  const here = await hostIdentityHash();
+  if (prev === undefined) Deno.env.delete("COVE_HOST_IDENTITY");
+  else Deno.env.set("COVE_HOST_IDENTITY", prev);
+  await writeInstallRecord(b, record({ hostIdentity: here }));
+  const same = await cove(home, ["get", "m"], { env });
+  assertMatch(same.stdout, /^icloud: available$/m);
+  const moved = await cove(home, ["get", "m"], { env: { COVE_HOST_IDENTITY: "another-mac" } });
+  assertMatch(moved.stdout, /^icloud: needs sign-in again \(cloned or moved from another Mac\)$/m);
+  await writeInstallRecord(b, record({ restoreImage: { version: "13.6", build: "22G120" } }));
+  const json = await cove(home, ["get", "m", "--format", "json"], { env });
+  assertEquals(JSON.parse(json.stdout).macos.icloud, "not available (installed from macOS 13)");
+});
