@@ -456,3 +456,15 @@ export {
 export { withFrozenGuest } from "./core/agent/freeze.ts";
 export { type AgentAddress, agentAddresses, type VmAddress } from "./core/agent/address.ts";
 export { chooseExecVia, sshAnswers } from "./core/agent/via.ts";
+// macOS guests: unattended first boot, the install record (iCloud), ISO keyboards.
+export type { InstallRecord, PasswordSource } from "./core/provision/macos.ts";
+
+/** The macOS provisioning functions (first boot, passwords, install record), loaded when called. */
+export async function macProvisioning(): Promise<typeof import("./core/provision/macos.ts")> {
+  return await import("./core/provision/macos.ts");
+}
+
+/** Whether a `--from` source is a macOS restore image (`ipsw:`, or a path or URL ending .ipsw). */
+export async function isIpswSource(src: string): Promise<boolean> {
+  return (await import("./core/images/ipsw.ts")).isIpswSource(src);
+}

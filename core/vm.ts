@@ -16,6 +16,7 @@ import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
 import { parseFlag } from "./flags.ts";
 import { formatSize, parseSize } from "./units.ts";
+import { macosDetails } from "./provision/macos.ts";
 
 /** Registry options, for sources and clones from `oci://` references. */
 export interface RegistryFlags {
@@ -212,6 +213,8 @@ export interface VmDetails extends VmSummary {
   path: string;
   spec: VmSpec;
   machine?: MachineIdentity;
+  /** macOS guests: iCloud sign-in, first-boot provisioning, ISO keyboard mapping. */
+  macos?: { icloud: string; provision?: string; keyboard?: string };
 }
 
 /** The details of one VM. */
@@ -220,7 +223,10 @@ export async function getVm(store: Store, name: string): Promise<VmDetails> {
   const summary = await store.summary(b);
   const spec = await b.readSpec();
   const machine = await b.readMachine().catch(() => undefined);
-  return { ...summary, path: b.dir, spec, machine };
+  const macos = spec.os === "macos"
+    ? await macosDetails(b, spec, machine?.vzMachineIdentifier)
+    : undefined;
+  return { ...summary, path: b.dir, spec, machine, ...(macos ? { macos } : {}) };
 }
 
 /**

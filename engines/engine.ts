@@ -129,6 +129,10 @@ export interface InstallResult {
   /** The CPUs and memory (bytes) the installed image needs at least. */
   cpus: number;
   memory: number;
+  /** The OS version and build of the restore image installed (for the install record). */
+  image: { version: string; build: string };
+  /** The machine identifier the install made (its hash goes in the install record). */
+  machineIdentifier: string;
 }
 
 /** Installs an OS from a vendor restore image into a new bundle (macOS IPSW on vz). */
@@ -151,8 +155,23 @@ export interface RestoreImageInstaller {
   }): Promise<InstallResult>;
 }
 
+/**
+ * macOS guests (27+): the account Setup Assistant would ask for, created
+ * unattended at the first boot after install (VZMacGuestProvisioningOptions).
+ * Engines that cannot provision a guest this way ignore it.
+ */
+export interface GuestProvisioning {
+  username: string;
+  fullName: string;
+  password: string;
+  logsInAutomatically: boolean;
+  enablesRemoteLogin: boolean;
+}
+
 /** Everything an engine needs to start a VM. */
 export interface StartRequest {
+  /** The first boot after a macOS install: provision the guest's account. */
+  guestProvisioning?: GuestProvisioning;
   name: string;
   spec: VmSpec;
   paths: VmPaths;

@@ -185,6 +185,18 @@ export interface VzRestoreImage {
 export interface VzStartOptions {
   /** macOS guests: boot into recoveryOS. */
   recovery?: boolean;
+  /**
+   * macOS guests on a macOS 27 host: VZMacGuestProvisioningOptions, set with
+   * VZMacOSVirtualMachineStartOptions.setGuestProvisioning(_:) (which
+   * validates them). A guest older than 27 ignores them.
+   */
+  provisioning?: {
+    username: string;
+    fullName: string;
+    password: string;
+    logsInAutomatically: boolean;
+    enablesRemoteLogin: boolean;
+  };
 }
 
 export interface VzWindowOptions {

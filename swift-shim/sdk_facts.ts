@@ -152,7 +152,9 @@ export function parseHeader(
         kind: iface[1] === "interface" ? "class" : "protocol",
         superclass: iface[3],
         category: iface[4] !== undefined,
-        introduced: availability(recent.slice(-2).join(" ") + " " + line),
+        // The class's API_AVAILABLE may stand a few attribute lines up
+        // (NS_REQUIRES_PROPERTY_DEFINITIONS, NS_SWIFT_SENDABLE, as in macOS 27).
+        introduced: availability(recent.slice(-4).join(" ") + " " + line),
         arm64: armNow(),
         header,
       };

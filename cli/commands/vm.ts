@@ -7,7 +7,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
-import { log, out, outJson, parseFormat, table } from "../output.ts";
+import { FlagError, log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -42,17 +42,63 @@ export function register(program: Command): void {
     .option("--cmdline <args>", "kernel command line for --kernel")
     .option("--insecure", "oci:// sources: allow plain http to the registry")
     .option("--concurrency <n>", "oci:// sources: parallel layer transfers (1 to 64)", "4")
+    .option("--user <name>", "macOS guests: the first account's short name (default admin)")
+    .option("--full-name <name>", "macOS guests: the first account's full name")
+    .option("--password-file <file>", "macOS guests: the account's password, one line (mode 0600)")
+    .option("--password-stdin", "macOS guests: read the account's password from stdin")
+    .option(
+      "--wait <duration>",
+      "macOS guests: bound on the first boot's wait for ssh, e.g. 15m (default 10m)",
+    )
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
       const { progressReporter } = await import("../progress.ts");
       const store = new cove.Store();
-      const { format, ...flags } = opts;
+      const { format, passwordFile, passwordStdin, wait, ...flags } = opts;
+      const ipsw = opts.from !== undefined && await cove.isIpswSource(opts.from);
+      const asked = passwordFile !== undefined || passwordStdin === true;
+      if (asked && !ipsw) {
+        throw new FlagError(
+          "usage.password",
+          "--password-file and --password-stdin set a macOS guest's first account; they need --from ipsw:…",
+          "Linux guests get cove's key through cloud-init",
+        );
+      }
+      const waitSeconds = wait !== undefined ? cove.parseFlag("--wait", wait) / 1000 : undefined;
+      const mac = ipsw ? await cove.macProvisioning() : undefined;
+      const host = cove.detectHost();
+      // Before the long install: the password (refused at once when bad), and what the host allows.
+      const before = mac?.provisioningPlan(host, undefined, asked);
+      if (before?.notice) log(before.notice);
+      const secret = mac && before?.unattended
+        ? await mac.resolvePassword({ passwordFile, passwordStdin })
+        : undefined;
       const b = await cove.createVm(store, name, {
         ...flags,
         concurrency: cove.parseFlag("--concurrency", flags.concurrency),
         onProgress: opts.from ? progressReporter(format) : undefined,
       });
+      if (mac && secret) {
+        const plan = await mac.applyMacProvisioning(b, {
+          password: secret.password,
+          host,
+          waitSeconds,
+        });
+        if (plan.notice) log(plan.notice);
+        else {
+          const spec = await b.readSpec();
+          if (secret.generated) {
+            log(
+              `password of '${spec.provision.user}' in '${b.name}' (shown once; keep it): ${secret.password}`,
+            );
+          }
+          log(`first boot: creating '${spec.provision.user}' and installing cove's ssh key`);
+          await cove.startDetached(store, b.name, { timeoutMs: 120_000 });
+          await mac.waitFirstBoot(b, (waitSeconds ?? mac.FIRST_BOOT_WAIT_S) + 30);
+          log(`ready: 'cove ssh ${b.name}'`);
+        }
+      }
       if (format === "json") outJson(await cove.getVm(store, b.name));
       else out(`created ${b.name}`);
     });
@@ -116,6 +162,11 @@ export function register(program: Command): void {
             : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
         }`,
       );
+      if (d.macos) {
+        out(`icloud: ${d.macos.icloud}`);
+        if (d.macos.provision) out(`provision: ${d.macos.provision}`);
+        if (d.macos.keyboard) out(`keyboard: ${d.macos.keyboard}`);
+      }
       for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
       const { stringify } = await import("yaml");
       out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());

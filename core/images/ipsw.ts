@@ -19,6 +19,7 @@ import type { Bundle } from "../store/bundle.ts";
 import { ensureSparseFile } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
 import { download } from "./download.ts";
+import { hostIdentityHash, sha256Hex, writeInstallRecord } from "../provision/macos.ts";
 import type { SourceEvent, SourceOptions } from "./source.ts";
 
 /** True for sources that install macOS. */
@@ -111,6 +112,12 @@ export async function installFromIpsw(
     memory: memoryBytes(spec),
     signal: opts.signal,
     onProgress: (fraction) => emit({ type: "install", fraction }),
+  });
+  await writeInstallRecord(staging, {
+    restoreImage: { version: result.image.version, build: result.image.build },
+    hostIdentity: await hostIdentityHash(),
+    machineIdentity: await sha256Hex(result.machineIdentifier),
+    installedAt: new Date().toISOString(),
   });
   return { ...spec, cpus: result.cpus, memory: formatSize(result.memory) };
 }

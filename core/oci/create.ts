@@ -7,6 +7,7 @@
  * machine.json. The VM appears only when complete.
  * @module
  */
+import { writeInstallRecord } from "../provision/macos.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { detectHost } from "../host.ts";
 import type { SourceHandler, SourceOptions } from "../images/source.ts";
@@ -111,6 +112,10 @@ async function placeImage(
     if (ids.vzHardwareModel) m.vzHardwareModel = ids.vzHardwareModel;
     if (ids.vzMachineIdentifier) m.vzMachineIdentifier = ids.vzMachineIdentifier;
     await writeFileAtomic(staging.machinePath, JSON.stringify(m, null, 2) + "\n");
+  }
+  if (spec.os === "macos" && image.tart.coveInstall) {
+    // The install record travels with the image: iCloud's answer stays true.
+    await writeInstallRecord(staging, { ...image.tart.coveInstall });
   }
   // A disk size asked for (grow only) is applied by the store after this step.
   const size = spec.disks[root].size;

@@ -21,6 +21,7 @@
  * OCI config) go up monolithically.
  * @module
  */
+import { readInstallRecord } from "../provision/macos.ts";
 import { join } from "node:path";
 import { CoveError, ExitCode, usageError } from "../errors.ts";
 import { parseFlag } from "../flags.ts";
@@ -195,7 +196,8 @@ export async function pushVm(
       if (!macos && e instanceof Deno.errors.NotFound) return {};
       return unreadable("machine identity", bundle.machinePath)(e);
     });
-    const tart: TartConfig = tartFromSpec(spec, identity);
+    const install = macos ? await readInstallRecord(bundle) : undefined;
+    const tart: TartConfig = tartFromSpec(spec, identity, install);
     const configBytes = new TextEncoder().encode(sortedJson(tart));
     const nvramPath = spec.os === "macos"
       ? bundle.resolve(MAC_AUX)

@@ -238,6 +238,35 @@ export interface TartConfig {
   ecid?: string;
   /** VZMacHardwareModel dataRepresentation, base64 (macOS). */
   hardwareModel?: string;
+  /**
+   * cove's own field (Tart ignores unknown keys): how a macOS VM was
+   * installed, so that `cove get` stays true about iCloud after a pull.
+   */
+  coveInstall?: TartInstallRecord;
+}
+
+/** The install record as it travels in the image config (no password, no progress). */
+export interface TartInstallRecord {
+  restoreImage: { version: string; build: string };
+  hostIdentity: string;
+  machineIdentity?: string;
+  installedAt: string;
+}
+
+function installRecordOf(v: unknown): TartInstallRecord | undefined {
+  if (!v || typeof v !== "object") return undefined;
+  const r = v as Record<string, unknown>;
+  const img = r.restoreImage as Record<string, unknown> | undefined;
+  if (
+    !img || typeof img.version !== "string" || typeof img.build !== "string" ||
+    typeof r.hostIdentity !== "string" || typeof r.installedAt !== "string"
+  ) return undefined;
+  return {
+    restoreImage: { version: img.version, build: img.build },
+    hostIdentity: r.hostIdentity,
+    ...(typeof r.machineIdentity === "string" ? { machineIdentity: r.machineIdentity } : {}),
+    installedAt: r.installedAt,
+  };
 }
 
 /** Reads and checks Tart's config.json. */
@@ -283,6 +312,7 @@ export function parseTartConfig(ref: string, bytes: Uint8Array): TartConfig {
     diskFormat: c.diskFormat ?? "raw",
     ecid: typeof c.ecid === "string" ? c.ecid : undefined,
     hardwareModel: typeof c.hardwareModel === "string" ? c.hardwareModel : undefined,
+    ...(installRecordOf(c.coveInstall) ? { coveInstall: installRecordOf(c.coveInstall) } : {}),
   };
 }
 
@@ -365,6 +395,7 @@ export function tartFromSpec(
     disks: { format: string }[];
   },
   identity: { vzMachineIdentifier?: string; vzHardwareModel?: string },
+  install?: TartInstallRecord,
 ): TartConfig {
   const macos = spec.os === "macos";
   const memory = parseSize(spec.memory, "memory");
@@ -390,6 +421,14 @@ export function tartFromSpec(
   if (macos) {
     if (identity.vzMachineIdentifier) cfg.ecid = identity.vzMachineIdentifier;
     if (identity.vzHardwareModel) cfg.hardwareModel = identity.vzHardwareModel;
+    if (install) {
+      cfg.coveInstall = {
+        restoreImage: install.restoreImage,
+        hostIdentity: install.hostIdentity,
+        ...(install.machineIdentity ? { machineIdentity: install.machineIdentity } : {}),
+        installedAt: install.installedAt,
+      };
+    }
   }
   return cfg;
 }

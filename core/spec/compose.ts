@@ -24,6 +24,10 @@ export interface SpecFlags {
   initrd?: string;
   cmdline?: string;
   display?: string;
+  /** provision.user (macOS: the first account's short name). */
+  user?: string;
+  /** provision.fullName (macOS guests). */
+  fullName?: string;
 }
 
 /** Reads a --config file; a missing file gets one clear line. */
@@ -65,6 +69,13 @@ export function applyFlags(base: SpecParsed, flags: SpecFlags): SpecParsed {
     raw.memory = flags.memory;
   }
   if (flags.display !== undefined) raw.display = parseDisplay(flags.display);
+  if (flags.user !== undefined || flags.fullName !== undefined) {
+    raw.provision = {
+      ...(raw.provision as Record<string, unknown> | undefined),
+      ...(flags.user !== undefined ? { user: flags.user } : {}),
+      ...(flags.fullName !== undefined ? { fullName: flags.fullName } : {}),
+    };
+  }
   if (flags.diskSize !== undefined) {
     parseFlag("--disk-size", flags.diskSize);
     const disks = (raw.disks as Record<string, unknown>[] | undefined) ??
@@ -101,6 +112,8 @@ const FLAG_OF: Record<string, string> = {
   "boot.kernel": "--kernel",
   "boot.initrd": "--initrd",
   "boot.cmdline": "--cmdline",
+  "provision.user": "--user",
+  "provision.fullName": "--full-name",
 };
 
 function flagFor(path: string): string {

@@ -76,6 +76,8 @@ export function applyDefaults(parsed: SpecParsed, host: HostInfo, name: string):
     serial: parsed.serial ?? { mode: "log" },
     provision: {
       sshKeys: [],
+      autoLogin: false,
+      ssh: true,
       commands: [],
       sshPort: 22,
       ...parsed.provision,

@@ -159,10 +159,36 @@ export const Serial = z.strictObject({
   path: z.string().optional().meta({ description: "Log file (log mode); default console.log." }),
 });
 
+/**
+ * A user name as the spec's field accepts it: letters, digits, '_', '-' and
+ * '.', starting with a letter or '_'. Each OS then narrows it: a macOS short
+ * name starts with a letter (names starting with '_' are macOS's system
+ * accounts), a Linux one is {@link UNIX_USER_NAME}.
+ */
+export const USER_NAME = /^[A-Za-z_][A-Za-z0-9_.-]{0,254}$/;
+/** A macOS account's short name (as Users & Groups allows), at most 255 bytes. */
+export const MACOS_SHORT_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,254}$/;
+/** A Linux user name, as useradd's default NAME_REGEX. */
+export const UNIX_USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
+/** Short names macOS keeps for itself. */
+export const MACOS_RESERVED_USERS = ["root", "daemon", "nobody", "guest"] as const;
+
 export const Provision = z.strictObject({
-  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/, {
-    error: "expected a Unix user name (lower case, digits, '_' or '-')",
+  user: z.string().regex(USER_NAME, {
+    error: "expected a user name (letters, digits, '_', '-' or '.', starting with a letter)",
   }).optional().meta({ description: "Guest user. Default: cove (Linux), admin (macOS)." }),
+  // deno-lint-ignore no-control-regex -- a full name without control characters
+  fullName: z.string().min(1).max(255).regex(/^[^\x00-\x1f:]+$/, {
+    error: "expected a full name without control characters or ':'",
+  }).optional().meta({
+    description: "macOS guests: the account's full name. Default: the user name.",
+  }),
+  autoLogin: z.boolean().default(false).meta({
+    description: "macOS guests (27+): log the user in automatically at startup.",
+  }),
+  ssh: z.boolean().default(true).meta({
+    description: "macOS guests (27+): turn on Remote Login (ssh) at first boot.",
+  }),
   sshKeys: z.array(z.string()).default([]).meta({
     description: "Public keys; cove's own key is added when empty.",
   }),
@@ -174,6 +200,33 @@ export const Provision = z.strictObject({
   }),
   sshPort: z.int().min(1).max(65535).default(22).meta({ description: "Guest SSH port." }),
 });
+
+/** The keyboard device kinds. */
+export const KeyboardKind = z.enum(["auto", "usb", "mac", "none"]);
+/** A keyboard: a device kind, or an object with a kind and the host keyboard's layout. */
+export const Keyboard = z.union([
+  KeyboardKind,
+  z.strictObject({
+    type: KeyboardKind.default("auto").meta({ description: "auto, usb, mac or none." }),
+    layout: z.enum(["ansi", "iso"]).default("ansi").meta({
+      description:
+        "The host keyboard's layout. iso: macOS guests get a hidutil LaunchAgent that swaps the keys VZ's ANSI keyboard puts wrong (the key left of 1 and the one beside left shift).",
+    }),
+  }),
+]).default("auto").meta({
+  description:
+    "auto: mac for macOS guests (macOS 14+ hosts), usb otherwise; or {type, layout: ansi|iso}.",
+});
+
+/** The keyboard device kind of a spec's `keyboard`. */
+export function keyboardKind(k: z.output<typeof Keyboard>): z.output<typeof KeyboardKind> {
+  return typeof k === "string" ? k : k.type;
+}
+
+/** The host keyboard layout a spec's `keyboard` names (ansi unless it says iso). */
+export function keyboardLayout(k: z.output<typeof Keyboard>): "ansi" | "iso" {
+  return typeof k === "string" ? "ansi" : k.layout;
+}
 
 export const QemuOptions = z.strictObject({
   accel: z.enum(["auto", "kvm", "hvf", "tcg"]).default("auto").meta({
@@ -220,9 +273,7 @@ export const SpecSchema = z.strictObject({
   }),
   display: Display.optional(),
   audio: z.boolean().default(false).meta({ description: "Sound output and input." }),
-  keyboard: z.enum(["auto", "usb", "mac", "none"]).default("auto").meta({
-    description: "auto: mac for macOS guests (macOS 14+ hosts), usb otherwise.",
-  }),
+  keyboard: Keyboard,
   pointing: z.enum(["auto", "usb", "trackpad", "none"]).default("auto").meta({
     description: "auto: trackpad for macOS guests (macOS 13+ hosts), usb otherwise.",
   }),
@@ -240,6 +291,31 @@ export const SpecSchema = z.strictObject({
   }),
   qemu: QemuOptions.optional().meta({ description: "QEMU engine options." }),
 }).superRefine((spec, ctx) => {
+  const user = spec.provision?.user;
+  if (user !== undefined) {
+    if (spec.os === "macos" || spec.boot?.loader === "macos") {
+      if (!MACOS_SHORT_NAME.test(user)) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["provision", "user"],
+          message:
+            "expected a macOS short name (a letter, then letters, digits, '_', '-' or '.'; names starting with '_' are macOS's own)",
+        });
+      } else if ((MACOS_RESERVED_USERS as readonly string[]).includes(user.toLowerCase())) {
+        ctx.addIssue({
+          code: "custom",
+          path: ["provision", "user"],
+          message: `'${user}' is a name macOS keeps for itself; choose another`,
+        });
+      }
+    } else if (!UNIX_USER_NAME.test(user)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["provision", "user"],
+        message: "expected a Unix user name (lower case, digits, '_' or '-')",
+      });
+    }
+  }
   // Default tags (directory names) obey the tag rule too, and no two shares
   // may have one tag: macOS automount shares are named by their tags inside
   // one automount device, the others are devices of their own.

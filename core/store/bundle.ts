@@ -435,6 +435,20 @@ export class Bundle {
   get agentSocket(): string {
     return this.agentSocketIn(this.runtimeDir);
   }
+  /**
+   * macOS guests: the first account's password (0600), kept only until the
+   * first boot has provisioned the guest and cove's key is installed.
+   */
+  get provisionPasswordPath(): string {
+    return join(this.dir, "provision-password");
+  }
+  /**
+   * macOS guests: how and where macOS was installed (restore image, host
+   * identity hash, time) and how far first-boot provisioning got.
+   */
+  get installRecordPath(): string {
+    return join(this.dir, "install.json");
+  }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
   resolve(p: string): string {

@@ -56,6 +56,11 @@ import {
 import { consoleTailLines, type LastExit, writeLastExit } from "./lastexit.ts";
 import { type RuntimeLayout, runtimeLayout } from "./paths.ts";
 import { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus } from "./protocol.ts";
+import {
+  firstBootProvisioning,
+  keyInstallPending,
+  markGuestProvisioned,
+} from "../provision/macos.ts";
 
 export { CONSOLE_PROTOCOL, DEFAULT_STOP_TIMEOUT, type SupervisorStatus };
 
@@ -937,6 +942,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     // A start that restores saved state resumes a guest whose clock stopped when it was saved.
     const restoring = await Deno.stat(bundle.savedStatePath).then(() => true, () => false);
     let vm: RunningVm;
+    // macOS guests: the first boot after install creates the account unattended.
+    const guestProvisioning = await firstBootProvisioning(bundle, spec);
     try {
       vm = await engine.start({
         name: bundle.name,
@@ -947,6 +954,7 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
         resumeFrom,
         host,
         networks: coveNetworks,
+        ...(guestProvisioning ? { guestProvisioning } : {}),
       });
     } catch (e) {
       if (resumeFrom) {
@@ -967,6 +975,10 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       log({ type: "note", message: `resumed snapshot ${resume!.tag}` });
       await sup.guest.setClock();
     }
+    if (guestProvisioning) {
+      await markGuestProvisioned(bundle);
+      note(`first boot: provisioning the guest's account '${guestProvisioning.username}'`);
+    }
     sup.attach(vm);
     sup.state = vm.state();
     if (restoring && spec.agent) void sup.syncGuestClock();
@@ -985,7 +997,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
       for await (const chunk of vm.consoleOutput) hub!.push(chunk);
     })().catch(() => {});
     if (opts.onRunning) await opts.onRunning(sup);
+    const firstBoot = (await keyInstallPending(bundle, spec))
+      ? finishFirstBoot(bundle, spec, engineId, vm, note)
+      : Promise.resolve();
     const exit = await vm.wait();
+    await Promise.race([firstBoot, new Promise((r) => setTimeout(r, 1000))]);
     await Promise.race([
       Promise.all([eventsDone, consoleDone]),
       new Promise((r) => setTimeout(r, 2000)),
@@ -1081,4 +1097,28 @@ function testStall(): ((phase: string) => Promise<void>) | undefined {
     const ms = stalls.get(p);
     return ms ? new Promise((r) => setTimeout(r, ms)) : Promise.resolve();
   };
+}
+
+/**
+ * The rest of a macOS guest's first boot, beside the running VM: waits for
+ * ssh, installs cove's key with the password, deletes the password. Logged;
+ * a failure leaves the VM running and is kept in the install record.
+ */
+async function finishFirstBoot(
+  bundle: Bundle,
+  spec: VmSpec,
+  engineId: string,
+  vm: RunningVm,
+  log: (line: string) => void,
+): Promise<void> {
+  try {
+    const { runFirstBootKeyInstall } = await import("../provision/macos_firstboot.ts");
+    await runFirstBootKeyInstall(bundle, spec, {
+      status: () => Promise.resolve({ engine: engineId, ...vm.info() }),
+      log,
+    });
+    log("first boot: cove's key is installed; the password file is deleted");
+  } catch (e) {
+    log(`first boot: ${toCoveError(e).line()}`);
+  }
 }

@@ -11,7 +11,7 @@
  * second unix socket.
  * @module
  */
-import type { DiskSpec, VmSpec } from "../../core/spec/schema.ts";
+import { type DiskSpec, keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
 
 /** The virtio serial port name qemu-guest-agent's udev rule starts on. */
 export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
@@ -183,7 +183,7 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
   if (display) {
     a.push("-display", "default");
     a.push("-device", x86 ? "virtio-vga" : "virtio-gpu-pci");
-    if (spec.keyboard !== "none") {
+    if (keyboardKind(spec.keyboard) !== "none") {
       needUsb();
       a.push("-device", "usb-kbd");
     }

@@ -17,10 +17,16 @@
  *   tag, named by their tags, so they appear in /Volumes/My Shared Files.
  * @module
  */
-import type { VmPaths } from "../engine.ts";
-import { shareTag, type VmSpec } from "../../core/spec/schema.ts";
+import type { GuestProvisioning, VmPaths } from "../engine.ts";
+import { keyboardKind, shareTag, type VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
-import type { VzConfig, VzDirectoryShare, VzNetwork, VzStorage } from "../../ffi/cove_vz_json.ts";
+import type {
+  VzConfig,
+  VzDirectoryShare,
+  VzNetwork,
+  VzStartOptions,
+  VzStorage,
+} from "../../ffi/cove_vz_json.ts";
 
 /** Everything besides the spec that the configuration depends on. */
 export interface VzConfigContext {
@@ -190,7 +196,7 @@ function shares(spec: VmSpec): VzDirectoryShare[] {
 }
 
 function keyboards(spec: VmSpec, major: number, suspendable: boolean): ("usb" | "mac")[] {
-  switch (spec.keyboard) {
+  switch (keyboardKind(spec.keyboard)) {
     case "none":
       return [];
     case "usb":
@@ -226,6 +232,26 @@ function pointingDevices(spec: VmSpec, suspendable: boolean): ("usb" | "trackpad
  */
 export function wantsSuspendable(spec: VmSpec, macosVersion: string): boolean {
   return spec.os === "macos" && macosMajor(macosVersion) >= 14 &&
-    spec.keyboard !== "usb" && spec.pointing !== "usb" &&
+    keyboardKind(spec.keyboard) !== "usb" && spec.pointing !== "usb" &&
     !spec.disks.some((d) => d.media === "cdrom" || d.bus === "usb");
+}
+
+/**
+ * The shim's start options: provisioning on the first boot after a macOS
+ * install (the request carries it only then), nothing on later boots.
+ */
+export function buildVzStartOptions(
+  spec: VmSpec,
+  provisioning: GuestProvisioning | undefined,
+): VzStartOptions {
+  if (spec.os !== "macos" || !provisioning) return {};
+  return {
+    provisioning: {
+      username: provisioning.username,
+      fullName: provisioning.fullName,
+      password: provisioning.password,
+      logsInAutomatically: provisioning.logsInAutomatically,
+      enablesRemoteLogin: provisioning.enablesRemoteLogin,
+    },
+  };
 }

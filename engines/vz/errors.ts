@@ -26,7 +26,101 @@ export const VzCode = {
   NotSupported: 10,
   Save: 11,
   Restore: 12,
+  /** macOS 27: setGuestProvisioning(_:) refused the full name, user name or password. */
+  GuestProvisioningInvalidFullName: 40001,
+  GuestProvisioningInvalidUsername: 40002,
+  GuestProvisioningInvalidPassword: 40003,
 } as const;
+
+/** What a refused provisioning field is, by VZ error code. */
+const PROVISIONING_FIELD: Record<number, { field: string; fix: string }> = {
+  [VzCode.GuestProvisioningInvalidFullName]: {
+    field: "full name (provision.fullName)",
+    fix: "set provision.fullName to a plain name with 'cove edit'",
+  },
+  [VzCode.GuestProvisioningInvalidUsername]: {
+    field: "user name (provision.user)",
+    fix: "set provision.user to a macOS short name with 'cove edit'",
+  },
+  [VzCode.GuestProvisioningInvalidPassword]: {
+    field: "password",
+    fix: "recreate the VM with another --password-file or --password-stdin",
+  },
+};
+
+/** A VZ process found on this Mac (best effort, by process name). */
+export interface VzProcess {
+  pid: number;
+  /** What it is: "Virtualization.framework VM", "tart", "UTM", ... */
+  what: string;
+}
+
+/** Process names (basename of ps's comm) of VMs and VM managers on a Mac. */
+const VZ_PROCESS_NAMES: [RegExp, string][] = [
+  [/^com\.apple\.Virtualization\.VirtualMachine$/, "Virtualization.framework VM"],
+  [/^tart$/, "tart"],
+  [/^lume$/, "lume"],
+  [/^UTM$/, "UTM"],
+  [/^vfkit$/, "vfkit"],
+  [/^limactl$/, "limactl"],
+  [/^macosvm$/, "macosvm"],
+  [/^VirtualBuddy$/, "VirtualBuddy"],
+];
+
+/** Parses `ps -axo pid=,comm=` into the VZ-related processes, except `selfPid`. */
+export function parseVzProcesses(ps: string, selfPid: number): VzProcess[] {
+  const out: VzProcess[] = [];
+  for (const line of ps.split("\n")) {
+    const m = /^\s*(\d+)\s+(.+?)\s*$/.exec(line);
+    if (!m) continue;
+    const pid = Number(m[1]);
+    if (pid === selfPid) continue;
+    const base = m[2].split("/").pop() ?? "";
+    const hit = VZ_PROCESS_NAMES.find(([re]) => re.test(base));
+    if (hit) out.push({ pid, what: hit[1] });
+  }
+  return out;
+}
+
+/**
+ * The one line for VZErrorVirtualMachineLimitExceeded. With two or more
+ * macOS VMs running it is the plain limit; with fewer, VZ is counting a VM
+ * that is gone: macOS 26.x keeps a slot after a guest shuts itself down
+ * (Tart#1217), and only a host reboot frees it.
+ */
+export function vmLimitError(
+  what: string,
+  known: { cove: string[]; others: VzProcess[] },
+  cause?: unknown,
+): CoveError {
+  const names = [
+    ...known.cove.map((n) => `cove '${n}'`),
+    ...known.others.map((p) => `${p.what} (pid ${p.pid})`),
+  ];
+  const running = names.length ? names.join(", ") : "none";
+  if (known.cove.length >= 2) {
+    return new CoveError(
+      "vz.limit",
+      `${what}: macOS runs at most two macOS VMs at once (running: ${running})`,
+      {
+        hint: "stop another macOS VM first ('cove list' shows what runs)",
+        exit: ExitCode.State,
+        cause,
+      },
+    );
+  }
+  return new CoveError(
+    "vz.limit_leaked",
+    `${what}: Virtualization.framework refuses a macOS VM as over its limit of two, but only ${known.cove.length} of cove's run (known VMs: ${running}); macOS 26 keeps a slot after a guest shuts itself down (Tart#1217)`,
+    {
+      hint: known.others.length
+        ? "stop the other VMs named, or reboot this Mac to free the leaked slot"
+        : "reboot this Mac to free the leaked slot; stop guests from the host ('cove stop') to avoid it",
+      exit: ExitCode.State,
+      cause,
+    },
+  );
+}
 
 /** Turns anything thrown by the bindings into a CoveError; `what` names the action. */
 export function vzError(err: unknown, what: string): CoveError {
@@ -84,6 +178,14 @@ function fromVz(e: VzError, what: string): CoveError {
     }
   }
   if (e.domain === "VZErrorDomain") {
+    const refused = PROVISIONING_FIELD[e.code];
+    if (refused) {
+      return new CoveError(
+        "vz.provisioning",
+        `${what}: macOS refused the guest's ${refused.field}: ${e.message}`,
+        { hint: refused.fix, exit: ExitCode.Usage, cause: e },
+      );
+    }
     switch (e.code) {
       case VzCode.LimitExceeded:
         return new CoveError("vz.limit", `${what}: macOS runs at most two macOS VMs at once`, {

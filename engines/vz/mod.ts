@@ -28,8 +28,8 @@ import type {
 import { type CoveVz, openCoveVz, type VzHostInfo } from "../../ffi/cove_vz.ts";
 import { fds } from "../../ffi/fd.ts";
 import { serveAgentBridge } from "./agent_bridge.ts";
-import { buildVzConfig, macosMajor, wantsSuspendable } from "./config.ts";
-import { vzError } from "./errors.ts";
+import { buildVzConfig, buildVzStartOptions, macosMajor, wantsSuspendable } from "./config.ts";
+import { parseVzProcesses, vmLimitError, vzError, type VzProcess } from "./errors.ts";
 import { preflight } from "./preflight.ts";
 import { VzRunningVm } from "./running.ts";
 
@@ -66,9 +66,25 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/** This Mac's VZ VMs and VM managers by process name (best effort; none when ps fails). */
+export async function listVzProcesses(): Promise<VzProcess[]> {
+  try {
+    const out = await new Deno.Command("ps", {
+      args: ["-axo", "pid=,comm="],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    return parseVzProcesses(new TextDecoder().decode(out.stdout), Deno.pid);
+  } catch {
+    return [];
+  }
+}
+
 export interface VzEngineOptions {
   /** Opens the library; tests point this at the test double. */
   open?: () => Promise<CoveVz>;
+  /** The VZ processes of this Mac; default {@link listVzProcesses}. */
+  vzProcesses?: () => Promise<VzProcess[]>;
 }
 
 /** The vz engine. */
@@ -76,10 +92,14 @@ export class VzEngine extends BaseEngine implements Engine {
   readonly id = "vz" as const;
   #open: () => Promise<CoveVz>;
   #lib?: Promise<CoveVz>;
+  #processes: () => Promise<VzProcess[]>;
+  /** The running macOS VMs of the store, by the bundle being started (from validate's context). */
+  #macPeers = new Map<string, string[]>();
 
   constructor(opts: VzEngineOptions = {}) {
     super();
     this.#open = opts.open ?? (() => openCoveVz());
+    this.#processes = opts.vzProcesses ?? listVzProcesses;
   }
 
   /** macOS from IPSW restore images, with VZMacOSInstaller. */
@@ -103,9 +123,21 @@ export class VzEngine extends BaseEngine implements Engine {
           signal: o.signal,
           vz: await lib(),
         }, o.onProgress);
-        return { cpus: r.cpus, memory: r.memory };
+        return {
+          cpus: r.cpus,
+          memory: r.memory,
+          image: { version: r.image.operatingSystemVersion, build: r.image.buildVersion },
+          machineIdentifier: r.machineIdentifier,
+        };
       },
     };
+  }
+
+  /** VZ's VM-limit refusal, told with what cove knows runs. */
+  async #limitError(selfDir: string, cause: unknown): Promise<CoveError> {
+    const cove = this.#macPeers.get(selfDir) ?? [];
+    const others = await this.#processes().catch(() => []);
+    return vmLimitError("start", { cove, others }, cause);
   }
 
   /** The opened library (once per process). */
@@ -228,11 +260,12 @@ export class VzEngine extends BaseEngine implements Engine {
       });
     }
     const info = await this.#hostInfo();
-    const runningMacOSVms = spec.os === "macos" && ctx
+    const macPeers = spec.os === "macos" && ctx
       ? (await ctx.peers()).filter((p) => p.os === "macos" && p.running && p.dir !== paths.dir)
-        .length
       : undefined;
-    await preflight({ spec, paths, host: info, runningMacOSVms });
+    // Kept for the VM-limit message, should VZ refuse the start anyway (a leaked slot).
+    if (macPeers) this.#macPeers.set(paths.dir, macPeers.map((p) => basename(p.dir)));
+    await preflight({ spec, paths, host: info, runningMacOSVms: macPeers?.length });
   }
 
   async start(req: StartRequest): Promise<RunningVm> {
@@ -378,7 +411,10 @@ export class VzEngine extends BaseEngine implements Engine {
         const restored = req.restore && saveRestore.supported &&
           (await exists(paths.savedState)) &&
           await this.#restore(vz, handle, paths.savedState);
-        if (!restored) await call("start", () => vz.start(handle, {}));
+        if (!restored) {
+          const options = buildVzStartOptions(spec, req.guestProvisioning);
+          await call("start", () => vz.start(handle, options));
+        }
       }
       // The VM runs inside this process: it is the one to stop if the supervisor hangs.
       await Deno.writeTextFile(paths.enginePid, `${Deno.pid}\n`, { mode: 0o600 }).catch(() => {});
@@ -392,7 +428,8 @@ export class VzEngine extends BaseEngine implements Engine {
         });
       }
     } catch (e) {
-      const err = vzError(e, "start");
+      let err = vzError(e, "start");
+      if (err.code === "vz.limit") err = await this.#limitError(paths.dir, e);
       bridge?.close();
       await running.abandon(err.message);
       throw err;

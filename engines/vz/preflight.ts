@@ -14,7 +14,7 @@
  */
 import { CoveError, ExitCode, usageError } from "../../core/errors.ts";
 import { diskFormat, kernelKind, readHead } from "../../core/magic.ts";
-import type { VmSpec } from "../../core/spec/schema.ts";
+import { keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
 import { formatSize, parseSize } from "../../core/units.ts";
 import type { VmPaths } from "../engine.ts";
 import type { VzHostInfo } from "../../ffi/cove_vz_json.ts";
@@ -102,15 +102,15 @@ export function checkGuest(spec: VmSpec, host: VzHostInfo, runningMacOSVms?: num
     if (spec.os === "macos") {
       throw usageError(
         "vz.nested",
-        "nested: macOS guests cannot use nested virtualization",
-        "set nested: false",
+        "nested: macOS guests cannot use nested virtualization (VZ offers it only on the generic platform of Linux guests: VZGenericPlatformConfiguration.isNestedVirtualizationEnabled)",
+        `set nested: false; see ${NESTED_DOC}`,
       );
     }
     if (macosMajor(host.macosVersion) < 15) {
       throw hostError(
         "vz.nested",
-        `nested: needs macOS 15 or later (this Mac runs ${host.macosVersion})`,
-        "set nested: false",
+        `nested: needs macOS 15 or later (this Mac runs ${host.macosVersion}), where VZGenericPlatformConfiguration.isNestedVirtualizationSupported first exists`,
+        `update macOS, or set nested: false; see ${NESTED_DOC}`,
       );
     }
     if (!host.nestedVirtualizationSupported) {
@@ -118,12 +118,16 @@ export function checkGuest(spec: VmSpec, host: VzHostInfo, runningMacOSVms?: num
         "vz.nested",
         `nested: this Mac's chip cannot nest virtualization (${
           host.machineModel ?? "unknown model"
-        }); it needs M3 or later`,
-        "set nested: false",
+        }); it needs M3 or later (isNestedVirtualizationSupported is false here)`,
+        `set nested: false, or run it on an M3 or later Mac; see ${NESTED_DOC}`,
       );
     }
   }
 }
+
+/** Apple's page on the nested virtualization check. */
+export const NESTED_DOC =
+  "https://developer.apple.com/documentation/virtualization/vzgenericplatformconfiguration/isnestedvirtualizationsupported";
 
 export function checkResources(spec: VmSpec, host: VzHostInfo): void {
   const { min, max } = host.cpuCount;
@@ -314,14 +318,16 @@ export async function checkShares(spec: VmSpec, host: VzHostInfo): Promise<void>
 }
 
 export function checkInput(spec: VmSpec, host: VzHostInfo): void {
-  if (spec.os !== "macos" && (spec.keyboard === "mac" || spec.pointing === "trackpad")) {
+  if (
+    spec.os !== "macos" && (keyboardKind(spec.keyboard) === "mac" || spec.pointing === "trackpad")
+  ) {
     throw usageError(
       "vz.input",
       "the Mac keyboard and trackpad are for macOS guests",
       "use keyboard/pointing: usb",
     );
   }
-  if (spec.keyboard === "mac" && macosMajor(host.macosVersion) < 14) {
+  if (keyboardKind(spec.keyboard) === "mac" && macosMajor(host.macosVersion) < 14) {
     throw hostError(
       "vz.input",
       `keyboard: the Mac keyboard needs macOS 14 or later (this Mac runs ${host.macosVersion})`,

@@ -615,6 +615,18 @@ char *cove_vz_start(uint64_t h, const char *options_json) {
   /* As the shim: recoveryOS start options on a non-mac platform would raise in VZ. */
   if (options_json && strstr(options_json, "\"recovery\":true") && !vm->mac)
     return cove_err(COVE_VZ_ERR_BAD_REQUEST, "options.recovery: recoveryOS needs a macOS guest (a mac platform)");
+  /* As the shim and VZ: provisioning needs a mac platform, and
+   * setGuestProvisioning(_:) refuses an empty user name (40002) or password
+   * (40003) with a VZErrorDomain error. */
+  if (options_json && strstr(options_json, "\"provisioning\":{")) {
+    if (!vm->mac)
+      return cove_err(COVE_VZ_ERR_BAD_REQUEST,
+                      "options.provisioning: guest provisioning needs a macOS guest (a mac platform)");
+    if (strstr(options_json, "\"username\":\"\""))
+      return vz_err(40002, "The username for guest provisioning is invalid.");
+    if (strstr(options_json, "\"password\":\"\""))
+      return vz_err(40003, "The password for guest provisioning is invalid.");
+  }
   pthread_mutex_lock(&vm->mu);
   if (strcmp(vm->state, "stopped") && strcmp(vm->state, "error")) {
     pthread_mutex_unlock(&vm->mu);

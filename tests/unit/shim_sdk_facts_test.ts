@@ -948,6 +948,22 @@ Deno.test("sdk_facts: headers are read for availability, arm64-only regions and 
   assert(problems.includes("VZThing.gone(): no method -gone in VZThing or its superclasses"));
 });
 
+Deno.test("sdk_facts: a class's availability is found above attribute macro lines (macOS 27 headers)", () => {
+  const p = parseHeader(
+    "VZNew.h",
+    `#ifdef __arm64__
+VZ_EXPORT API_AVAILABLE(macos(27.0))
+NS_REQUIRES_PROPERTY_DEFINITIONS
+NS_SWIFT_SENDABLE
+@interface VZNew : NSObject <NSCopying>
+@property (readwrite, copy) NSString *name;
+@end
+#endif
+`,
+  );
+  assertEquals(p.owners.map((o) => [o.name, o.introduced, o.arm64]), [["VZNew", "27.0", true]]);
+});
+
 Deno.test("sdk_facts: a Swift overlay is arm64-only when only the arm64e interface has it", () => {
   const arm = `@available(macOS 12.0, *)
 extension Virtualization.VZThing {

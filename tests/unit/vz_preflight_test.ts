@@ -10,7 +10,7 @@ import { applyDefaults } from "../../core/spec/defaults.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { HostInfo, VmPaths } from "../../engines/engine.ts";
 import type { VzHostInfo } from "../../ffi/cove_vz_json.ts";
-import { diskFormat, kernelFormat, preflight } from "../../engines/vz/preflight.ts";
+import { diskFormat, kernelFormat, NESTED_DOC, preflight } from "../../engines/vz/preflight.ts";
 import { Bundle } from "../../core/store/bundle.ts";
 
 const macHost: HostInfo = {
@@ -140,8 +140,20 @@ Deno.test("nested virtualization is refused before macOS 15, on chips before M3,
     "os: macos\nnested: true\n",
     vzHost(),
     "vz.nested",
-    /macOS guests cannot use nested/,
+    /macOS guests cannot use nested.*VZGenericPlatformConfiguration/,
   );
+});
+
+Deno.test("each nested virtualization refusal links to Apple's page on the check", async () => {
+  const cases = [
+    [`${LINUX}nested: true\n`, vzHost({ macosVersion: "14.6.1" })],
+    [`${LINUX}nested: true\n`, vzHost({ nestedVirtualizationSupported: false })],
+    ["os: macos\nnested: true\n", vzHost()],
+  ] as const;
+  for (const [yaml, h] of cases) {
+    const err = await refused(yaml, h, "vz.nested", /^nested: /);
+    assertMatch(err.hint ?? "", new RegExp(NESTED_DOC.replaceAll(".", "\\.")));
+  }
 });
 
 Deno.test("a compressed or non-arm64 kernel is refused with how to fix it", async () => {

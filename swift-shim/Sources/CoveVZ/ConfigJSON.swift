@@ -115,6 +115,8 @@ struct GraphicsJSON: Decodable {
 
 struct StartOptionsJSON: Decodable {
   var recovery: Bool?
+  /// macOS 27 hosts, macOS guests: the first boot's account (Provisioning.swift).
+  var provisioning: ProvisioningJSON?
 }
 
 struct WindowOptionsJSON: Decodable {

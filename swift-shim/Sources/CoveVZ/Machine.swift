@@ -190,6 +190,20 @@ final class Machine: NSObject, VZVirtualMachineDelegate, VZVirtioSocketListenerD
   }
 
   func start(_ options: StartOptionsJSON) throws {
+    if let provisioning = options.provisioning {
+      #if arch(arm64)
+        guard configuration.platform is VZMacPlatformConfiguration else {
+          throw ShimError.bad("options.provisioning", "guest provisioning needs a macOS guest (a mac platform)")
+        }
+        let opts = try provisioningStartOptions(provisioning, recovery: options.recovery == true)
+        try run("starting the VM", seconds: Timeouts.start) { (done: @escaping (Result<Void, Error>) -> Void) in
+          self.vm.start(options: opts, completionHandler: orError(done))
+        }
+        return
+      #else
+        throw ShimError(code: .unsupported, message: "guest provisioning needs a Mac with Apple silicon")
+      #endif
+    }
     if options.recovery == true {
       #if arch(arm64)
         // Starting with VZMacOSVirtualMachineStartOptions raises an
