@@ -16,7 +16,6 @@ import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
 import { parseFlag } from "./flags.ts";
 import { formatSize, parseSize } from "./units.ts";
-import { macosDetails } from "./provision/macos.ts";
 
 /** Registry options, for sources and clones from `oci://` references. */
 export interface RegistryFlags {
@@ -224,7 +223,11 @@ export async function getVm(store: Store, name: string): Promise<VmDetails> {
   const spec = await b.readSpec();
   const machine = await b.readMachine().catch(() => undefined);
   const macos = spec.os === "macos"
-    ? await macosDetails(b, spec, machine?.vzMachineIdentifier)
+    ? await (await import("./provision/macos.ts")).macosDetails(
+      b,
+      spec,
+      machine?.vzMachineIdentifier,
+    )
     : undefined;
   return { ...summary, path: b.dir, spec, machine, ...(macos ? { macos } : {}) };
 }

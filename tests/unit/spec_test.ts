@@ -155,6 +155,8 @@ qemu: { accel: tcg, args: ["-no-reboot"] }
         hostname: "box",
         commands: ["echo hi"],
         sshPort: 22,
+        autoLogin: false,
+        ssh: true,
       },
       qemu: { accel: "tcg", args: ["-no-reboot"] },
     },
