@@ -91,7 +91,7 @@ try {
   await cove(["start", NAME]);
   started = true;
   console.error("waiting for ssh and the guest agent (a TCG boot takes minutes)...");
-  await cove(["ssh", NAME, "--wait", "900", "--", "true"]);
+  await cove(["ssh", NAME, "--wait", "15m", "--", "true"]);
   await cove(["agent", NAME]);
 
   const b = await new Store(home).get(NAME);

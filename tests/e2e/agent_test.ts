@@ -337,7 +337,7 @@ Deno.test({
             "mkdir -p /etc/systemd/logind.conf.d && printf '[Login]\\nHandlePowerKey=ignore\\n' > /etc/systemd/logind.conf.d/cove-test.conf && (systemctl try-restart systemd-logind || true)",
           ]);
           assertEquals(ignore.code, 0, ignore.stderr);
-          const r = await run(home, ["stop", name, "--timeout", "10", "--format", "json"], {
+          const r = await run(home, ["stop", name, "--timeout", "10s", "--format", "json"], {
             timeoutMs: 180_000,
           });
           assertEquals(r.code, 0, r.stderr);

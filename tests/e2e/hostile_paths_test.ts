@@ -166,6 +166,6 @@ Deno.test("qemu.binary and qemu.args are shown by cove get and cove start as run
     assertEquals(get.code, 0, get.stderr);
     assertMatch(get.stdout, /note: qemu\.binary \/bin\/false runs as you/);
     assertMatch(get.stdout, /note: qemu\.args \["-S"\] are passed to qemu, which runs as you/);
-    const start = await cove(home, ["start", "custom", "--timeout", "30"]);
+    const start = await cove(home, ["start", "custom", "--timeout", "30s"]);
     assertMatch(start.stderr, /^note: qemu\.binary \/bin\/false runs as you$/m);
   }));

@@ -48,9 +48,9 @@ async function startAndFreeze(home: string, name: string, dir: string) {
 
 for (
   const cmd of [
-    ["stop", "NAME", "--timeout", "2"],
-    ["stop", "NAME", "--force", "--timeout", "2"],
-    ["delete", "NAME", "--force", "--timeout", "2"],
+    ["stop", "NAME", "--timeout", "2s"],
+    ["stop", "NAME", "--force", "--timeout", "2s"],
+    ["delete", "NAME", "--force", "--timeout", "2s"],
   ]
 ) {
   Deno.test({
