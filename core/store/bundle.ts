@@ -12,6 +12,22 @@
  * writes `{pid, purpose}` into the file, so anyone can ask who holds the
  * lock and why ({@link Bundle.holder}) without taking it: probes race
  * nothing, and `cove list` changes nothing on disk.
+ *
+ * Listing reads no more than it needs: beside the spec lies its summary
+ * (`summary.json`): what the spec parsed and validated to, with the
+ * identity of the file that was (device, inode, size, mtime and ctime).
+ * `cove list` and `cove get` use it instead of loading the YAML parser and
+ * the validator when the spec still has that identity and the summary was
+ * written by this cove version ({@link Bundle.readSpecSummarized}). Every
+ * write of the spec ({@link Bundle.writeSpec}: create, set, edit, clone,
+ * pull, resize) rewrites the summary atomically, from the file as written.
+ * A reader that finds it missing, corrupt or stale (a spec edited by
+ * hand) parses the spec in full and writes nothing: reads stay read-only;
+ * the next command that writes the store rewrites every stale summary
+ * ({@link ./store.ts} `Store.sweep`). A summary is only ever used against
+ * the file it describes, so no race of writers can make it lie: at worst
+ * it is stale and a read parses in full. (An edit in place within the same
+ * millisecond, keeping the size, would go unseen until the next write.)
  * @module
  */
 import { dirname, isAbsolute, join, normalize } from "node:path";
@@ -29,6 +45,7 @@ import { CoveError, ExitCode } from "../errors.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { detectHost } from "../host.ts";
+import { VERSION } from "../version.ts";
 import { writeFileAtomic } from "./fsutil.ts";
 
 /** Every file name of a bundle, defined once. */
@@ -39,6 +56,8 @@ export const BUNDLE_FILES = {
   lock: "lock",
   /** The lock of read-modify-writes of the spec. */
   specLock: "cove.yaml.lock",
+  /** What the spec parsed to, and which file that was ({@link Bundle.readSpecSummarized}). */
+  summary: "summary.json",
   /** Machine identity (uuid, VZ machine identifier and hardware model). */
   machine: "machine.json",
   /** The default root disk. */
@@ -89,6 +108,7 @@ export const INSTANCE_FILES: ReadonlySet<string> = new Set([
 export const OWNED_FILES: ReadonlySet<string> = new Set([
   ...INSTANCE_FILES,
   BUNDLE_FILES.spec,
+  BUNDLE_FILES.summary,
   BUNDLE_FILES.machine,
   BUNDLE_FILES.seedState,
 ]);
@@ -118,11 +138,11 @@ export interface DiskLocation {
 export async function assertPrivatePath(path: string, what: string): Promise<void> {
   let st: Deno.FileInfo;
   try {
-    st = await Deno.stat(path);
+    st = Deno.statSync(path); // once per VM in `cove list`: no thread hop
   } catch {
     return; // not there: nothing to trust yet
   }
-  const me = Deno.uid();
+  const me = myUid();
   const foreign = me !== null && st.uid !== null && st.uid !== me;
   const why = foreign
     ? `is owned by uid ${st.uid}, not by you (uid ${me})`
@@ -137,6 +157,13 @@ export async function assertPrivatePath(path: string, what: string): Promise<voi
       exit: ExitCode.Host,
     });
   }
+}
+
+let uid: number | null | undefined;
+/** Deno.uid(), asked once (`cove list` checks every VM's directory). */
+function myUid(): number | null {
+  if (uid === undefined) uid = Deno.uid();
+  return uid;
 }
 
 /** Why a lock is held. */
@@ -204,6 +231,25 @@ async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock 
       lockClose(fd);
     },
   };
+}
+
+/** The layout of `summary.json`; a summary of another layout or cove version is stale. */
+const SUMMARY_FORMAT = 1;
+
+/** The content of `summary.json`. */
+interface SpecSummary {
+  format: number;
+  /** The cove version that wrote it (a new version may validate differently). */
+  cove: string;
+  /** The identity of the cove.yaml it was made from ({@link specKey}). */
+  spec: string;
+  /** What parsing and validating that file gave. */
+  parsed: SpecParsed;
+}
+
+/** A file's identity for the summary: device, inode, size, mtime and ctime. */
+function specKey(st: Deno.FileInfo): string {
+  return [st.dev, st.ino, st.size, st.mtime?.getTime(), st.ctime?.getTime()].join(":");
 }
 
 /** Locks this process holds, by the lock file's device and inode (see {@link Bundle.tryLock}). */
@@ -403,9 +449,64 @@ export class Bundle {
     return applyDefaults(await this.readParsedSpec(), detectHost(), this.name);
   }
 
-  /** Writes cove.yaml atomically (0600). */
+  /**
+   * What {@link readSpec} gives, read from the summary when it is fresh
+   * (without loading the YAML parser or the validator), else from the spec
+   * in full. Writes nothing, even when the summary is stale. For showing a
+   * VM (`list`, `get`); what runs a VM reads the spec itself.
+   */
+  async readSpecSummarized(): Promise<VmSpec> {
+    const parsed = this.freshSummary();
+    if (parsed) return applyDefaults(parsed, detectHost(), this.name);
+    return await this.readSpec();
+  }
+
+  /** The parsed spec of a summary that describes cove.yaml as it is now, or undefined. */
+  freshSummary(): SpecParsed | undefined {
+    try {
+      // Small files, once per VM per list: the synchronous calls skip a thread hop each.
+      const key = specKey(Deno.statSync(this.specPath));
+      const s = JSON.parse(Deno.readTextFileSync(this.file("summary"))) as Partial<SpecSummary>;
+      if (s.format !== SUMMARY_FORMAT || s.cove !== VERSION || s.spec !== key) return undefined;
+      const p = s.parsed;
+      return p && typeof p === "object" && !Array.isArray(p) ? p : undefined;
+    } catch {
+      return undefined; // missing, unreadable or corrupt: parse the spec instead
+    }
+  }
+
+  /**
+   * Writes the summary of cove.yaml as it is now: reads and validates the
+   * file and records what that gave with the file's identity. A spec that
+   * does not validate, or that changes while it is read, gets none (a
+   * reader then parses it in full, and says what is wrong with it).
+   */
+  async writeSummary(): Promise<void> {
+    let before: Deno.FileInfo, after: Deno.FileInfo, text: string;
+    try {
+      before = await Deno.stat(this.specPath);
+      text = await Deno.readTextFile(this.specPath);
+      after = await Deno.stat(this.specPath);
+    } catch {
+      return;
+    }
+    const key = specKey(after);
+    if (specKey(before) !== key) return; // being written: its writer summarizes it
+    const { parseSpec } = await import("../spec/load.ts");
+    let parsed: SpecParsed;
+    try {
+      parsed = parseSpec(text, this.specPath);
+    } catch {
+      return;
+    }
+    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: VERSION, spec: key, parsed };
+    await writeFileAtomic(this.file("summary"), JSON.stringify(summary) + "\n");
+  }
+
+  /** Writes cove.yaml atomically (0600), and its summary. */
   async writeSpec(spec: SpecParsed | VmSpec): Promise<void> {
     await writeFileAtomic(this.specPath, await specYaml(spec));
+    await this.writeSummary();
   }
 
   async readMachine(): Promise<MachineIdentity> {
@@ -458,9 +559,10 @@ export class Bundle {
    * is not held.
    */
   async holder(): Promise<LockHolder | null> {
+    // Synchronous file calls: `cove list` probes every VM, and each async call is a thread hop.
     let st: Deno.FileInfo;
     try {
-      st = await Deno.stat(this.lockPath);
+      st = Deno.statSync(this.lockPath);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return null;
       throw e;
@@ -485,7 +587,7 @@ export class Bundle {
     }
     if (!held) return null;
     try {
-      const v = JSON.parse(await Deno.readTextFile(this.lockPath)) as Partial<LockHolder>;
+      const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
       return {
         pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
         purpose: v.purpose ?? "run",
@@ -516,11 +618,15 @@ export class Bundle {
     if (h?.purpose === "run") return { state: "running", pid: h.pid };
     if (h) return { state: "busy", pid: h.pid, purpose: h.purpose };
     try {
-      await Deno.stat(this.specPath);
+      Deno.statSync(this.specPath);
     } catch {
       return { state: "broken", error: `it has no readable ${BUNDLE_FILES.spec}` };
     }
-    const saved = await Deno.stat(this.savedStatePath).then(() => true, () => false);
+    let saved = false;
+    try {
+      Deno.statSync(this.savedStatePath);
+      saved = true;
+    } catch { /* not suspended */ }
     return { state: saved ? "suspended" : "stopped" };
   }
 

@@ -49,7 +49,8 @@ export async function writeLastExit(bundle: Bundle, rec: LastExit): Promise<void
 /** Reads the record, or undefined. */
 export async function readLastExit(bundle: Bundle): Promise<LastExit | undefined> {
   try {
-    return JSON.parse(await Deno.readTextFile(bundle.lastExitPath)) as LastExit;
+    // Synchronous: a small file read per VM by `cove list`, without a thread hop.
+    return JSON.parse(Deno.readTextFileSync(bundle.lastExitPath)) as LastExit;
   } catch {
     return undefined;
   }
