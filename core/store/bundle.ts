@@ -135,6 +135,7 @@ export interface DiskLocation {
  * another user, or writable by group or others. `what` names it in the
  * line ("COVE_HOME", "the VM directory").
  */
+// deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
 export async function assertPrivatePath(path: string, what: string): Promise<void> {
   let st: Deno.FileInfo;
   try {
@@ -558,6 +559,7 @@ export class Bundle {
    * null when nobody does. Creates nothing: a bundle without a lock file
    * is not held.
    */
+  // deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
   async holder(): Promise<LockHolder | null> {
     // Synchronous file calls: `cove list` probes every VM, and each async call is a thread hop.
     let st: Deno.FileInfo;

@@ -182,6 +182,7 @@ export class Store {
   }
 
   /** True when a VM of that name exists. */
+  // deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
   async exists(name: string): Promise<boolean> {
     try {
       // Synchronous: `cove list` and completion ask for every VM; an async call is a thread hop.

@@ -47,6 +47,7 @@ export async function writeLastExit(bundle: Bundle, rec: LastExit): Promise<void
 }
 
 /** Reads the record, or undefined. */
+// deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
 export async function readLastExit(bundle: Bundle): Promise<LastExit | undefined> {
   try {
     // Synchronous: a small file read per VM by `cove list`, without a thread hop.
