@@ -14,20 +14,21 @@
  * nothing, and `cove list` changes nothing on disk.
  *
  * Listing reads no more than it needs: beside the spec lies its summary
- * (`summary.json`): what the spec parsed and validated to, with the
- * identity of the file that was (device, inode, size, mtime and ctime).
- * `cove list` and `cove get` use it instead of loading the YAML parser and
- * the validator when the spec still has that identity and the summary was
- * written by this cove version ({@link Bundle.readSpecSummarized}). Every
- * write of the spec ({@link Bundle.writeSpec}: create, set, edit, clone,
- * pull, resize) rewrites the summary atomically, from the file as written.
- * A reader that finds it missing, corrupt or stale (a spec edited by
- * hand) parses the spec in full and writes nothing: reads stay read-only;
- * the next command that writes the store rewrites every stale summary
- * ({@link ./store.ts} `Store.sweep`). A summary is only ever used against
- * the file it describes, so no race of writers can make it lie: at worst
- * it is stale and a read parses in full. (An edit in place within the same
- * millisecond, keeping the size, would go unseen until the next write.)
+ * (`summary.json`): what the spec parsed and validated to, with the text
+ * it was made from. `cove list` and `cove get` use it instead of loading
+ * the YAML parser and the validator when cove.yaml still holds that text
+ * and the summary was written by this cove version
+ * ({@link Bundle.readSpecSummarized}). Comparing the text itself (a spec
+ * is well under a page) rather than the file's mtime, size and inode
+ * cannot miss an edit, even one in place within the same tick. Every write
+ * of the spec ({@link Bundle.writeSpec}: create, set, edit, clone, pull,
+ * resize) rewrites the summary atomically, from the file as written. A
+ * reader that finds it missing, corrupt or stale (a spec edited by hand)
+ * parses the spec in full and writes nothing: reads stay read-only; the
+ * next command that writes the store (create, clone, delete: `Store.sweep`
+ * in ./store.ts) rewrites every stale summary. A summary is only ever used
+ * for the text it describes, so no race of writers can make it lie: at
+ * worst it is stale, and a read parses in full.
  * @module
  */
 import { dirname, isAbsolute, join, normalize } from "node:path";
@@ -56,7 +57,7 @@ export const BUNDLE_FILES = {
   lock: "lock",
   /** The lock of read-modify-writes of the spec. */
   specLock: "cove.yaml.lock",
-  /** What the spec parsed to, and which file that was ({@link Bundle.readSpecSummarized}). */
+  /** What the spec parsed to, and from which text ({@link Bundle.readSpecSummarized}). */
   summary: "summary.json",
   /** Machine identity (uuid, VZ machine identifier and hardware model). */
   machine: "machine.json",
@@ -242,15 +243,10 @@ interface SpecSummary {
   format: number;
   /** The cove version that wrote it (a new version may validate differently). */
   cove: string;
-  /** The identity of the cove.yaml it was made from ({@link specKey}). */
-  spec: string;
-  /** What parsing and validating that file gave. */
+  /** The text of the cove.yaml it was made from. */
+  text: string;
+  /** What parsing and validating that text gave. */
   parsed: SpecParsed;
-}
-
-/** A file's identity for the summary: device, inode, size, mtime and ctime. */
-function specKey(st: Deno.FileInfo): string {
-  return [st.dev, st.ino, st.size, st.mtime?.getTime(), st.ctime?.getTime()].join(":");
 }
 
 /** Locks this process holds, by the lock file's device and inode (see {@link Bundle.tryLock}). */
@@ -466,9 +462,9 @@ export class Bundle {
   freshSummary(): SpecParsed | undefined {
     try {
       // Small files, once per VM per list: the synchronous calls skip a thread hop each.
-      const key = specKey(Deno.statSync(this.specPath));
+      const text = Deno.readTextFileSync(this.specPath);
       const s = JSON.parse(Deno.readTextFileSync(this.file("summary"))) as Partial<SpecSummary>;
-      if (s.format !== SUMMARY_FORMAT || s.cove !== VERSION || s.spec !== key) return undefined;
+      if (s.format !== SUMMARY_FORMAT || s.cove !== VERSION || s.text !== text) return undefined;
       const p = s.parsed;
       return p && typeof p === "object" && !Array.isArray(p) ? p : undefined;
     } catch {
@@ -478,21 +474,17 @@ export class Bundle {
 
   /**
    * Writes the summary of cove.yaml as it is now: reads and validates the
-   * file and records what that gave with the file's identity. A spec that
-   * does not validate, or that changes while it is read, gets none (a
-   * reader then parses it in full, and says what is wrong with it).
+   * file and records what that gave with the text it came from. A spec
+   * that does not validate gets none (a reader then parses it in full, and
+   * says what is wrong with it).
    */
   async writeSummary(): Promise<void> {
-    let before: Deno.FileInfo, after: Deno.FileInfo, text: string;
+    let text: string;
     try {
-      before = await Deno.stat(this.specPath);
       text = await Deno.readTextFile(this.specPath);
-      after = await Deno.stat(this.specPath);
     } catch {
       return;
     }
-    const key = specKey(after);
-    if (specKey(before) !== key) return; // being written: its writer summarizes it
     const { parseSpec } = await import("../spec/load.ts");
     let parsed: SpecParsed;
     try {
@@ -500,7 +492,7 @@ export class Bundle {
     } catch {
       return;
     }
-    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: VERSION, spec: key, parsed };
+    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: VERSION, text, parsed };
     await writeFileAtomic(this.file("summary"), JSON.stringify(summary) + "\n");
   }
 
