@@ -7,7 +7,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
-import { log, out, outJson, parseFormat, table } from "../output.ts";
+import { type Format, log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -22,6 +22,47 @@ function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): 
     showSize(s.disk),
     s.engine ?? "-",
   ];
+}
+
+/** `cove list` (also run by cli/main.ts's fast path, without the parser). */
+export async function listCommand(opts: { format: Format; quiet?: boolean }): Promise<void> {
+  const { Store, withLive, showSize } = await import("../../mod.ts");
+  const store = new Store();
+  const vms = await Promise.all(
+    (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
+  );
+  if (opts.quiet) {
+    for (const v of vms) out(v.name);
+  } else if (opts.format === "json") {
+    outJson(vms);
+  } else if (vms.length === 0) {
+    log("no VMs yet: create one with 'cove create NAME'");
+  } else {
+    out(
+      table(
+        ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
+        vms.map((v) => summaryRow(v, showSize)),
+      ),
+    );
+  }
+}
+
+/** `cove get NAME` (also run by cli/main.ts's fast path, without the parser). */
+export async function getCommand(name: string, opts: { format: Format }): Promise<void> {
+  const { Store, getVm, runsAsYou, withLive, showSize } = await import("../../mod.ts");
+  const store = new Store();
+  const d = await withLive(store.bundle(name), await getVm(store, name));
+  if (opts.format === "json") return outJson(d);
+  out(
+    table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
+      summaryRow(d, showSize),
+    ]),
+  );
+  out(`path: ${d.path}`);
+  if (d.error) out(`error: ${d.error}`);
+  for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
+  const { stringify } = await import("yaml");
+  out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
 }
 
 /** Registers the store commands. */
@@ -61,48 +102,13 @@ export function register(program: Command): void {
     .description("list VMs and their state")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .option("-q, --quiet", "print names only")
-    .action(async (opts) => {
-      const { Store, withLive, showSize } = await import("../../mod.ts");
-      const store = new Store();
-      const vms = await Promise.all(
-        (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
-      );
-      if (opts.quiet) {
-        for (const v of vms) out(v.name);
-      } else if (opts.format === "json") {
-        outJson(vms);
-      } else if (vms.length === 0) {
-        log("no VMs yet: create one with 'cove create NAME'");
-      } else {
-        out(
-          table(
-            ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
-            vms.map((v) => summaryRow(v, showSize)),
-          ),
-        );
-      }
-    });
+    .action((opts) => listCommand(opts));
 
   program.command("get")
     .description("show a VM: state, paths and its full spec")
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
-    .action(async (name, opts) => {
-      const { Store, getVm, runsAsYou, withLive, showSize } = await import("../../mod.ts");
-      const store = new Store();
-      const d = await withLive(store.bundle(name), await getVm(store, name));
-      if (opts.format === "json") return outJson(d);
-      out(
-        table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
-          summaryRow(d, showSize),
-        ]),
-      );
-      out(`path: ${d.path}`);
-      if (d.error) out(`error: ${d.error}`);
-      for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
-      const { stringify } = await import("yaml");
-      out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
-    });
+    .action((name, opts) => getCommand(name, opts));
 
   program.command("set")
     .description("change a VM's CPUs, memory, disk size or display")
