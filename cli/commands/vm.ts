@@ -61,8 +61,11 @@ export async function getCommand(name: string, opts: { format: Format }): Promis
   out(`path: ${d.path}`);
   if (d.error) out(`error: ${d.error}`);
   for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
-  const { stringify } = await import("yaml");
-  out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
+  // The yaml package costs as much as the rest of the command; most specs print without it.
+  const { plainYaml } = await import("../plain_yaml.ts");
+  const text = plainYaml({ spec: d.spec }) ??
+    (await import("yaml")).stringify({ spec: d.spec }, { lineWidth: 0 });
+  out(text.trimEnd());
 }
 
 /** Registers the store commands. */

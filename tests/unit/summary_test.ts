@@ -128,7 +128,7 @@ Deno.test("summary: a corrupt summary is left alone by list and rewritten by the
     assertEquals(store.bundle("bad").freshSummary(), undefined, "an invalid spec gets none");
   }));
 
-Deno.test("summary: with fresh summaries, list, get --format json and completion load neither yaml nor zod", () =>
+Deno.test("summary: with fresh summaries, list, get and completion load neither yaml nor zod", () =>
   withTempDir(async (home) => {
     await populate(home);
     await Deno.remove(join(home, "vms", "bad"), { recursive: true });
@@ -164,6 +164,9 @@ Deno.test("summary: with fresh summaries, list, get --format json and completion
     };
     for (
       const args of [["list"], ["list", "--format", "json"], ["get", "Big", "--format", "json"], [
+        "get",
+        "Big",
+      ], [
         "complete",
         "--",
         "get",
