@@ -285,11 +285,15 @@ export interface BundleLock {
 
 /** The files of one VM. */
 export class Bundle {
-  constructor(readonly name: string, readonly dir: string) {}
+  /** `join(dir, "")` with its slash, so a file's path is one concatenation (list asks for many). */
+  readonly #prefix: string;
+  constructor(readonly name: string, readonly dir: string) {
+    this.#prefix = join(dir, "x").slice(0, -1);
+  }
 
-  /** The path of one of the bundle's files. */
+  /** The path of one of the bundle's files (as `join(dir, file)`). */
   file(name: keyof typeof BUNDLE_FILES): string {
-    return join(this.dir, BUNDLE_FILES[name]);
+    return this.#prefix + BUNDLE_FILES[name];
   }
   get specPath(): string {
     return this.file("spec");

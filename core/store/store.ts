@@ -138,6 +138,13 @@ export class Store {
   get vmsDir(): string {
     return join(this.home, "vms");
   }
+
+  #vmsPrefix?: string;
+  /** The directory of VM `name`, a valid name: `join(vmsDir, name)` in one concatenation. */
+  private vmDir(name: string): string {
+    this.#vmsPrefix ??= join(this.vmsDir, "x").slice(0, -1);
+    return this.#vmsPrefix + name;
+  }
   get cacheDir(): string {
     return join(this.home, "cache");
   }
@@ -178,7 +185,7 @@ export class Store {
   /** The bundle of `name`, whether or not it exists. */
   bundle(name: string): Bundle {
     validateName(name);
-    return new Bundle(name, join(this.vmsDir, name));
+    return new Bundle(name, this.vmDir(name));
   }
 
   /** True when a VM of that name exists. */
@@ -186,7 +193,7 @@ export class Store {
   async exists(name: string): Promise<boolean> {
     try {
       // Synchronous: `cove list` and completion ask for every VM; an async call is a thread hop.
-      return Deno.statSync(new Bundle(name, join(this.vmsDir, name)).specPath).isFile;
+      return Deno.statSync(new Bundle(name, this.vmDir(name)).specPath).isFile;
     } catch {
       return false;
     }
@@ -240,7 +247,7 @@ export class Store {
     for (const ent of entries) {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (!(await this.exists(ent.name))) continue;
-      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      const b = new Bundle(ent.name, this.vmDir(ent.name));
       // A dead ephemeral clone is not a VM of the user's; the next command that writes reaps it.
       if (await this.isDeadEphemeral(b)) continue;
       try {
@@ -546,7 +553,7 @@ export class Store {
    */
   async refreshSummaries(): Promise<void> {
     for (const name of await this.names().catch(() => [])) {
-      const b = new Bundle(name, join(this.vmsDir, name));
+      const b = new Bundle(name, this.vmDir(name));
       if (!b.freshSummary()) await b.writeSummary().catch(() => {});
     }
   }
@@ -561,7 +568,7 @@ export class Store {
     }
     for (const ent of entries) {
       if (!ent.isDirectory || !NAME_RE.test(ent.name)) continue;
-      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      const b = new Bundle(ent.name, this.vmDir(ent.name));
       if (await this.isDeadEphemeral(b)) await this.delete(b.name).catch(() => {});
     }
   }
