@@ -8,8 +8,10 @@
  * the library (`mod.ts`), so help and completions load no spec, registry or
  * engine code and no native library, and `cove --version` loads not even
  * the argument parser. Nor do the commands scripts run in loops, in their
- * plain forms (`cove list [--format F] [-q]`, `cove get NAME [--format F]`):
- * {@link fastPath} runs the very action the command tree would, and any
+ * plain forms (`cove list [--format F] [-q]`, `cove get NAME [--format F]`),
+ * nor a TAB press (`cove complete -- WORDS`, answered from a copy of the
+ * tree, cli/completion_data.json): {@link fastPath} runs the very action
+ * the command tree would, and any
  * other form (a help flag, a bad value, an extra word) goes to the parser,
  * which says what is wrong as it always has.
  * @module
@@ -67,13 +69,17 @@ export async function main(args: string[]): Promise<number> {
 }
 
 /**
- * The action of `cove list` or `cove get NAME` when `args` is one of their
+ * The action of `cove complete -- WORDS`, or of `cove list` or `cove get NAME` when `args` is one of their
  * plain forms, exactly as the parser would read it (options after the
  * command, `--format text|json` or `--format=...` given any number of
  * times, the last one winning); otherwise undefined.
  */
 export function fastPath(args: string[]): (() => Promise<void>) | undefined {
   const [cmd, ...rest] = args;
+  if (cmd === "complete" && rest[0] === "--") {
+    const words = rest.slice(1);
+    return async () => (await import("./completions.ts")).completeWords(words);
+  }
   const isList = cmd === "list" || cmd === "ls";
   if (!isList && cmd !== "get") return undefined;
   let format: Format = "text";
