@@ -41,6 +41,7 @@ import {
   lockOpen,
   lockTry,
   lockWrite,
+  pathExists,
 } from "../../ffi/libc.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { applyDefaults } from "../spec/defaults.ts";
@@ -294,6 +295,11 @@ export class Bundle {
   /** The path of one of the bundle's files (as `join(dir, file)`). */
   file(name: keyof typeof BUNDLE_FILES): string {
     return this.#prefix + BUNDLE_FILES[name];
+  }
+
+  /** True when one of the bundle's files exists (without the cost of a stat that throws). */
+  has(name: keyof typeof BUNDLE_FILES): boolean {
+    return pathExists(this.file(name));
   }
   get specPath(): string {
     return this.file("spec");
@@ -620,11 +626,7 @@ export class Bundle {
     } catch {
       return { state: "broken", error: `it has no readable ${BUNDLE_FILES.spec}` };
     }
-    let saved = false;
-    try {
-      Deno.statSync(this.savedStatePath);
-      saved = true;
-    } catch { /* not suspended */ }
+    const saved = this.has("savedState");
     return { state: saved ? "suspended" : "stopped" };
   }
 

@@ -525,12 +525,7 @@ export class Store {
 
   /** True for an `--ephemeral` clone whose supervisor is gone (killed with -9). */
   async isDeadEphemeral(b: Bundle): Promise<boolean> {
-    let marked = false;
-    try {
-      Deno.statSync(b.ephemeralMark);
-      marked = true;
-    } catch { /* not an ephemeral clone */ }
-    return marked && (await b.holder().catch(() => null)) === null;
+    return b.has("ephemeral") && (await b.holder().catch(() => null)) === null;
   }
 
   /**
