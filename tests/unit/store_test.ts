@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { allocatedBytes, withTempDir } from "../helpers/cli.ts";
 import { compareNames, Store, validateName } from "../../core/store/store.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { CoveError } from "../../core/errors.ts";
 import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
@@ -308,3 +309,14 @@ Deno.test("store: VM names sort as localeCompare sorts them under English, witho
     "B",
   ]);
 });
+
+Deno.test("bundle: has() says whether a file exists, following a symlink as stat does, and never throws", () =>
+  withTempDir(async (dir) => {
+    const b = new Bundle("x", dir);
+    assertEquals(b.has("savedState"), false);
+    await Deno.writeTextFile(b.savedStatePath, "");
+    assertEquals(b.has("savedState"), true);
+    await Deno.symlink(join(dir, "nowhere"), b.ephemeralMark);
+    assertEquals(b.has("ephemeral"), false, "a dangling symlink: stat fails too");
+    assertEquals(new Bundle("y", join(dir, "no", "such")).has("spec"), false);
+  }));
