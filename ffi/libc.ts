@@ -21,16 +21,11 @@ export class LibcError extends Error {
   }
 }
 
+// Two sets, bound apart: binding a symbol costs (a nonblocking one most), and `cove list` probes
+// locks on every call, while only clones copy files.
 const linuxSymbols = {
   open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
-  ioctl: { parameters: ["i32", "u64", "i32"], result: "i32" },
-  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
-  copy_file_range: {
-    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
-    result: "isize",
-    nonblocking: true,
-  },
   __errno_location: { parameters: [], result: "pointer" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
@@ -49,9 +44,23 @@ const darwinSymbols = {
   access: { parameters: ["buffer", "i32"], result: "i32" },
 } as const;
 
+const linuxCopySymbols = {
+  open: { parameters: ["buffer", "i32", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  ioctl: { parameters: ["i32", "u64", "i32"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  copy_file_range: {
+    parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"],
+    result: "isize",
+    nonblocking: true,
+  },
+} as const;
+
 type LinuxLib = Deno.DynamicLibrary<typeof linuxSymbols>;
+type LinuxCopyLib = Deno.DynamicLibrary<typeof linuxCopySymbols>;
 type DarwinLib = Deno.DynamicLibrary<typeof darwinSymbols>;
 let linuxLib: LinuxLib | undefined;
+let linuxCopyLib: LinuxCopyLib | undefined;
 let darwinLib: DarwinLib | undefined;
 
 /** Deno.dlopen, with a failure (no FFI permission, no such library) as a LibcError. */
@@ -66,6 +75,11 @@ function open<S extends Deno.ForeignLibraryInterface>(path: string, symbols: S) 
 function linux(): LinuxLib {
   linuxLib ??= open("libc.so.6", linuxSymbols);
   return linuxLib;
+}
+
+function linuxCopy(): LinuxCopyLib {
+  linuxCopyLib ??= open("libc.so.6", linuxCopySymbols);
+  return linuxCopyLib;
 }
 
 function darwin(): DarwinLib {
@@ -114,7 +128,7 @@ export interface SparseCopyResult {
  * sets the final size with truncate.
  */
 export async function copySparseLinux(src: string, dst: string): Promise<SparseCopyResult> {
-  const lib = linux().symbols;
+  const lib = linuxCopy().symbols;
   const sfd = lib.open(cstr(src), O_RDONLY | O_CLOEXEC, 0);
   if (sfd < 0) throw new LibcError("open " + src, errnoLinux());
   try {
