@@ -509,7 +509,8 @@ export class Bundle {
   /** Writes cove.yaml atomically (0600), and its summary. */
   async writeSpec(spec: SpecParsed | VmSpec): Promise<void> {
     await writeFileAtomic(this.specPath, await specYaml(spec));
-    await this.writeSummary();
+    // The spec is written: a summary that cannot be (a full disk) only makes reads parse in full.
+    await this.writeSummary().catch(() => {});
   }
 
   async readMachine(): Promise<MachineIdentity> {
