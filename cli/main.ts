@@ -7,10 +7,16 @@
  * Each command loads what it needs when it runs: the tree is built without
  * the library (`mod.ts`), so help and completions load no spec, registry or
  * engine code and no native library, and `cove --version` loads not even
- * the argument parser.
+ * the argument parser. Nor do the commands scripts run in loops, in their
+ * plain forms (`cove list [--format F] [-q]`, `cove get NAME [--format F]`),
+ * nor a TAB press (`cove complete -- WORDS`, answered from a copy of the
+ * tree, cli/completion_data.json): {@link fastPath} runs the very action
+ * the command tree would, and any
+ * other form (a help flag, a bad value, an extra word) goes to the parser,
+ * which says what is wrong as it always has.
  * @module
  */
-import { log, reportError, requestedFormat } from "./output.ts";
+import { type Format, log, reportError, requestedFormat } from "./output.ts";
 import { VERSION } from "./version.ts";
 
 /** The exit code of usage errors (ExitCode.Usage), without loading the library. */
@@ -21,6 +27,15 @@ export async function main(args: string[]): Promise<number> {
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     Deno.stdout.writeSync(new TextEncoder().encode(`${VERSION}\n`));
     return 0;
+  }
+  const fast = fastPath(args);
+  if (fast) {
+    try {
+      await fast();
+      return 0;
+    } catch (err) {
+      return await reportError(err, requestedFormat(args));
+    }
   }
   const [{ CommanderError }, { buildProgram }] = await Promise.all([
     import("@commander-js/extra-typings"),
@@ -51,6 +66,47 @@ export async function main(args: string[]): Promise<number> {
     }
     return await reportError(err, format);
   }
+}
+
+/**
+ * The action of `cove complete -- WORDS`, or of `cove list` or `cove get NAME` when `args` is one of their
+ * plain forms, exactly as the parser would read it (options after the
+ * command, `--format text|json` or `--format=...` given any number of
+ * times, the last one winning); otherwise undefined.
+ */
+export function fastPath(args: string[]): (() => Promise<void>) | undefined {
+  const [cmd, ...rest] = args;
+  if (cmd === "complete" && rest[0] === "--") {
+    const words = rest.slice(1);
+    return async () => (await import("./completions.ts")).completeWords(words);
+  }
+  const isList = cmd === "list" || cmd === "ls";
+  if (!isList && cmd !== "get") return undefined;
+  let format: Format = "text";
+  let quiet = false;
+  const words: string[] = [];
+  for (let i = 0; i < rest.length; i++) {
+    const a = rest[i];
+    let value: string | undefined;
+    if (a === "--format") value = rest[++i];
+    else if (a.startsWith("--format=")) value = a.slice("--format=".length);
+    else if (isList && (a === "-q" || a === "--quiet")) {
+      quiet = true;
+      continue;
+    } else if (!a.startsWith("-")) {
+      words.push(a);
+      continue;
+    } else return undefined;
+    if (value !== "text" && value !== "json") return undefined;
+    format = value;
+  }
+  if (isList) {
+    if (words.length > 0) return undefined;
+    return async () => (await import("./commands/vm.ts")).listCommand({ format, quiet });
+  }
+  if (words.length !== 1) return undefined;
+  const name = words[0];
+  return async () => (await import("./commands/vm.ts")).getCommand(name, { format });
 }
 
 if (import.meta.main) {

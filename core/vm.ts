@@ -219,8 +219,9 @@ export interface VmDetails extends VmSummary {
 /** The details of one VM. */
 export async function getVm(store: Store, name: string): Promise<VmDetails> {
   const b = await store.get(name);
-  const summary = await store.summary(b);
-  const spec = await b.readSpec();
+  const { summary, spec: read } = await store.summaryAndSpec(b);
+  // A spec that cannot be read fails here with its own error, as it always has.
+  const spec = read ?? await b.readSpec();
   const machine = await b.readMachine().catch(() => undefined);
   const macos = spec.os === "macos"
     ? await (await import("./provision/macos.ts")).macosDetails(

@@ -47,14 +47,14 @@ export function register(program: Command): void {
     .allowUnknownOption(true)
     .helpOption(false)
     .action(async (words) => {
-      const [{ Store }, { completionTree }] = await Promise.all([
+      const [{ Store }, { completionData, completionTree }] = await Promise.all([
         import("../../mod.ts"),
         import("../completions.ts"),
       ]);
       // Names only: no spec is read and nothing is probed or changed on a TAB press.
       const names = await new Store().names().catch(() => []);
       // deno-lint-ignore no-explicit-any
-      completionTree(program as any, () => names).parse(words ?? []);
+      completionTree(completionData(program as any), () => names).parse(words ?? []);
     });
 
   program.command("version")

@@ -7,7 +7,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
-import { FlagError, log, out, outJson, parseFormat, table } from "../output.ts";
+import { FlagError, type Format, log, out, outJson, parseFormat, table } from "../output.ts";
 
 const FORMAT_HELP = "output format: text or json";
 
@@ -22,6 +22,72 @@ function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): 
     showSize(s.disk),
     s.engine ?? "-",
   ];
+}
+
+/** `cove list` (also run by cli/main.ts's fast path, without the parser). */
+export async function listCommand(opts: { format: Format; quiet?: boolean }): Promise<void> {
+  const { Store, withLive, showSize } = await import("../../mod.ts");
+  const store = new Store();
+  const vms = await Promise.all(
+    (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
+  );
+  if (opts.quiet) {
+    for (const v of vms) out(v.name);
+  } else if (opts.format === "json") {
+    outJson(vms);
+  } else if (vms.length === 0) {
+    log("no VMs yet: create one with 'cove create NAME'");
+  } else {
+    out(
+      table(
+        ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
+        vms.map((v) => summaryRow(v, showSize)),
+      ),
+    );
+  }
+}
+
+/** `cove get NAME` (also run by cli/main.ts's fast path, without the parser). */
+export async function getCommand(name: string, opts: { format: Format }): Promise<void> {
+  const { Store, agentStatus, getVm, runsAsYou, withLive, showSize } = await import(
+    "../../mod.ts"
+  );
+  const store = new Store();
+  const d = await withLive(store.bundle(name), await getVm(store, name));
+  const enabled = (d.spec as { agent?: boolean }).agent === true;
+  const agent = enabled && d.state === "running"
+    ? await agentStatus(store.bundle(name)).catch((e) => ({
+      enabled,
+      answers: false,
+      reason: e instanceof Error ? e.message : String(e),
+    }))
+    : { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
+  if (opts.format === "json") return outJson({ ...d, agent });
+  out(
+    table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
+      summaryRow(d, showSize),
+    ]),
+  );
+  out(`path: ${d.path}`);
+  if (d.error) out(`error: ${d.error}`);
+  out(
+    `agent: ${
+      agent.answers
+        ? `answers (qemu-guest-agent ${"version" in agent ? agent.version : "?"})`
+        : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
+    }`,
+  );
+  if (d.macos) {
+    out(`icloud: ${d.macos.icloud}`);
+    if (d.macos.provision) out(`provision: ${d.macos.provision}`);
+    if (d.macos.keyboard) out(`keyboard: ${d.macos.keyboard}`);
+  }
+  for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
+  // The yaml package costs as much as the rest of the command; most specs print without it.
+  const { plainYaml } = await import("../plain_yaml.ts");
+  const text = plainYaml({ spec: d.spec }) ??
+    (await import("yaml")).stringify({ spec: d.spec }, { lineWidth: 0 });
+  out(text.trimEnd());
 }
 
 /** Registers the store commands. */
@@ -107,70 +173,13 @@ export function register(program: Command): void {
     .description("list VMs and their state")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .option("-q, --quiet", "print names only")
-    .action(async (opts) => {
-      const { Store, withLive, showSize } = await import("../../mod.ts");
-      const store = new Store();
-      const vms = await Promise.all(
-        (await store.list()).map((v) => withLive(store.bundle(v.name), v, { details: false })),
-      );
-      if (opts.quiet) {
-        for (const v of vms) out(v.name);
-      } else if (opts.format === "json") {
-        outJson(vms);
-      } else if (vms.length === 0) {
-        log("no VMs yet: create one with 'cove create NAME'");
-      } else {
-        out(
-          table(
-            ["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"],
-            vms.map((v) => summaryRow(v, showSize)),
-          ),
-        );
-      }
-    });
+    .action((opts) => listCommand(opts));
 
   program.command("get")
     .description("show a VM: state, paths and its full spec")
     .argument("<name>", "VM name")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
-    .action(async (name, opts) => {
-      const { Store, agentStatus, getVm, runsAsYou, withLive, showSize } = await import(
-        "../../mod.ts"
-      );
-      const store = new Store();
-      const d = await withLive(store.bundle(name), await getVm(store, name));
-      const enabled = (d.spec as { agent?: boolean }).agent === true;
-      const agent = enabled && await store.bundle(name).isRunning()
-        ? await agentStatus(store.bundle(name)).catch((e) => ({
-          enabled,
-          answers: false,
-          reason: e instanceof Error ? e.message : String(e),
-        }))
-        : { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
-      if (opts.format === "json") return outJson({ ...d, agent });
-      out(
-        table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
-          summaryRow(d, showSize),
-        ]),
-      );
-      out(`path: ${d.path}`);
-      if (d.error) out(`error: ${d.error}`);
-      out(
-        `agent: ${
-          agent.answers
-            ? `answers (qemu-guest-agent ${"version" in agent ? agent.version : "?"})`
-            : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
-        }`,
-      );
-      if (d.macos) {
-        out(`icloud: ${d.macos.icloud}`);
-        if (d.macos.provision) out(`provision: ${d.macos.provision}`);
-        if (d.macos.keyboard) out(`keyboard: ${d.macos.keyboard}`);
-      }
-      for (const line of runsAsYou(d.spec)) out(`note: ${line}`);
-      const { stringify } = await import("yaml");
-      out(stringify({ spec: d.spec }, { lineWidth: 0 }).trimEnd());
-    });
+    .action((name, opts) => getCommand(name, opts));
 
   program.command("set")
     .description("change a VM's CPUs, memory, disk size or display")

@@ -12,6 +12,23 @@
  * writes `{pid, purpose}` into the file, so anyone can ask who holds the
  * lock and why ({@link Bundle.holder}) without taking it: probes race
  * nothing, and `cove list` changes nothing on disk.
+ *
+ * Listing reads no more than it needs: beside the spec lies its summary
+ * (`summary.json`): what the spec parsed and validated to, with the text
+ * it was made from. `cove list` and `cove get` use it instead of loading
+ * the YAML parser and the validator when cove.yaml still holds that text
+ * and the summary was written by this cove version
+ * ({@link Bundle.readSpecSummarized}). Comparing the text itself (a spec
+ * is well under a page) rather than the file's mtime, size and inode
+ * cannot miss an edit, even one in place within the same tick. Every write
+ * of the spec ({@link Bundle.writeSpec}: create, set, edit, clone, pull,
+ * resize) rewrites the summary atomically, from the file as written. A
+ * reader that finds it missing, corrupt or stale (a spec edited by hand)
+ * parses the spec in full and writes nothing: reads stay read-only; the
+ * next command that writes the store (create, clone, delete: `Store.sweep`
+ * in ./store.ts) rewrites every stale summary. A summary is only ever used
+ * for the text it describes, so no race of writers can make it lie: at
+ * worst it is stale, and a read parses in full.
  * @module
  */
 import { dirname, isAbsolute, join, normalize } from "node:path";
@@ -24,11 +41,13 @@ import {
   lockOpen,
   lockTry,
   lockWrite,
+  pathExists,
 } from "../../ffi/libc.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { applyDefaults } from "../spec/defaults.ts";
 import type { SpecParsed, VmSpec } from "../spec/schema.ts";
 import { detectHost } from "../host.ts";
+import { VERSION } from "../version.ts";
 import { writeFileAtomic } from "./fsutil.ts";
 
 /** Every file name of a bundle, defined once. */
@@ -39,6 +58,8 @@ export const BUNDLE_FILES = {
   lock: "lock",
   /** The lock of read-modify-writes of the spec. */
   specLock: "cove.yaml.lock",
+  /** What the spec parsed to, and from which text ({@link Bundle.readSpecSummarized}). */
+  summary: "summary.json",
   /** Machine identity (uuid, VZ machine identifier and hardware model). */
   machine: "machine.json",
   /** The default root disk. */
@@ -101,6 +122,7 @@ export const INSTANCE_FILES: ReadonlySet<string> = new Set([
 export const OWNED_FILES: ReadonlySet<string> = new Set([
   ...INSTANCE_FILES,
   BUNDLE_FILES.spec,
+  BUNDLE_FILES.summary,
   BUNDLE_FILES.machine,
   BUNDLE_FILES.seedState,
 ]);
@@ -128,14 +150,15 @@ export interface DiskLocation {
  * another user, or writable by group or others. `what` names it in the
  * line ("COVE_HOME", "the VM directory").
  */
+// deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
 export async function assertPrivatePath(path: string, what: string): Promise<void> {
   let st: Deno.FileInfo;
   try {
-    st = await Deno.stat(path);
+    st = Deno.statSync(path); // once per VM in `cove list`: no thread hop
   } catch {
     return; // not there: nothing to trust yet
   }
-  const me = Deno.uid();
+  const me = myUid();
   const foreign = me !== null && st.uid !== null && st.uid !== me;
   const why = foreign
     ? `is owned by uid ${st.uid}, not by you (uid ${me})`
@@ -150,6 +173,13 @@ export async function assertPrivatePath(path: string, what: string): Promise<voi
       exit: ExitCode.Host,
     });
   }
+}
+
+let uid: number | null | undefined;
+/** Deno.uid(), asked once (`cove list` checks every VM's directory). */
+function myUid(): number | null {
+  if (uid === undefined) uid = Deno.uid();
+  return uid;
 }
 
 /** Why a lock is held. */
@@ -219,6 +249,20 @@ async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock 
   };
 }
 
+/** The layout of `summary.json`; a summary of another layout or cove version is stale. */
+const SUMMARY_FORMAT = 1;
+
+/** The content of `summary.json`. */
+interface SpecSummary {
+  format: number;
+  /** The cove version that wrote it (a new version may validate differently). */
+  cove: string;
+  /** The text of the cove.yaml it was made from. */
+  text: string;
+  /** What parsing and validating that text gave. */
+  parsed: SpecParsed;
+}
+
 /** Locks this process holds, by the lock file's device and inode (see {@link Bundle.tryLock}). */
 const heldHere = new Map<string, LockPurpose>();
 
@@ -255,11 +299,20 @@ export interface BundleLock {
 
 /** The files of one VM. */
 export class Bundle {
-  constructor(readonly name: string, readonly dir: string) {}
+  /** `join(dir, "")` with its slash, so a file's path is one concatenation (list asks for many). */
+  readonly #prefix: string;
+  constructor(readonly name: string, readonly dir: string) {
+    this.#prefix = join(dir, "x").slice(0, -1);
+  }
 
-  /** The path of one of the bundle's files. */
+  /** The path of one of the bundle's files (as `join(dir, file)`). */
   file(name: keyof typeof BUNDLE_FILES): string {
-    return join(this.dir, BUNDLE_FILES[name]);
+    return this.#prefix + BUNDLE_FILES[name];
+  }
+
+  /** True when one of the bundle's files exists (without the cost of a stat that throws). */
+  has(name: keyof typeof BUNDLE_FILES): boolean {
+    return pathExists(this.file(name));
   }
   get specPath(): string {
     return this.file("spec");
@@ -491,9 +544,61 @@ export class Bundle {
     return applyDefaults(await this.readParsedSpec(), detectHost(), this.name);
   }
 
-  /** Writes cove.yaml atomically (0600). */
+  /**
+   * What {@link readSpec} gives, read from the summary when it is fresh
+   * (without loading the YAML parser or the validator), else from the spec
+   * in full. Writes nothing, even when the summary is stale. For showing a
+   * VM (`list`, `get`); what runs a VM reads the spec itself.
+   */
+  async readSpecSummarized(): Promise<VmSpec> {
+    const parsed = this.freshSummary();
+    if (parsed) return applyDefaults(parsed, detectHost(), this.name);
+    return await this.readSpec();
+  }
+
+  /** The parsed spec of a summary that describes cove.yaml as it is now, or undefined. */
+  freshSummary(): SpecParsed | undefined {
+    try {
+      // Small files, once per VM per list: the synchronous calls skip a thread hop each.
+      const text = Deno.readTextFileSync(this.specPath);
+      const s = JSON.parse(Deno.readTextFileSync(this.file("summary"))) as Partial<SpecSummary>;
+      if (s.format !== SUMMARY_FORMAT || s.cove !== VERSION || s.text !== text) return undefined;
+      const p = s.parsed;
+      return p && typeof p === "object" && !Array.isArray(p) ? p : undefined;
+    } catch {
+      return undefined; // missing, unreadable or corrupt: parse the spec instead
+    }
+  }
+
+  /**
+   * Writes the summary of cove.yaml as it is now: reads and validates the
+   * file and records what that gave with the text it came from. A spec
+   * that does not validate gets none (a reader then parses it in full, and
+   * says what is wrong with it).
+   */
+  async writeSummary(): Promise<void> {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(this.specPath);
+    } catch {
+      return;
+    }
+    const { parseSpec } = await import("../spec/load.ts");
+    let parsed: SpecParsed;
+    try {
+      parsed = parseSpec(text, this.specPath);
+    } catch {
+      return;
+    }
+    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: VERSION, text, parsed };
+    await writeFileAtomic(this.file("summary"), JSON.stringify(summary) + "\n");
+  }
+
+  /** Writes cove.yaml atomically (0600), and its summary. */
   async writeSpec(spec: SpecParsed | VmSpec): Promise<void> {
     await writeFileAtomic(this.specPath, await specYaml(spec));
+    // The spec is written: a summary that cannot be (a full disk) only makes reads parse in full.
+    await this.writeSummary().catch(() => {});
   }
 
   async readMachine(): Promise<MachineIdentity> {
@@ -545,10 +650,12 @@ export class Bundle {
    * null when nobody does. Creates nothing: a bundle without a lock file
    * is not held.
    */
+  // deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
   async holder(): Promise<LockHolder | null> {
+    // Synchronous file calls: `cove list` probes every VM, and each async call is a thread hop.
     let st: Deno.FileInfo;
     try {
-      st = await Deno.stat(this.lockPath);
+      st = Deno.statSync(this.lockPath);
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return null;
       throw e;
@@ -573,7 +680,7 @@ export class Bundle {
     }
     if (!held) return null;
     try {
-      const v = JSON.parse(await Deno.readTextFile(this.lockPath)) as Partial<LockHolder>;
+      const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
       return {
         pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
         purpose: v.purpose ?? "run",
@@ -604,11 +711,11 @@ export class Bundle {
     if (h?.purpose === "run") return { state: "running", pid: h.pid };
     if (h) return { state: "busy", pid: h.pid, purpose: h.purpose };
     try {
-      await Deno.stat(this.specPath);
+      Deno.statSync(this.specPath);
     } catch {
       return { state: "broken", error: `it has no readable ${BUNDLE_FILES.spec}` };
     }
-    const saved = await Deno.stat(this.savedStatePath).then(() => true, () => false);
+    const saved = this.has("savedState");
     return { state: saved ? "suspended" : "stopped" };
   }
 

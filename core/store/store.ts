@@ -31,6 +31,38 @@ export const NAME_RULE =
   "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
+/**
+ * Orders VM names as the Unicode root collation does (what `localeCompare`
+ * gives under English locales), for the characters a name may have, without
+ * the collator: setting up ICU costs a TAB press ~10 ms. Letters compare
+ * without case first ('_' < '-' < '.' < digits < letters), then the first
+ * difference of case decides, lower case first.
+ */
+export function compareNames(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    const d = primaryWeight(a.charCodeAt(i)) - primaryWeight(b.charCodeAt(i));
+    if (d !== 0) return d < 0 ? -1 : 1;
+  }
+  if (a.length !== b.length) return a.length < b.length ? -1 : 1;
+  for (let i = 0; i < n; i++) {
+    const x = a.charCodeAt(i), y = b.charCodeAt(i);
+    if (x !== y) return x > y ? -1 : 1; // same letter, other case: 'a' (0x61) before 'A' (0x41)
+  }
+  return 0;
+}
+
+/** The root collation's primary order of the characters of VM names. */
+function primaryWeight(c: number): number {
+  if (c === 0x5f) return 0; // _
+  if (c === 0x2d) return 1; // -
+  if (c === 0x2e) return 2; // .
+  if (c >= 0x30 && c <= 0x39) return 10 + c - 0x30; // digits
+  if (c >= 0x61 && c <= 0x7a) return 20 + c - 0x61; // a-z
+  if (c >= 0x41 && c <= 0x5a) return 20 + c - 0x41; // A-Z
+  return 100 + c; // not in a valid name
+}
+
 /** Throws a usage error unless `name` is a valid VM name. */
 export function validateName(name: string): void {
   if (!NAME_RE.test(name) || name.includes("..")) {
@@ -107,6 +139,13 @@ export class Store {
   get vmsDir(): string {
     return join(this.home, "vms");
   }
+
+  #vmsPrefix?: string;
+  /** The directory of VM `name`, a valid name: `join(vmsDir, name)` in one concatenation. */
+  private vmDir(name: string): string {
+    this.#vmsPrefix ??= join(this.vmsDir, "x").slice(0, -1);
+    return this.#vmsPrefix + name;
+  }
   get cacheDir(): string {
     return join(this.home, "cache");
   }
@@ -147,13 +186,15 @@ export class Store {
   /** The bundle of `name`, whether or not it exists. */
   bundle(name: string): Bundle {
     validateName(name);
-    return new Bundle(name, join(this.vmsDir, name));
+    return new Bundle(name, this.vmDir(name));
   }
 
   /** True when a VM of that name exists. */
+  // deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
   async exists(name: string): Promise<boolean> {
     try {
-      return (await Deno.stat(new Bundle(name, join(this.vmsDir, name)).specPath)).isFile;
+      // Synchronous: `cove list` and completion ask for every VM; an async call is a thread hop.
+      return Deno.statSync(new Bundle(name, this.vmDir(name)).specPath).isFile;
     } catch {
       return false;
     }
@@ -180,7 +221,7 @@ export class Store {
   async names(): Promise<string[]> {
     let entries: Deno.DirEntry[] = [];
     try {
-      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+      entries = Array.from(Deno.readDirSync(this.vmsDir));
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return [];
       throw e;
@@ -190,7 +231,7 @@ export class Store {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (await this.exists(ent.name)) names.push(ent.name);
     }
-    return names.sort((a, b) => a.localeCompare(b));
+    return names.sort(compareNames);
   }
 
   /** Every VM, sorted by name. Reads only: nothing on disk changes. */
@@ -199,7 +240,7 @@ export class Store {
     await this.assertSafe();
     let entries: Deno.DirEntry[] = [];
     try {
-      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
+      entries = Array.from(Deno.readDirSync(this.vmsDir));
     } catch (e) {
       if (e instanceof Deno.errors.NotFound) return [];
       throw e;
@@ -207,7 +248,7 @@ export class Store {
     for (const ent of entries) {
       if (!ent.isDirectory || ent.name.startsWith(".") || !NAME_RE.test(ent.name)) continue;
       if (!(await this.exists(ent.name))) continue;
-      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      const b = new Bundle(ent.name, this.vmDir(ent.name));
       // A dead ephemeral clone is not a VM of the user's; the next command that writes reaps it.
       if (await this.isDeadEphemeral(b)) continue;
       try {
@@ -218,26 +259,38 @@ export class Store {
       }
       out.push(await this.summary(b));
     }
-    return out.sort((a, b) => a.name.localeCompare(b.name));
+    return out.sort((a, b) => compareNames(a.name, b.name));
   }
 
-  /** The summary of one bundle. */
+  /**
+   * The summary of one bundle; its spec is read through the bundle's
+   * summary file when that is fresh ({@link Bundle.readSpecSummarized}).
+   */
   async summary(b: Bundle): Promise<VmSummary> {
+    return (await this.summaryAndSpec(b)).summary;
+  }
+
+  /** {@link summary}, and the spec it was made from (undefined when it cannot be read). */
+  async summaryAndSpec(b: Bundle): Promise<{ summary: VmSummary; spec?: VmSpec }> {
     // An unreadable lock file breaks this VM's line, not the whole list.
     const st = await b.state();
     if (st.state === "broken" && st.error?.startsWith("cannot check")) {
-      return { name: b.name, state: "broken", error: st.error };
+      return { summary: { name: b.name, state: "broken", error: st.error } };
     }
     const state = st.state === "broken" ? "stopped" : st.state;
     const busy = st.state === "busy" ? { busy: st.purpose } : {};
     try {
-      const spec = await b.readSpec();
+      const spec = await b.readSpecSummarized();
       let disk: number | undefined;
       const root = spec.disks.find((d) => d.media === "disk");
       if (root) {
-        disk = await Deno.stat(b.resolve(root.path)).then((s) => s.size, () => undefined);
+        try {
+          disk = Deno.statSync(b.resolve(root.path)).size;
+        } catch {
+          disk = undefined;
+        }
       }
-      return {
+      const summary: VmSummary = {
         name: b.name,
         state,
         os: spec.os,
@@ -248,9 +301,12 @@ export class Store {
         disk,
         ...busy,
       };
+      return { summary, spec };
     } catch (e) {
       const msg = e instanceof Error ? e.message : String(e);
-      return { name: b.name, state: state === "stopped" ? "broken" : state, error: msg };
+      return {
+        summary: { name: b.name, state: state === "stopped" ? "broken" : state, error: msg },
+      };
     }
   }
 
@@ -294,6 +350,7 @@ export class Store {
         for await (const ent of Deno.readDir(from.dir)) {
           if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
           if (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine) continue;
+          if (ent.name === BUNDLE_FILES.summary) continue; // writeSpec makes the clone's own
           methods.push(await cloneFile(join(from.dir, ent.name), join(staging.dir, ent.name)));
         }
         const old = await from.readMachine().catch((): MachineIdentity => ({
@@ -469,18 +526,32 @@ export class Store {
 
   /** True for an `--ephemeral` clone whose supervisor is gone (killed with -9). */
   async isDeadEphemeral(b: Bundle): Promise<boolean> {
-    const marked = await Deno.stat(b.ephemeralMark).then(() => true, () => false);
-    return marked && (await b.holder().catch(() => null)) === null;
+    return b.has("ephemeral") && (await b.holder().catch(() => null)) === null;
   }
 
   /**
    * What commands that write do first: delete `--ephemeral` clones whose
-   * supervisor died (it could not delete them itself), and remove staging
-   * directories left by killed processes. `list` never does this.
+   * supervisor died (it could not delete them itself), remove staging
+   * directories left by killed processes, and rewrite the spec summaries
+   * that are missing, corrupt or stale (a spec edited by hand). `list`
+   * never does this.
    */
   async sweep(): Promise<void> {
     await this.reapEphemerals();
     await this.sweepStale();
+    await this.refreshSummaries();
+  }
+
+  /**
+   * Rewrites every spec summary that does not describe its spec as it is
+   * now ({@link Bundle.writeSummary}); a VM whose spec does not validate
+   * keeps none.
+   */
+  async refreshSummaries(): Promise<void> {
+    for (const name of await this.names().catch(() => [])) {
+      const b = new Bundle(name, this.vmDir(name));
+      if (!b.freshSummary()) await b.writeSummary().catch(() => {});
+    }
   }
 
   /** Deletes every dead ephemeral clone. */
@@ -493,7 +564,7 @@ export class Store {
     }
     for (const ent of entries) {
       if (!ent.isDirectory || !NAME_RE.test(ent.name)) continue;
-      const b = new Bundle(ent.name, join(this.vmsDir, ent.name));
+      const b = new Bundle(ent.name, this.vmDir(ent.name));
       if (await this.isDeadEphemeral(b)) await this.delete(b.name).catch(() => {});
     }
   }

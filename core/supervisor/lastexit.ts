@@ -47,9 +47,13 @@ export async function writeLastExit(bundle: Bundle, rec: LastExit): Promise<void
 }
 
 /** Reads the record, or undefined. */
+// deno-lint-ignore require-await -- synchronous file calls inside (no thread hop), async to callers
 export async function readLastExit(bundle: Bundle): Promise<LastExit | undefined> {
+  // Most VMs listed have never run: asking first spares a thrown NotFound.
+  if (!bundle.has("lastExit")) return undefined;
   try {
-    return JSON.parse(await Deno.readTextFile(bundle.lastExitPath)) as LastExit;
+    // Synchronous: a small file read per VM by `cove list`, without a thread hop.
+    return JSON.parse(Deno.readTextFileSync(bundle.lastExitPath)) as LastExit;
   } catch {
     return undefined;
   }

@@ -10,7 +10,7 @@
  * @module
  */
 import type { VmState } from "../../engines/engine.ts";
-import type { Bundle } from "../store/bundle.ts";
+import type { Bundle, BundleState } from "../store/bundle.ts";
 import { httpRequest, HttpTimeout } from "./http.ts";
 import { type LastExit, lastExitError, readLastExit } from "./lastexit.ts";
 import { controlSocketTarget } from "./paths.ts";
@@ -59,9 +59,10 @@ export async function removeStaleRuntime(bundle: Bundle): Promise<void> {
 /** The live state of a bundle. Never throws, and changes nothing. */
 export async function liveStatus(
   bundle: Bundle,
-  opts: { timeoutMs?: number } = {},
+  opts: { timeoutMs?: number; stored?: BundleState } = {},
 ): Promise<LiveStatus> {
-  const st = await bundle.state();
+  // A state just read from the disk (a list row's) need not be probed again.
+  const st = opts.stored ?? await bundle.state();
   if (st.state === "busy") {
     return { state: "busy", pid: st.pid, busy: st.purpose };
   }
@@ -112,6 +113,8 @@ export interface LiveRow {
  * state (paused, starting, ...) for a running VM, the last run's crash for a
  * stopped one. Adds `live` with the supervisor's details unless
  * `details: false` (the stable shape of `cove list --format json`). Never throws.
+ * A row just read as stopped or suspended is not probed again: pass a fresh
+ * row (from `Store.list`, `Store.summary` or `getVm`).
  */
 export async function withLive<T extends LiveRow>(
   bundle: Bundle,
@@ -119,7 +122,12 @@ export async function withLive<T extends LiveRow>(
   opts: { details?: boolean } = {},
 ): Promise<T & { live?: LiveStatus }> {
   if (row.state === "broken" && !row.error) return row;
-  const live = await liveStatus(bundle);
+  // A row read from the disk as stopped or suspended was probed a moment ago: reuse that probe
+  // (a VM that starts in between is a race either way); running and busy ones need the pid.
+  const stored = row.state === "stopped" || row.state === "suspended"
+    ? { state: row.state }
+    : undefined;
+  const live = await liveStatus(bundle, { stored });
   const out: T & { live?: LiveStatus } = opts.details === false ? { ...row } : { ...row, live };
   // A suspended VM is not running: the supervisor's "stopped" must not hide that it is suspended.
   if (row.state !== "broken" && !(row.state === "suspended" && live.state === "stopped")) {

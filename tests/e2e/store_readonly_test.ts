@@ -1,8 +1,9 @@
 /**
  * `cove list`, `cove get` and TAB completion only read: they take no lock,
  * reap nothing and sweep nothing, whatever the store holds (a running VM,
- * a busy one, a dead ephemeral clone, a killed create's staging directory).
- * The next command that writes reaps what is dead.
+ * a busy one, a dead ephemeral clone, a killed create's staging directory,
+ * a spec edited by hand, a corrupt spec summary). The next command that
+ * writes reaps what is dead and rewrites the summaries.
  */
 import { join, relative } from "node:path";
 import { assert, assertEquals } from "../helpers/assert.ts";
@@ -47,28 +48,50 @@ async function holdLock(lockPath: string, purpose: string) {
   return child;
 }
 
-Deno.test("list, get and completion change nothing on disk; the next command that writes reaps a dead ephemeral clone and a killed create's staging", () =>
+Deno.test("list, get and completion change nothing on disk; the next command that writes reaps a dead ephemeral clone and a killed create's staging and rewrites stale summaries", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
     await store.create("base", { spec: parseSpec("disks: [{ path: disk.img, size: 64MiB }]\n") });
     await store.create("pushing", { spec: parseSpec("") });
+    await store.create("edited", { spec: parseSpec("cpus: 2\n") });
+    await store.create("corrupt", { spec: parseSpec("") });
     // An ephemeral clone whose supervisor died (kill -9 releases the lock like this).
     const eph = await store.clone("base", "base-eph-dead", { ephemeral: true });
     eph.lock!.release();
     // A create killed half-way leaves its staging directory (nobody holds its lock).
     await Deno.mkdir(join(store.tmpDir, "create-half-0000"), { recursive: true });
     await Deno.writeTextFile(join(store.tmpDir, "create-half-0000", "disk.img"), "x");
+    // A spec edited by hand (its summary is stale) and a corrupt summary: reads parse in full
+    // and rewrite neither.
+    const edited = store.bundle("edited");
+    await Deno.writeTextFile(
+      edited.specPath,
+      (await Deno.readTextFile(edited.specPath)).replace(/^cpus: 2$/m, "cpus: 1"),
+    );
+    const corrupt = store.bundle("corrupt");
+    await Deno.writeTextFile(corrupt.file("summary"), "{ not json");
     const runner = await holdLock(store.bundle("base").lockPath, "run");
     const pusher = await holdLock(store.bundle("pushing").lockPath, "push");
     try {
       const before = await snapshot(home);
       const list = await cove(home, ["list", "--format", "json"]);
       assertEquals(list.code, 0, list.stderr);
-      const rows = JSON.parse(list.stdout) as { name: string; state: string; busy?: string }[];
+      const rows = JSON.parse(list.stdout) as {
+        name: string;
+        state: string;
+        busy?: string;
+        cpus?: number;
+      }[];
       assertEquals(
         rows.map((r) => [r.name, r.state, r.busy]),
-        [["base", "starting", undefined], ["pushing", "busy", "push"]],
+        [
+          ["base", "starting", undefined],
+          ["corrupt", "stopped", undefined],
+          ["edited", "stopped", undefined],
+          ["pushing", "busy", "push"],
+        ],
       );
+      assertEquals(rows.find((r) => r.name === "edited")?.cpus, 1, "the hand edit shows");
       const text = await cove(home, ["list"]);
       assertEquals(text.code, 0, text.stderr);
       assert(/pushing\s+busy \(push\)/.test(text.stdout), text.stdout);
@@ -105,4 +128,6 @@ Deno.test("list, get and completion change nothing on disk; the next command tha
       null,
       "create swept the staging directory",
     );
+    assertEquals(edited.freshSummary()?.cpus, 1, "create rewrote the stale summary");
+    assert(corrupt.freshSummary(), "create rewrote the corrupt summary");
   }));

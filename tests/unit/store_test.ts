@@ -2,7 +2,8 @@
 import { join } from "node:path";
 import { assert, assertCoveError, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { allocatedBytes, withTempDir } from "../helpers/cli.ts";
-import { Store, validateName } from "../../core/store/store.ts";
+import { compareNames, Store, validateName } from "../../core/store/store.ts";
+import { Bundle } from "../../core/store/bundle.ts";
 import { parseSpec } from "../../core/spec/load.ts";
 import { CoveError } from "../../core/errors.ts";
 import { cloneFile, ensureSparseFile } from "../../core/store/fsutil.ts";
@@ -281,4 +282,41 @@ Deno.test("store: resizing a root disk that is not raw is refused with one line"
     const e = await assertCoveError(() => store.resizeRootDisk("q", 3 * GiB));
     assertEquals(e.code, "disk.format");
     assertMatch(e.message, /root disk is qcow2, not raw/);
+  }));
+
+Deno.test("store: VM names sort as localeCompare sorts them under English, without the collator", () => {
+  const chars = "aAbBmMzZ0159._-";
+  const collator = new Intl.Collator("en");
+  let seed = 7;
+  const rand = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const word = () => Array.from({ length: 1 + rand(5) }, () => chars[rand(chars.length)]).join("");
+  for (let i = 0; i < 20_000; i++) {
+    const a = word(), b = word();
+    assertEquals(Math.sign(compareNames(a, b)), Math.sign(collator.compare(a, b)), `${a} ${b}`);
+  }
+  assertEquals(["b", "B", "a-1", "a_1", "a.1", "A1", "a1", "10", "9"].sort(compareNames), [
+    "10",
+    "9",
+    "a_1",
+    "a-1",
+    "a.1",
+    "a1",
+    "A1",
+    "b",
+    "B",
+  ]);
+});
+
+Deno.test("bundle: has() says whether a file exists, following a symlink as stat does, and never throws", () =>
+  withTempDir(async (dir) => {
+    const b = new Bundle("x", dir);
+    assertEquals(b.has("savedState"), false);
+    await Deno.writeTextFile(b.savedStatePath, "");
+    assertEquals(b.has("savedState"), true);
+    await Deno.symlink(join(dir, "nowhere"), b.ephemeralMark);
+    assertEquals(b.has("ephemeral"), false, "a dangling symlink: stat fails too");
+    assertEquals(new Bundle("y", join(dir, "no", "such")).has("spec"), false);
   }));
