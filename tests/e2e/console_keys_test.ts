@@ -19,7 +19,7 @@ Deno.test("cove run --console: Ctrl-C reaches the guest, Ctrl-A x stops the VM a
   withTempDir(async (home) => {
     await createGuestVm(home, "keys");
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", "--quiet", CLI, "run", "keys", "--console", "--stop-timeout", "60"],
+      args: ["run", "-A", "--quiet", CLI, "run", "keys", "--console", "--stop-timeout", "60s"],
       env: { COVE_HOME: home, ...TEST_ENV },
       cwd: ROOT,
       stdin: "piped",
