@@ -210,11 +210,16 @@ Deno.test("an http source that stalls fails create after the stall timeout with 
             "--format",
             "json",
           ], { env: e });
-          oneLine(
-            r,
-            6,
-            /^cove: download of http:\/\/127\.0\.0\.1:\d+\/mid\.img stalled: no data from .* for 1s at 1MiB of 3MiB \(the download can be resumed: run the same command again; the bytes so far are kept\)$/,
+          // With --format json, progress and the error are JSON lines on stderr.
+          assertEquals(r.code, 6, r.stderr);
+          const lines = r.stderr.trimEnd().split("\n").map((l) => JSON.parse(l));
+          const err = lines.at(-1).error;
+          assertEquals([err.code, err.exit], ["download.timeout", 6]);
+          assertMatch(
+            err.message,
+            /^download of http:\/\/127\.0\.0\.1:\d+\/mid\.img stalled: no data from .* for 1s at 1MiB of 3MiB$/,
           );
+          assertMatch(err.hint, /the download can be resumed: run the same command again/);
           const events = r.stderr.split("\n").filter((l) => l.startsWith("{")).map((l) =>
             JSON.parse(l).progress
           );
