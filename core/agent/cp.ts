@@ -431,3 +431,48 @@ async function hostDirToGuest(
     await agentExec(agent, ["rm", "-f", "--", gtar]).catch(() => {});
   }
 }
+
+/**
+ * Reads a small guest text file whole (e.g. /proc/net/tcp for automatic
+ * forwards), at most `limit` bytes; undefined when it cannot be read.
+ */
+export async function readGuestText(
+  agent: AgentTransport,
+  path: string,
+  limit = 4 * 1024 * 1024,
+): Promise<string | undefined> {
+  let handle: number;
+  try {
+    handle = await agent.command<number>("guest-file-open", { path, mode: "r" }, {
+      timeoutMs: 5_000,
+    });
+  } catch {
+    return undefined;
+  }
+  const parts: Uint8Array[] = [];
+  let bytes = 0;
+  try {
+    while (bytes < limit) {
+      const r = await agent.command<{ count: number; "buf-b64": string; eof: boolean }>(
+        "guest-file-read",
+        { handle, count: READ_CHUNK },
+        { timeoutMs: 5_000 },
+      );
+      const data = fromBase64(r["buf-b64"]);
+      parts.push(data);
+      bytes += data.length;
+      if (r.eof || data.length === 0) break;
+    }
+  } catch {
+    return undefined;
+  } finally {
+    await agent.command("guest-file-close", { handle }).catch(() => {});
+  }
+  const all = new Uint8Array(bytes);
+  let o = 0;
+  for (const p of parts) {
+    all.set(p, o);
+    o += p.length;
+  }
+  return new TextDecoder().decode(all);
+}

@@ -19,6 +19,7 @@ import type {
 } from "../../engines/engine.ts";
 import { loadEngine, resolveEngineId } from "../../engines/select.ts";
 import { AgentChannel } from "../agent/channel.ts";
+import { readGuestText } from "../agent/cp.ts";
 import { agentSnapshotHooks } from "../agent/freeze.ts";
 import { prepareGuest } from "../provision/prepare.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
@@ -982,6 +983,12 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     sup.attach(vm);
     sup.state = vm.state();
     if (restoring && spec.agent) void sup.syncGuestClock();
+    // Automatic forwards watch the guest's listening sockets through its agent.
+    if (agent?.enabled) {
+      const channel = agent;
+      const watched = sup.enableAutoForward(spec, (path) => readGuestText(channel, path));
+      if (watched) note(`automatic forwards: watching ${watched} NIC(s) through the guest agent`);
+    }
     log({ type: "running", info: { ...vm.info() } });
     const eventsDone = (async () => {
       for await (const ev of vm.events) {
