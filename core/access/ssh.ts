@@ -149,5 +149,17 @@ export async function runSsh(bundle: Bundle, spec: VmSpec, opts: SshOptions = {}
       );
     }
   }
+  if (wait === 0) {
+    // Without --wait, a guest whose sshd is not up yet gets cove's one line, not ssh's raw
+    // kex_exchange_identification error (exit 255).
+    const { sshAnswers } = await import("../agent/via.ts");
+    if (!(await sshAnswers(bundle, spec, opts.status, 3000))) {
+      throw new CoveError(
+        "vm.ssh_timeout",
+        `VM '${bundle.name}' does not answer ssh at ${addr.host}:${addr.port} yet (its sshd is not up)`,
+        { hint: `wait for it: cove ssh ${bundle.name} --wait 2m`, exit: ExitCode.State },
+      );
+    }
+  }
   return await spawnSsh(bin, await sshArgs(bundle, spec, addr, opts), false);
 }

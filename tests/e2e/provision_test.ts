@@ -109,6 +109,20 @@ linuxTest({
         started = true;
       });
 
+      await t.step(
+        "cove ssh before the guest's sshd is up is cove's one line, exit 4",
+        async () => {
+          // Right after start the guest is still booting under TCG: no SSH banner yet.
+          const r = await run(home, ["ssh", name, "--", "true"]);
+          assertEquals(r.code, 4, r.stderr);
+          assertMatch(
+            r.stderr.trim(),
+            new RegExp(`^cove: VM '${name}' does not answer ssh at .* yet`),
+          );
+          assert(!r.stderr.includes("kex_exchange_identification"), r.stderr);
+        },
+      );
+
       await t.step("cove ssh NAME -- cat /etc/hostname prints the VM's name", async () => {
         const r = await run(home, [
           "ssh",
