@@ -48,10 +48,12 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "agent.guest_failed": "the guest agent refused or failed a command",
   "agent.output_truncated": "a guest command's output is over the agent's bound",
   "agent.reserved": "a guest agent command is the supervisor's own (it keeps the channel in sync)",
-  "agent.stdin_too_large": "the standard input for a guest command over the agent is over its bound",
+  "agent.stdin_too_large":
+    "the standard input for a guest command over the agent is over its bound",
   "agent.thaw_failed": "the guest's filesystems could not be thawed",
   "agent.timeout": "the guest agent did not answer in time",
-  "agent.unavailable": "the VM's guest agent does not answer (is qemu-guest-agent installed and running?)",
+  "agent.unavailable":
+    "the VM's guest agent does not answer (is qemu-guest-agent installed and running?)",
   "boot.bad_kernel": "a --kernel or --initrd file is not what the engine can boot",
   "boot.not_found": "a --kernel or --initrd file does not exist",
   "cache.digest": "a cache key is not a sha256 digest",
@@ -143,7 +145,8 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "oci.disk_format": "the VM's disk format cannot be pushed as a Tart image",
   "oci.dropped": "the registry dropped the connection",
   "oci.http": "the registry answered with an HTTP error",
-  "oci.incomplete_pull": "a pulled layer lacks its completion record, so the image is not published",
+  "oci.incomplete_pull":
+    "a pulled layer lacks its completion record, so the image is not published",
   "oci.login": "the login needs a username or a password",
   "oci.login_failed": "the registry refused the username or password",
   "oci.lz4_corrupt": "a compressed layer is damaged",
@@ -177,7 +180,8 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "qemu.bad_loader": "the qemu engine cannot boot with that loader",
   "qemu.failed": "QEMU failed",
   "qemu.network": "the QEMU engine cannot join this cove network",
-  "qemu.network_forwards": "forwards on a QEMU cove network are not served (add a mode: user NIC for them)",
+  "qemu.network_forwards":
+    "forwards on a QEMU cove network are not served (add a mode: user NIC for them)",
   "qemu.no_audio": "the qemu engine has no audio device",
   "qemu.no_firmware": "no EFI firmware for the guest architecture was found",
   "qemu.no_kvm": "KVM was asked for but cannot be used",
@@ -197,8 +201,10 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "snapshot.no_memory": "the snapshot holds no memory (restore it with --disk-only)",
   "snapshot.no_space": "there is not enough free space for the snapshot",
   "snapshot.not_found": "the VM has no snapshot with that tag",
-  "snapshot.resume_failed": "a snapshot's memory could not be resumed (the next start boots the restored disks)",
-  "snapshot.spec_mismatch": "a memory snapshot was taken under a different spec than the VM has now",
+  "snapshot.resume_failed":
+    "a snapshot's memory could not be resumed (the next start boots the restored disks)",
+  "snapshot.spec_mismatch":
+    "a memory snapshot was taken under a different spec than the VM has now",
   "source.elsewhere": "this --from source is handled by another command or engine",
   "source.not_file": "the --from path is not a file",
   "source.not_found": "the --from path does not exist",

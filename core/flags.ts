@@ -39,7 +39,7 @@ export const MIN_DISK = 1 * MiB;
 export const FLAG_RULES = {
   "--concurrency": { kind: "count", min: 1, max: 64 },
   "--cpus": { kind: "count", min: 1, max: 256 },
-  "--replay": { kind: "count", min: 0, max: 16 * MiB },
+  "--replay": { kind: "count", min: 0, max: 65536 },
   "--memory": { kind: "size", min: MIN_MEMORY, max: () => detectHost().memory },
   "--disk-size": { kind: "size", min: MIN_DISK },
   "--chunk-size": { kind: "size", min: 64 * 1024, max: 2 ** 40 },

@@ -15,6 +15,12 @@ import type { ArchName, NetworkSpec, OsName, VmSpec } from "../core/spec/schema.
 
 export type { HostInfo };
 
+/**
+ * The virtio serial (QEMU) or console (VZ) port name of the guest agent
+ * channel: the name qemu-guest-agent's udev rule starts on.
+ */
+export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
+
 /** Engine identifiers; `auto` is resolved by {@link ./select.ts}. */
 export type EngineId = "vz" | "qemu";
 

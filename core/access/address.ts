@@ -176,7 +176,7 @@ export async function guestAddress(
     if (found) return found;
     if (now() >= deadline) {
       throw new CoveError("vm.no_address", `VM '${bundle.name}' has no IP address yet`, {
-        hint: "it may still be booting: retry with --wait 60",
+        hint: "it may still be booting: retry with --wait 1m",
         exit: ExitCode.State,
       });
     }

@@ -21,8 +21,7 @@
  */
 import { CoveError, ExitCode } from "../errors.ts";
 
-/** The virtio serial port name the guest's udev rule starts the agent on. */
-export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
+export { QGA_PORT_NAME } from "../../engines/engine.ts";
 
 /** How long the sync handshake may take before the agent counts as absent. */
 export const QGA_SYNC_TIMEOUT_MS = 3_000;

@@ -40,11 +40,6 @@ export function neighIpsFor(entries: NeighEntry[], mac: string): string[] {
   return ok.map((e) => e.dst);
 }
 
-/** The best of {@link neighIpsFor}. */
-export function neighIpFor(entries: NeighEntry[], mac: string): string | undefined {
-  return neighIpsFor(entries, mac)[0];
-}
-
 async function output(cmd: string, args: string[]): Promise<string> {
   try {
     const o = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).output();

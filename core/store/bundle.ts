@@ -97,6 +97,10 @@ export const BUNDLE_FILES = {
   restoreJournal: "restore-journal.json",
   /** A pending memory restore: the next run resumes from the state it names. */
   resumeRequest: "resume.json",
+  /** A macOS guest's first-account password, kept (0600) only until its first boot is done. */
+  provisionPassword: "provision-password",
+  /** How and where a macOS guest was installed (restore image, host identity): its iCloud answer. */
+  installRecord: "install.json",
 } as const;
 
 /** Files that belong to one running instance, never copied by clone. */
@@ -113,6 +117,8 @@ export const INSTANCE_FILES: ReadonlySet<string> = new Set([
   BUNDLE_FILES.enginePid,
   BUNDLE_FILES.restoreJournal,
   BUNDLE_FILES.resumeRequest,
+  // A clone never gets the first account's password.
+  BUNDLE_FILES.provisionPassword,
 ]);
 
 /**
@@ -125,6 +131,7 @@ export const OWNED_FILES: ReadonlySet<string> = new Set([
   BUNDLE_FILES.summary,
   BUNDLE_FILES.machine,
   BUNDLE_FILES.seedState,
+  BUNDLE_FILES.installRecord,
 ]);
 
 /** Names a disk may not take: cove's own files, and the engine's state. */
@@ -493,14 +500,14 @@ export class Bundle {
    * first boot has provisioned the guest and cove's key is installed.
    */
   get provisionPasswordPath(): string {
-    return join(this.dir, "provision-password");
+    return this.file("provisionPassword");
   }
   /**
    * macOS guests: how and where macOS was installed (restore image, host
    * identity hash, time) and how far first-boot provisioning got.
    */
   get installRecordPath(): string {
-    return join(this.dir, "install.json");
+    return this.file("installRecord");
   }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */

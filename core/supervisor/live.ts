@@ -35,27 +35,6 @@ export interface LiveStatus {
   error?: string;
 }
 
-/**
- * Removes a stale control socket and runtime directory (and their short
- * targets). Only for a process that holds the lock (the supervisor, before
- * it starts).
- */
-export async function removeStaleRuntime(bundle: Bundle): Promise<void> {
-  for (const p of [bundle.controlSocket, bundle.runtimeDir]) {
-    let st: Deno.FileInfo;
-    try {
-      st = await Deno.lstat(p);
-    } catch {
-      continue;
-    }
-    if (st.isSymlink) {
-      const target = await Deno.readLink(p).catch(() => undefined);
-      if (target) await Deno.remove(target, { recursive: true }).catch(() => {});
-    }
-    await Deno.remove(p, { recursive: true }).catch(() => {});
-  }
-}
-
 /** The live state of a bundle. Never throws, and changes nothing. */
 export async function liveStatus(
   bundle: Bundle,

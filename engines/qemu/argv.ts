@@ -11,10 +11,8 @@
  * second unix socket.
  * @module
  */
+import { QGA_PORT_NAME } from "../engine.ts";
 import { type DiskSpec, keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
-
-/** The virtio serial port name qemu-guest-agent's udev rule starts on. */
-export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
 
 /** The accelerators cove drives. */
 export type Accel = "kvm" | "hvf" | "tcg";

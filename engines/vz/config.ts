@@ -17,6 +17,7 @@
  *   tag, named by their tags, so they appear in /Volumes/My Shared Files.
  * @module
  */
+import { QGA_PORT_NAME } from "../engine.ts";
 import type { GuestProvisioning, VmPaths } from "../engine.ts";
 import { keyboardKind, shareTag, type VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
@@ -50,9 +51,6 @@ export interface VzConfigContext {
   /** The host's macOS version, e.g. "15.1.0" (decides auto devices). */
   macosVersion: string;
 }
-
-/** The virtio console port name qemu-guest-agent's udev rule starts on. */
-export const QGA_PORT_NAME = "org.qemu.guest_agent.0";
 
 /** The kernel command line used when the spec gives none. */
 export const DEFAULT_CMDLINE = "console=hvc0";
