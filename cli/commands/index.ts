@@ -10,6 +10,7 @@ import * as access from "./access.ts";
 import * as image from "./image.ts";
 import * as host from "./host.ts";
 import * as oci from "./oci.ts";
+import * as job from "./job.ts";
 
 /** A module that adds commands to the program. */
 export interface CommandModule {
@@ -17,4 +18,4 @@ export interface CommandModule {
 }
 
 /** Every command module. */
-export const commandModules: CommandModule[] = [vm, lifecycle, access, image, oci, host];
+export const commandModules: CommandModule[] = [vm, lifecycle, access, job, image, oci, host];
