@@ -183,6 +183,32 @@ async function resolveFrom(
   }
 }
 
+/** How long a job waits for other jobs' clones of the same source to finish. */
+const CLONE_WAIT_MS = 120_000;
+
+/**
+ * Clones `from` as an ephemeral VM; while other jobs clone the same source
+ * (each holds its lock for the copy-on-write copy), waits for them.
+ */
+async function cloneWhenFree(
+  store: Store,
+  from: string,
+  name: string,
+  signal?: AbortSignal,
+): ReturnType<Store["clone"]> {
+  const deadline = Date.now() + CLONE_WAIT_MS;
+  while (true) {
+    try {
+      return await store.clone(from, name, { ephemeral: true });
+    } catch (e) {
+      if (!(e instanceof CoveError && e.code === "vm.busy") || Date.now() > deadline) throw e;
+      if ((await store.bundle(from).holder().catch(() => null))?.purpose !== "clone") throw e;
+      if (signal?.aborted) throw interrupted("before it started");
+      await new Promise((r) => setTimeout(r, 50 + Math.random() * 150));
+    }
+  }
+}
+
 /** Makes the job's VM, locked for its supervisor and marked ephemeral. */
 async function makeVm(
   store: Store,
@@ -195,7 +221,7 @@ async function makeVm(
     ...(opts.memory !== undefined ? { memory: opts.memory } : {}),
   };
   if (local) {
-    const c = await store.clone(opts.from, name, { ephemeral: true });
+    const c = await cloneWhenFree(store, opts.from, name, opts.signal);
     const lock = c.lock!;
     try {
       if (Object.keys(flags).length) {
