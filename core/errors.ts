@@ -118,7 +118,6 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "job.artifacts": "the job's artifacts could not be copied back",
   "job.boot": "the job's VM did not boot or stopped before it was ready",
   "job.env": "an --env is not K=V with a valid variable name",
-  "job.failed": "the job's infrastructure failed",
   "job.interrupted": "the job was interrupted by a signal and its VM removed",
   "job.lost": "the job's VM or its connection died while the job ran",
   "job.queue_timeout": "no host slot freed for the job within --queue-timeout",
