@@ -20,7 +20,7 @@ import type { Store } from "../store/store.ts";
 import { looksLikeReference } from "../oci/reference.ts";
 import { VERSION } from "../version.ts";
 import { openChannel } from "../job/channel.ts";
-import { DEFAULT_READY_TIMEOUT_MS } from "../job/run.ts";
+import { cloneWhenFree, DEFAULT_READY_TIMEOUT_MS } from "../job/run.ts";
 
 /** Where builds and the cache live inside the job VM. */
 export const GITLAB_BUILDS_DIR = "/var/tmp/cove-gitlab/builds";
@@ -116,7 +116,7 @@ export async function gitlabPrepare(
     try {
       await removeVm(store, name); // a stopped leftover of an earlier attempt
       progress(`cove: making VM ${name} from ${image}`);
-      if (await store.exists(image)) await store.clone(image, name);
+      if (await store.exists(image)) await cloneWhenFree(store, image, name, undefined, false);
       else if (looksLikeReference(image)) {
         const { createFromOci } = await import("../oci/create.ts");
         await createFromOci(store, name, image, {});

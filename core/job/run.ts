@@ -187,19 +187,21 @@ async function resolveFrom(
 const CLONE_WAIT_MS = 120_000;
 
 /**
- * Clones `from` as an ephemeral VM; while other jobs clone the same source
- * (each holds its lock for the copy-on-write copy), waits for them.
+ * Clones `from` (as an ephemeral VM, locked for its supervisor, unless
+ * `ephemeral` is false); while other jobs clone the same source (each
+ * holds its lock for the copy-on-write copy), waits for them.
  */
-async function cloneWhenFree(
+export async function cloneWhenFree(
   store: Store,
   from: string,
   name: string,
   signal?: AbortSignal,
+  ephemeral = true,
 ): ReturnType<Store["clone"]> {
   const deadline = Date.now() + CLONE_WAIT_MS;
   while (true) {
     try {
-      return await store.clone(from, name, { ephemeral: true });
+      return await store.clone(from, name, { ephemeral });
     } catch (e) {
       if (!(e instanceof CoveError && e.code === "vm.busy") || Date.now() > deadline) throw e;
       if ((await store.bundle(from).holder().catch(() => null))?.purpose !== "clone") throw e;
