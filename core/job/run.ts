@@ -274,6 +274,7 @@ export async function runJob(store: Store, opts: JobOptions): Promise<JobRecord>
   let sup: Supervisor | undefined;
   let supDone: Promise<{ ended?: RunResult; failed?: CoveError }> | undefined;
   let vmEnded = false;
+  const running = Promise.withResolvers<Supervisor>();
   try {
     // A writing command: first reap job VMs whose process was killed.
     await store.sweep().catch(() => {});
@@ -317,7 +318,6 @@ export async function runJob(store: Store, opts: JobOptions): Promise<JobRecord>
 
     // Boot: the supervisor runs in this process.
     const tb = performance.now();
-    const running = Promise.withResolvers<Supervisor>();
     const { runSupervisor } = await import("../supervisor/supervisor.ts");
     supDone = runSupervisor(store, name, {
       lock,
@@ -449,6 +449,11 @@ export async function runJob(store: Store, opts: JobOptions): Promise<JobRecord>
     rec.failure.exit = rec.exitCode;
   } finally {
     const failed = rec.exitCode !== 0;
+    if (supDone && !sup) {
+      // Interrupted while it booted: wait until it runs (or failed), then stop it.
+      const s = await Promise.race([running.promise, supDone]);
+      if ("hub" in s) sup = s;
+    }
     if (sup) await sup.stop(true, 0).catch(() => {});
     if (supDone) await supDone;
     if (made) {
