@@ -2,7 +2,9 @@
  * The README's CI recipes (examples/ci/: Buildkite, Jenkins, Nomad) run for
  * real against `cove job run` under TCG, each with the environment its CI
  * system gives a step: the job's exit code comes back, its artifact is
- * copied, and a REF that does not exist gives cove's exit code 201. The CI
+ * copied, and a REF that does not exist gives cove's exit code 201. With
+ * COVE_JOB_SLOTS=2 the three jobs share two slots: the third waits in the
+ * queue, then runs. The CI
  * systems themselves do not run here; the environment variables stand in
  * for them.
  * @module
@@ -13,7 +15,8 @@ import { CLI, cove, ROOT } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
-const ENV = { COVE_QEMU_ACCEL: "tcg" };
+/** Two host slots for three jobs: the third waits in the queue, then runs. */
+const ENV = { COVE_QEMU_ACCEL: "tcg", COVE_JOB_SLOTS: "2" };
 
 /** A `cove` on PATH that runs this tree's CLI. */
 async function coveOnPath(dir: string): Promise<string> {
@@ -150,6 +153,11 @@ linuxTest({
             );
             assertMatch(host, /^(bk-bk1|jenkins-jenkins-x-17|nomad-a1b2c3)\n$/);
           }
+          // Three jobs, two slots: exactly one waited in the queue (and then ran, above).
+          const waited = results.filter((r) =>
+            /waiting for a job slot: place 1 in the queue/.test(r.stderr)
+          );
+          assertEquals(waited.length, 1, results.map((r) => r.stderr).join("\n---\n"));
           const list = await cove(home, ["list", "-q"], { env: ENV });
           assertEquals(list.stdout.trim(), "ci-base");
         },
