@@ -89,7 +89,7 @@ linuxTest({
   needs: "builds a Debian cloud guest with debootstrap and boots it under QEMU, as root",
   root: true,
   name:
-    "the Buildkite, Jenkins and Nomad recipes run cove job run: the job's exit code and artifacts come back, and a missing REF is cove's 201",
+    "the Buildkite, Jenkins and Nomad recipes run cove job run: the job's exit code and artifacts come back, with COVE_JOB_SLOTS=2 the third job waits then runs, and a missing REF is cove's 201",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
