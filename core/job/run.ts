@@ -203,8 +203,11 @@ export async function cloneWhenFree(
     try {
       return await store.clone(from, name, { ephemeral });
     } catch (e) {
-      if (!(e instanceof CoveError && e.code === "vm.busy") || Date.now() > deadline) throw e;
-      if ((await store.bundle(from).holder().catch(() => null))?.purpose !== "clone") throw e;
+      // Busy with another clone, or freed between the try and the look at its holder (which
+      // then reads as running): try again; a source that a supervisor really runs is refused.
+      if (!(e instanceof CoveError && (e.code === "vm.busy" || e.code === "vm.running"))) throw e;
+      const h = await store.bundle(from).holder().catch(() => null);
+      if ((h !== null && h.purpose !== "clone") || Date.now() > deadline) throw e;
       if (signal?.aborted) throw interrupted("before it started");
       await new Promise((r) => setTimeout(r, 50 + Math.random() * 150));
     }
