@@ -206,7 +206,12 @@ export async function cloneWhenFree(
       // Busy with another clone, or freed between the try and the look at its holder (which
       // then reads as running): try again; a source that a supervisor really runs is refused.
       if (!(e instanceof CoveError && (e.code === "vm.busy" || e.code === "vm.running"))) throw e;
-      const h = await store.bundle(from).holder().catch(() => null);
+      let h = await store.bundle(from).holder().catch(() => null);
+      if (h?.purpose === "run") {
+        // A lock file read while its holder rewrites it also reads as a supervisor's: look again.
+        await new Promise((r) => setTimeout(r, 50));
+        h = await store.bundle(from).holder().catch(() => null);
+      }
       if ((h !== null && h.purpose !== "clone") || Date.now() > deadline) throw e;
       if (signal?.aborted) throw interrupted("before it started");
       await new Promise((r) => setTimeout(r, 50 + Math.random() * 150));
