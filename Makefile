@@ -29,6 +29,7 @@ bench: setup
 	$(DENO) run -A bench/oci/main.ts
 	$(DENO) run -A bench/cli/main.ts
 	$(DENO) run -A bench/agent/main.ts
+	$(DENO) run -A bench/job/main.ts
 
 build: setup
 	@scripts/build.sh

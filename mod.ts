@@ -38,6 +38,8 @@ import type { PruneOptions, PruneResult } from "./core/images/cache.ts";
 import type { Bundle } from "./core/store/bundle.ts";
 import type { Store } from "./core/store/store.ts";
 import { stopVm } from "./core/supervisor/client.ts";
+import type { JobArtifact, JobOptions, JobRecord } from "./core/job/run.ts";
+import type { SlotReport } from "./core/job/slots.ts";
 
 export {
   CoveError,
@@ -467,4 +469,45 @@ export async function macProvisioning(): Promise<typeof import("./core/provision
 /** Whether a `--from` source is a macOS restore image (`ipsw:`, or a path or URL ending .ipsw). */
 export async function isIpswSource(src: string): Promise<boolean> {
   return (await import("./core/images/ipsw.ts")).isIpswSource(src);
+}
+
+// Jobs: one job in a fresh VM (`cove job run`), host slots, and the GitLab Runner executor.
+export type { ArtifactRecord, JobArtifact, JobOptions, JobRecord } from "./core/job/run.ts";
+export type { SlotKind, SlotReport } from "./core/job/slots.ts";
+export type { ExecOptions, ExecResult, GuestChannel } from "./core/job/channel.ts";
+export type { PrepareOptions, StageEnv } from "./core/ci/gitlab.ts";
+
+/**
+ * Runs one job in a fresh ephemeral VM cloned from `opts.from` and removes
+ * the VM afterwards; cove's own failures end it with exit codes 200-208.
+ *
+ * @returns The job's record (exit code, phase times, artifacts).
+ */
+export async function runJob(store: Store, opts: JobOptions): Promise<JobRecord> {
+  return await (await import("./core/job/run.ts")).runJob(store, opts);
+}
+
+/** Reads `--env K=V` and `--artifact GUEST_PATH:HOST_DIR` (usage errors name the flag). */
+export async function parseJobArgs(
+  env: string[],
+  artifacts: string[],
+): Promise<{ env: Record<string, string>; artifacts: JobArtifact[] }> {
+  const m = await import("./core/job/run.ts");
+  return {
+    env: Object.fromEntries(env.map(m.parseEnvPair)),
+    artifacts: artifacts.map(m.parseArtifact),
+  };
+}
+
+/** Free and used job slots of every pool (`cove job slots`). */
+export async function jobSlots(store: Store): Promise<SlotReport[]> {
+  const m = await import("./core/job/slots.ts");
+  const out: SlotReport[] = [];
+  for (const k of m.SLOT_KINDS) out.push(await m.slotReport(store.home, k));
+  return out;
+}
+
+/** The GitLab Runner custom executor's stages (see core/ci/gitlab.ts). */
+export async function gitlabExecutor(): Promise<typeof import("./core/ci/gitlab.ts")> {
+  return await import("./core/ci/gitlab.ts");
 }

@@ -31,6 +31,28 @@ export const ExitCode = {
   Network: 6,
   /** Interrupted by a signal. */
   Interrupted: 130,
+  /**
+   * `cove job run` and `cove ci`: cove's own failures exit 200-208, apart
+   * from the job's own codes (see README, "Jobs: exit codes").
+   * 200: an infrastructure failure not listed below.
+   */
+  JobSystem: 200,
+  /** 201: the job's REF is not a VM and cannot be pulled. */
+  JobSource: 201,
+  /** 202: the job's VM did not boot, or stopped before it was ready. */
+  JobBoot: 202,
+  /** 203: the job's VM never answered ssh in time. */
+  JobReady: 203,
+  /** 204: the artifacts could not be copied back (a full disk). */
+  JobArtifacts: 204,
+  /** 205: no host slot freed within --queue-timeout. */
+  JobQueueTimeout: 205,
+  /** 206: the job ran past --timeout and was stopped. */
+  JobTimeout: 206,
+  /** 207: the job was interrupted (SIGINT, SIGTERM, SIGHUP). */
+  JobInterrupted: 207,
+  /** 208: the job's VM or its connection died while the job ran. */
+  JobLost: 208,
 } as const;
 export type ExitCode = (typeof ExitCode)[keyof typeof ExitCode];
 
@@ -104,6 +126,8 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "image.create": "the raw disk for a converted image cannot be created",
   "image.not_file": "an image path is not a regular file",
   "image.not_qcow2": "an image is not in qcow2 format",
+  "ci.env": "a variable the GitLab Runner stage needs is missing or invalid",
+  "ci.stage": "a GitLab Runner stage was called out of order (no VM prepared for the job)",
   "internal": "an unexpected failure (a bug: please report it with --debug output)",
   "internal.pool_size": "a worker pool was given a size that is not a whole number of at least 1",
   "interrupted": "the operation was interrupted",
@@ -114,6 +138,17 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "ipsw.no_disk": "a macOS guest from an IPSW needs a root disk",
   "ipsw.not_found": "the IPSW file does not exist",
   "ipsw.os": "an IPSW source makes a macOS guest; --os linux contradicts it",
+  "job.artifact": "an --artifact is not GUEST_PATH:HOST_DIR",
+  "job.artifacts": "the job's artifacts could not be copied back",
+  "job.boot": "the job's VM did not boot or stopped before it was ready",
+  "job.env": "an --env is not K=V with a valid variable name",
+  "job.interrupted": "the job was interrupted by a signal and its VM removed",
+  "job.lost": "the job's VM or its connection died while the job ran",
+  "job.queue_timeout": "no host slot freed for the job within --queue-timeout",
+  "job.ready": "the job's VM did not answer ssh in time",
+  "job.slots": "COVE_JOB_SLOTS is not a whole number of at least 1",
+  "job.source": "the job's REF is neither a VM nor a pullable registry reference",
+  "job.timeout": "the job ran past --timeout and was stopped",
   "net.bad_address": "a forwarded address is not an address of this host",
   "net.bad_name": "the cove network name is not valid",
   "net.bad_subnet": "a network subnet is not an IPv4 CIDR cove can use",

@@ -49,6 +49,9 @@ export const FLAG_RULES = {
   "--timeout": { kind: "duration", min: 0, max: MAX_DURATION_MS },
   "--stop-timeout": { kind: "duration", min: 0, max: MAX_DURATION_MS },
   "--wait": { kind: "duration", min: 0, max: MAX_DURATION_MS },
+  "--queue-timeout": { kind: "duration", min: 0, max: MAX_DURATION_MS },
+  "--ready-timeout": { kind: "duration", min: 1000, max: MAX_DURATION_MS },
+  "COVE_JOB_SLOTS": { kind: "count", min: 1, max: 1024 },
 } as const satisfies Record<string, FlagRule>;
 
 /** The name of a numeric flag. */

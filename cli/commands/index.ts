@@ -13,6 +13,7 @@ import * as oci from "./oci.ts";
 import * as snapshot from "./snapshot.ts";
 import * as agent from "./agent.ts";
 import * as net from "./net.ts";
+import * as job from "./job.ts";
 
 /** A module that adds commands to the program. */
 export interface CommandModule {
@@ -27,6 +28,7 @@ export const commandModules: CommandModule[] = [
   access,
   agent,
   net,
+  job,
   image,
   oci,
   host,

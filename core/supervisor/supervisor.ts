@@ -143,6 +143,12 @@ export interface RunOptions {
   onRunning?: (sup: Supervisor) => void | Promise<void>;
   /** Port forwards for this run only (`--forward`), on top of the spec's. */
   forwards?: PortForwardSpec[];
+  /**
+   * The run lock of `name` that the caller already holds (a fresh
+   * ephemeral clone made by `cove job run`, so that no sweep takes it
+   * before it runs); the supervisor takes it over and releases it.
+   */
+  lock?: BundleLock;
 }
 
 /** The ring buffer and fan-out of console output. */
@@ -798,7 +804,7 @@ export async function runSupervisor(
   try {
     // One try, never a wait: probes do not take the lock, and a second
     // start must fail at once rather than queue behind the first.
-    lock = heldLock ?? await bundle.tryLock({ purpose: "run" });
+    lock = heldLock ?? opts.lock ?? await bundle.tryLock({ purpose: "run" });
     if (!lock) {
       const h = await bundle.holder();
       if (h && h.purpose !== "run") throw heldError(name, "start", h);
