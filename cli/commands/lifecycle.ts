@@ -240,8 +240,9 @@ export function register(program: Command): void {
         STOP_KEYS_NAME,
         stopVm,
       } = await import("../../mod.ts");
+      const replay = parseFlag("--replay", opts.replay);
       const b = await new Store().get(name);
-      const c = await attachConsole(b, { replay: parseFlag("--replay", opts.replay) });
+      const c = await attachConsole(b, { replay });
       const end = await attachTerminal({
         output: c.output,
         write: (b) => c.write(b),
