@@ -330,15 +330,16 @@ Deno.test({
           );
           assertEquals(a, { ok: 200, failed: 0, bodies: 1 } as typeof a);
           // QEMU's hostfwd listens with a backlog of one and stalls with 200 connections at once
-          // (seen here: they hang in the accept queue); 10 at once are its fair share.
+          // (seen here: they hang in the accept queue, and under load even 10 did); 4 at once
+          // are its fair share under TCG.
           const b = await probe<{ ok: number; bodies: number }>(
             "parallel",
             "127.0.0.1",
             String(P.userHttp),
             "/",
-            "10",
+            "4",
           );
-          assertEquals(b, { ok: 10, failed: 0, bodies: 1 } as typeof b);
+          assertEquals(b, { ok: 4, failed: 0, bodies: 1 } as typeof b);
           await waitFor(
             "the proxy's descriptors to be closed",
             () => fdCount(sup) <= before + 2,
