@@ -85,6 +85,7 @@ export { cloneFile } from "./core/store/fsutil.ts";
 export {
   cloneVm,
   type CloneVmOptions,
+  copyNote,
   createVm,
   type CreateVmOptions,
   getVm,

@@ -125,13 +125,28 @@ async function createVmFromOci(
 }
 
 /** Options of {@link cloneVm}. */
-export type CloneVmOptions = RegistryFlags;
+export interface CloneVmOptions extends RegistryFlags {
+  /**
+   * Hears that SRC was running, so the clone was made from a copy of its
+   * disks, and whether its file systems were frozen for it (see {@link copyNote}).
+   */
+  onRunningCopy?: (frozen: boolean) => void;
+}
+
+/** The line that says how a running VM's disks were copied (for a clone or a push). */
+export function copyNote(name: string, frozen: boolean): string {
+  return frozen
+    ? `'${name}' is running: its disks were copied with its file systems frozen (through its guest agent)`
+    : `'${name}' is running and no guest agent answered: its disks were copied unfrozen, as after a power cut`;
+}
 
 /**
  * `cove clone SRC NEW`: when SRC is a registry reference (see
  * {@link looksLikeReference}), pulls it and creates NEW from it; else
- * clones the stopped VM SRC (copy-on-write disks, a new MAC address and
- * machine identity).
+ * clones the VM SRC (copy-on-write disks, a new MAC address and machine
+ * identity); a running SRC is cloned from a consistent copy of its disks
+ * that its supervisor takes, freezing the guest's file systems through its
+ * agent when one answers.
  */
 export async function cloneVm(
   store: Store,
@@ -143,7 +158,10 @@ export async function cloneVm(
     const { createFromOci } = await import("./oci/create.ts");
     return (await createFromOci(store, dst, src, opts)).bundle;
   }
-  return (await store.clone(src, dst)).bundle;
+  const { copyRunningDisks } = await import("./supervisor/client.ts");
+  const r = await store.clone(src, dst, { copyRunning: copyRunningDisks });
+  if (r.frozen !== undefined) opts.onRunningCopy?.(r.frozen);
+  return r.bundle;
 }
 
 /**

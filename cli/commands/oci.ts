@@ -5,7 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { debugEnabled, FlagError, out, outJson, parseFormat } from "../output.ts";
+import { debugEnabled, FlagError, log, out, outJson, parseFormat } from "../output.ts";
 
 /** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
 async function readSecret(promptText: string): Promise<string> {
@@ -104,7 +104,7 @@ export function register(program: Command): void {
     });
 
   program.command("push")
-    .description("upload a stopped VM to registry references (Tart's OCI format)")
+    .description("upload a VM, running or not, to registry references (Tart's OCI format)")
     .argument("<name>", "the VM to push")
     .argument("<refs...>", "one or more references, e.g. ghcr.io/me/dev:1")
     .option("--chunk-size <size>", "disk bytes per layer", "512MiB")
@@ -116,7 +116,7 @@ export function register(program: Command): void {
     .option("--concurrency <n>", "layers compressed and uploaded at once (1 to 64)", "4")
     .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
     .action(async (name, refs, opts) => {
-      const { Store, pushVm, formatSize, parseFlag } = await import("../../mod.ts");
+      const { Store, copyNote, pushVm, formatSize, parseFlag } = await import("../../mod.ts");
       const { pct, progressLine } = await import("../progress.ts");
       const concurrency = parseFlag("--concurrency", opts.concurrency);
       const store = new Store();
@@ -144,6 +144,7 @@ export function register(program: Command): void {
       } finally {
         bar.end();
       }
+      if (res.frozen !== undefined) log(copyNote(name, res.frozen));
       if (opts.format === "json") outJson(res);
       else for (const p of res.pushed) out(`pushed ${p}`);
     });

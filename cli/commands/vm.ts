@@ -212,17 +212,23 @@ export function register(program: Command): void {
     });
 
   program.command("clone")
-    .description("clone a VM (copy-on-write disks, new MAC and identity), or pull REF into NEW")
+    .description(
+      "clone a VM, running or not (copy-on-write disks, new MAC and identity), or pull REF into NEW",
+    )
     .argument("<src>", "a VM name, or a registry reference")
     .argument("<new>", "the new VM's name")
     .option("--insecure", "allow plain http to the registry")
     .option("--concurrency <n>", "parallel layer transfers (1 to 64)", "4")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (src, dst, opts) => {
-      const { Store, cloneVm, getVm, parseFlag } = await import("../../mod.ts");
+      const { Store, cloneVm, copyNote, getVm, parseFlag } = await import("../../mod.ts");
       const store = new Store();
       const concurrency = parseFlag("--concurrency", opts.concurrency);
-      await cloneVm(store, src, dst, { insecure: !!opts.insecure, concurrency });
+      await cloneVm(store, src, dst, {
+        insecure: !!opts.insecure,
+        concurrency,
+        onRunningCopy: (frozen) => log(copyNote(src, frozen)),
+      });
       if (opts.format === "json") outJson(await getVm(store, dst));
       else out(`cloned ${src} to ${dst}`);
     });

@@ -1,12 +1,14 @@
 /**
  * Consistent disks: freeze the guest's filesystems (guest-fsfreeze-freeze)
  * around a copy of its disks, and always thaw them afterwards, whether the
- * copy worked or not. Push, clone of a running VM and (later) snapshots use
- * {@link withFrozenGuest}.
+ * copy worked or not. The supervisor's disk copies (disk-only snapshots, and
+ * the copies that clone and push take of a running VM) use
+ * {@link agentSnapshotHooks}; {@link withFrozenGuest} is the same for a caller
+ * that holds an agent itself.
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
-import type { GuestHooks } from "../snapshot/guest.ts";
+import { type GuestHooks, NOT_FROZEN } from "../snapshot/guest.ts";
 import type { AgentTransport } from "./transport.ts";
 
 /** How long a freeze may take (it flushes every filesystem first). */
@@ -87,24 +89,27 @@ export function agentSnapshotHooks(
       try {
         await agent.command("guest-ping", undefined, { timeoutMs: 3_000 });
       } catch {
-        note("the guest agent does not answer: the snapshot is taken without freezing");
-        return async () => {};
+        note("the guest agent does not answer: the disks are copied without freezing");
+        return NOT_FROZEN;
       }
       try {
         await agent.command("guest-fsfreeze-freeze", undefined, { timeoutMs: FREEZE_TIMEOUT_MS });
       } catch (e) {
         await thaw().catch(() => {}); // a freeze that failed half way may have frozen some
         note(`the guest's filesystems could not be frozen: ${e instanceof Error ? e.message : e}`);
-        return async () => {};
+        return NOT_FROZEN;
       }
-      return async () => {
-        for (let i = 0; i < 2; i++) {
-          try {
-            await thaw();
-            return;
-          } catch { /* retried once */ }
-        }
-        note("the guest's filesystems could not be thawed: run 'cove agent NAME --thaw'");
+      return {
+        frozen: true,
+        async thaw() {
+          for (let i = 0; i < 2; i++) {
+            try {
+              await thaw();
+              return;
+            } catch { /* retried once */ }
+          }
+          note("the guest's filesystems could not be thawed: run 'cove agent NAME --thaw'");
+        },
       };
     },
     async setClock() {

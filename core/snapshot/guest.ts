@@ -12,17 +12,27 @@ export interface GuestHooks {
   /** Whether an agent channel exists for this VM at all. */
   readonly present: boolean;
   /**
-   * Freezes the guest's file systems. Returns a thaw that always thaws
-   * (and never throws); a guest that did not answer returns a thaw that does nothing.
+   * Freezes the guest's file systems. Returns whether it did, and a thaw
+   * that always thaws (and never throws); a guest that did not answer is
+   * not frozen, and its thaw does nothing.
    */
-  freeze(): Promise<() => Promise<void>>;
+  freeze(): Promise<Freeze>;
   /** Sets the guest clock to the host's (after its memory was restored). Never throws. */
   setClock(): Promise<void>;
 }
 
+/** What a freeze did: whether the guest's file systems are frozen, and how to thaw them. */
+export interface Freeze {
+  frozen: boolean;
+  thaw(): Promise<void>;
+}
+
+/** A freeze that froze nothing. */
+export const NOT_FROZEN: Freeze = { frozen: false, thaw: () => Promise.resolve() };
+
 /** The hooks of a VM with no agent channel: every step is a no-op. */
 export const NO_AGENT: GuestHooks = {
   present: false,
-  freeze: () => Promise.resolve(() => Promise.resolve()),
+  freeze: () => Promise.resolve(NOT_FROZEN),
   setClock: () => Promise.resolve(),
 };

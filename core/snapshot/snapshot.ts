@@ -25,9 +25,9 @@ import { CoveError, ExitCode, usageError } from "../errors.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { freeBytesLinux, LibcError } from "../../ffi/libc.ts";
-import { cloneFile, writeFileAtomic } from "../store/fsutil.ts";
+import { cloneFile, type CopyMethod, writeFileAtomic } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
-import { type GuestHooks, NO_AGENT } from "./guest.ts";
+import { type Freeze, type GuestHooks, NO_AGENT, NOT_FROZEN } from "./guest.ts";
 
 /** The rule for snapshot tags, shown in errors. */
 export const TAG_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
@@ -54,6 +54,8 @@ export interface SnapshotDisk {
   path: string;
   /** File name inside the snapshot directory. */
   file: string;
+  /** How it was copied (copy-on-write, or bytes). */
+  method?: CopyMethod;
 }
 
 /** The record of a snapshot (`snapshot.json`). */
@@ -98,6 +100,8 @@ export interface SaveResult {
   /** ms of the whole save. */
   totalMs: number;
   allocated: number;
+  /** True when the guest's file systems were frozen around the disk copy (through its agent). */
+  frozen: boolean;
 }
 
 /** The subset of a running VM that a save needs. */
@@ -262,11 +266,25 @@ export async function recoverBundle(bundle: Bundle): Promise<void> {
   }
   try {
     for await (const e of Deno.readDir(bundle.snapshotsDir)) {
-      if (bundle.isSnapshotScratch(e.name)) {
-        await Deno.remove(join(bundle.snapshotsDir, e.name), { recursive: true }).catch(() => {});
+      if (!bundle.isSnapshotScratch(e.name)) continue;
+      // A copy for a clone or push is taken out by its client an instant after it is made.
+      if (bundle.isSnapshotCopy(e.name) && await youngerThan(bundle, e.name, COPY_GRACE_MS)) {
+        continue;
       }
+      await Deno.remove(join(bundle.snapshotsDir, e.name), { recursive: true }).catch(() => {});
     }
   } catch { /* no snapshots */ }
+}
+
+/** How long a published copy ({@link SaveOptions.copy}) is left for its client before a recovery removes it. */
+const COPY_GRACE_MS = 120_000;
+
+/** True when the record of `snapshots/NAME` was written less than `ms` ago. */
+async function youngerThan(bundle: Bundle, name: string, ms: number): Promise<boolean> {
+  const st = await Deno.stat(join(bundle.snapshotDir(name), bundle.snapshotMetaName)).catch(() =>
+    null
+  );
+  return !!st?.mtime && Date.now() - st.mtime.getTime() < ms;
 }
 
 async function ensureSnapshotsDir(bundle: Bundle): Promise<void> {
@@ -284,8 +302,8 @@ async function copyDisks(
   for (const d of disks) {
     const file = bundle.snapshotDiskName(d.index);
     await hook?.("disk-copy");
-    await cloneFile(bundle.resolve(d.path), join(staging, file));
-    out.push({ index: d.index, path: d.path, file });
+    const method = await cloneFile(bundle.resolve(d.path), join(staging, file));
+    out.push({ index: d.index, path: d.path, file, method });
   }
   return out;
 }
@@ -321,6 +339,12 @@ export interface SaveOptions {
   /** The guest agent's steps (default: none). */
   guest?: GuestHooks;
   /**
+   * A copy, not a snapshot: the disks only (frozen), published under a
+   * hidden name of {@link Bundle.snapshotCopyTag} that `ls` never lists,
+   * for a clone or push of the running VM to take the files from.
+   */
+  copy?: boolean;
+  /**
    * Test seam: called at named points of the save (`before-pause`,
    * `state-write`, `disk-copy`, `before-publish`), so tests can stop there.
    */
@@ -328,8 +352,8 @@ export interface SaveOptions {
 }
 
 async function startSave(bundle: Bundle, opts: SaveOptions): Promise<string> {
-  const tag = opts.tag ?? defaultTag();
-  validateTag(tag);
+  const tag = opts.copy ? bundle.snapshotCopyTag() : opts.tag ?? defaultTag();
+  if (!opts.copy) validateTag(tag);
   if (await isDir(bundle.snapshotDir(tag))) throw exists(bundle, tag);
   await recoverBundle(bundle);
   await ensureSnapshotsDir(bundle);
@@ -373,6 +397,7 @@ export async function saveStopped(
       diskMs,
       totalMs: performance.now() - t0,
       allocated,
+      frozen: false,
     };
   } catch (e) {
     await Deno.remove(staging, { recursive: true }).catch(() => {});
@@ -398,7 +423,7 @@ export async function saveRunning(
 ): Promise<SaveResult> {
   const t0 = performance.now();
   const tag = await startSave(bundle, opts);
-  const memory = !opts.diskOnly;
+  const memory = !opts.diskOnly && !opts.copy;
   const support = memory ? vm.saveStateSupport?.() : undefined;
   if (support && !support.available) {
     throw new CoveError(
@@ -414,14 +439,18 @@ export async function saveRunning(
   const staging = bundle.snapshotStagingDir();
   await Deno.mkdir(staging, { mode: 0o700 });
   const guest = opts.guest ?? NO_AGENT;
-  let thaw: () => Promise<void> = () => Promise.resolve();
+  let freeze: Freeze = NOT_FROZEN;
+  let frozen = false;
   let paused = false;
   let pausedAt = 0;
   let pausedMs = 0;
   let stateMs = 0;
   let diskMs = 0;
   try {
-    if (!memory) thaw = await guest.freeze();
+    if (!memory) {
+      freeze = await guest.freeze();
+      frozen = freeze.frozen;
+    }
     await opts.hook?.("before-pause");
     if (vm.state() === "running") {
       await vm.pause();
@@ -446,8 +475,8 @@ export async function saveRunning(
       paused = false;
       pausedMs = performance.now() - pausedAt;
     }
-    await thaw();
-    thaw = () => Promise.resolve();
+    await freeze.thaw();
+    freeze = NOT_FROZEN;
     await opts.hook?.("before-publish");
     const allocated = await publish(bundle, staging, {
       version: 1,
@@ -468,10 +497,11 @@ export async function saveRunning(
       diskMs,
       totalMs: performance.now() - t0,
       allocated,
+      frozen,
     };
   } catch (e) {
     if (paused) await vm.resume().catch(() => {});
-    await thaw();
+    await freeze.thaw();
     await Deno.remove(staging, { recursive: true }).catch(() => {});
     throw e;
   }

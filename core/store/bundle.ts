@@ -238,8 +238,9 @@ async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock 
       lockClose(fd);
       return null;
     }
-    key = fileKey(await Deno.stat(path));
+    // Who holds it goes in at once: a probe that finds the lock held reads this text.
     lockWrite(fd, JSON.stringify({ pid: Deno.pid, purpose }) + "\n");
+    key = fileKey(await Deno.stat(path));
   } catch (e) {
     lockClose(fd);
     throw lockError(e, path);
@@ -251,6 +252,10 @@ async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock 
       if (!held) return;
       held = false;
       heldHere.delete(key);
+      // Emptied before it is let go, so the next holder is never read as this one.
+      try {
+        lockWrite(fd, "");
+      } catch { /* the unlock below is what counts */ }
       lockClose(fd);
     },
   };
@@ -268,6 +273,14 @@ interface SpecSummary {
   text: string;
   /** What parsing and validating that text gave. */
   parsed: SpecParsed;
+}
+
+/** How long a probe rereads a held lock whose holder has not written who it is yet. */
+const HOLDER_TEXT_WAIT_MS = 200;
+
+/** Blocks this thread for `ms` (the lock probe is synchronous on purpose; see {@link Bundle.holder}). */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
 /** Locks this process holds, by the lock file's device and inode (see {@link Bundle.tryLock}). */
@@ -467,6 +480,14 @@ export class Bundle {
   /** A directory name a removed snapshot is renamed to before it is deleted. */
   snapshotTrashDir(): string {
     return join(this.snapshotsDir, `${SNAPSHOT_TRASH_PREFIX}${crypto.randomUUID()}`);
+  }
+  /** A hidden name for a frozen copy of the disks that a clone or push of the running VM takes. */
+  snapshotCopyTag(): string {
+    return `${SNAPSHOT_COPY_PREFIX}${crypto.randomUUID()}`;
+  }
+  /** True for the name of such a copy (also {@link isSnapshotScratch}). */
+  isSnapshotCopy(name: string): boolean {
+    return name.startsWith(SNAPSHOT_COPY_PREFIX);
   }
   /** True for names in snapshots/ that are not (complete) snapshots. */
   isSnapshotScratch(name: string): boolean {
@@ -686,15 +707,21 @@ export class Bundle {
       lockClose(fd);
     }
     if (!held) return null;
-    try {
-      const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
-      return {
-        pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
-        purpose: v.purpose ?? "run",
-      };
-    } catch {
-      // Locked an instant ago, or by an older cove: a supervisor.
-      return { purpose: "run" };
+    // A holder writes who it is right after it locks (and empties the file before it lets
+    // go): an empty or half-written text means "locked an instant ago", so read again for
+    // a moment before taking it for a supervisor (an older cove wrote nothing).
+    const deadline = Date.now() + HOLDER_TEXT_WAIT_MS;
+    for (;;) {
+      try {
+        const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
+        return {
+          pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
+          purpose: v.purpose ?? "run",
+        };
+      } catch {
+        if (Date.now() >= deadline) return { purpose: "run" };
+        sleepSync(2);
+      }
     }
   }
 
@@ -768,6 +795,7 @@ export function heldError(name: string, action: string, h: LockHolder): CoveErro
 const SNAPSHOT_META = BUNDLE_FILES.snapshotMeta;
 const SNAPSHOT_STAGING_PREFIX = ".staging-";
 const SNAPSHOT_TRASH_PREFIX = ".trash-";
+const SNAPSHOT_COPY_PREFIX = ".copy-";
 
 /** The YAML text cove writes for a spec. */
 export async function specYaml(spec: SpecParsed | VmSpec): Promise<string> {

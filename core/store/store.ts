@@ -329,30 +329,26 @@ export class Store {
   }
 
   /**
-   * Clones a stopped VM: disks copy-on-write (or hole-preserving), a new
-   * MAC address per network, a new machine identity.
+   * Clones a VM: disks copy-on-write (or hole-preserving), a new MAC
+   * address per network, a new machine identity. A running VM is cloned
+   * from the consistent copy of its disks that `opts.copyRunning` takes
+   * (without it, a running VM is refused).
    */
   async clone(
     src: string,
     dst: string,
-    opts: { ephemeral?: boolean } = {},
-  ): Promise<{ bundle: Bundle; methods: CopyMethod[]; lock?: BundleLock }> {
+    opts: { ephemeral?: boolean; copyRunning?: CopyRunning } = {},
+  ): Promise<{ bundle: Bundle; methods: CopyMethod[]; lock?: BundleLock; frozen?: boolean }> {
     const from = await this.get(src);
     validateName(dst);
     await this.ensure();
     await this.assertFree(dst);
     await this.sweep();
-    const lock = await this.lockStopped(from, "clone", "clone");
+    const source = await this.holdSource(from, "clone", "clone", opts.copyRunning);
     try {
       const parsed = await from.readParsedSpec();
-      const methods: CopyMethod[] = [];
       const { value: bundle, lock: held } = await this.stage(`clone-${dst}`, async (staging) => {
-        for await (const ent of Deno.readDir(from.dir)) {
-          if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
-          if (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine) continue;
-          if (ent.name === BUNDLE_FILES.summary) continue; // writeSpec makes the clone's own
-          methods.push(await cloneFile(join(from.dir, ent.name), join(staging.dir, ent.name)));
-        }
+        const methods = await copyBundleFiles(from, staging, source.copy, false);
         const old = await from.readMachine().catch((): MachineIdentity => ({
           uuid: "",
           created: new Date().toISOString(),
@@ -369,12 +365,60 @@ export class Store {
         if (opts.ephemeral) {
           await Deno.writeTextFile(staging.ephemeralMark, `${src}\n`, { mode: 0o600 });
         }
-        return await this.publish(staging, dst);
+        return { bundle: await this.publish(staging, dst), methods };
       }, opts.ephemeral);
-      return { bundle, methods, lock: held ?? undefined };
+      return { ...bundle, lock: held ?? undefined, frozen: source.copy?.frozen };
     } finally {
-      lock.release();
+      await source.release();
     }
+  }
+
+  /**
+   * Runs `fn` on a private copy of VM `name` as it is (the same identity
+   * and files, its disks copy-on-write where the file system can), made in
+   * a locked staging directory and removed afterwards: what a push of a
+   * running VM reads, while the VM runs on.
+   */
+  async withCopy<T>(
+    from: Bundle,
+    copyRunning: CopyRunning,
+    fn: (copy: Bundle, frozen: boolean) => Promise<T>,
+  ): Promise<T> {
+    await this.ensure();
+    await this.sweep();
+    const copy = await copyRunning(from);
+    let value: T | undefined;
+    try {
+      await this.stage(`clone-copy-${from.name}`, async (staging) => {
+        await copyBundleFiles(from, staging, copy, true);
+        await copy.release();
+        value = await fn(staging, copy.frozen);
+        // stage() keeps what its work made: this copy is only read, so it goes now.
+        await Deno.remove(staging.dir, { recursive: true }).catch(() => {});
+      });
+    } finally {
+      await copy.release();
+    }
+    return value as T;
+  }
+
+  /**
+   * Holds the source of a clone: its lock when it is stopped; when it is
+   * running (and `copyRunning` is given), a consistent copy of its disks
+   * from its supervisor instead.
+   */
+  private async holdSource(
+    from: Bundle,
+    action: string,
+    purpose: LockPurpose,
+    copyRunning?: CopyRunning,
+  ): Promise<{ copy?: RunningCopy; release(): Promise<void> }> {
+    const lock = await from.tryLock({ purpose });
+    if (lock) return { release: () => Promise.resolve(lock.release()) };
+    const h = (await from.holder()) ?? { purpose: "run" as const };
+    if (h.purpose !== "run" || !copyRunning) throw heldError(from.name, action, h);
+    const copy = await copyRunning(from);
+    return { copy, release: () => copy.release() };
   }
 
   /** Renames a stopped VM. */
@@ -603,6 +647,60 @@ export class Store {
       }
     }
   }
+}
+
+/**
+ * A consistent copy of a running VM's disks, made by its supervisor (see
+ * `copyRunningDisks` in core/supervisor/client.ts): `dir` holds `disks[].file`,
+ * the copies of the disks at `disks[].path`.
+ */
+export interface RunningCopy {
+  dir: string;
+  /** True when the guest's file systems were frozen for the copy. */
+  frozen: boolean;
+  disks: { path: string; file: string; method: CopyMethod }[];
+  /** Removes what is left of the copy (never throws). */
+  release(): Promise<void>;
+}
+
+/** Takes a {@link RunningCopy} of a running VM. */
+export type CopyRunning = (from: Bundle) => Promise<RunningCopy>;
+
+/**
+ * Copies a VM's files into a staging bundle: every file but its instance
+ * files (and, unless `whole`, its spec, identity and summary, which a clone
+ * writes anew). A disk of `copy` is moved in from there, not copied from the
+ * running VM; a disk outside the bundle is left where it is.
+ */
+async function copyBundleFiles(
+  from: Bundle,
+  staging: Bundle,
+  copy: RunningCopy | undefined,
+  whole: boolean,
+): Promise<CopyMethod[]> {
+  const copied = new Map(copy?.disks.map((d) => [from.resolve(d.path), d]) ?? []);
+  const methods: CopyMethod[] = [];
+  for await (const ent of Deno.readDir(from.dir)) {
+    if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
+    if (!whole && (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine)) continue;
+    if (ent.name === BUNDLE_FILES.summary) continue; // writeSpec makes the copy's own
+    const src = join(from.dir, ent.name);
+    const dst = join(staging.dir, ent.name);
+    const disk = copied.get(src);
+    if (disk) {
+      await Deno.rename(join(copy!.dir, disk.file), dst).catch((e) => {
+        throw new CoveError(
+          "vm.control",
+          `the copy of ${ent.name} that the supervisor of '${from.name}' made is gone: ${
+            e instanceof Error ? e.message : e
+          }`,
+          { hint: "retry", exit: ExitCode.Failure },
+        );
+      });
+      methods.push(disk.method);
+    } else methods.push(await cloneFile(src, dst));
+  }
+  return methods;
 }
 
 /** How old a `.new-` staging directory (made, not yet locked) must be before a sweep removes it. */

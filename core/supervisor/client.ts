@@ -7,7 +7,8 @@
  */
 import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
-import type { SaveResult } from "../snapshot/snapshot.ts";
+import type { SaveResult, SnapshotMeta } from "../snapshot/snapshot.ts";
+import type { RunningCopy } from "../store/store.ts";
 import type { Bundle } from "../store/bundle.ts";
 import type { ActiveForward } from "../net/forwards.ts";
 import { httpRequest, HttpTimeout, httpUpgrade } from "./http.ts";
@@ -249,6 +250,34 @@ export async function snapshotRunningVm(
     tag: opts.tag,
     diskOnly: !!opts.diskOnly,
   }, { timeoutMs: SNAPSHOT_TIMEOUT_MS });
+}
+
+/**
+ * A consistent copy of a running VM's disks, for a clone or push of it: the
+ * supervisor freezes the guest's file systems through its agent (when one
+ * answers), pauses the VM, copies the disks copy-on-write where it can,
+ * resumes it and thaws them; the copy lies hidden in the VM's snapshots
+ * directory until {@link RunningCopy.release}.
+ */
+export async function copyRunningDisks(bundle: Bundle): Promise<RunningCopy> {
+  await assertRunning(bundle, "copy");
+  const r = await control<SaveResult>(bundle, "POST", "/snapshot", { copy: true }, {
+    timeoutMs: SNAPSHOT_TIMEOUT_MS,
+  });
+  if (!bundle.isSnapshotCopy(r.tag)) {
+    throw new CoveError("vm.control", `the supervisor of '${bundle.name}' sent no copy`, {
+      hint: "stop the VM and retry (an older cove may be running it)",
+      exit: ExitCode.Failure,
+    });
+  }
+  const dir = bundle.snapshotDir(r.tag);
+  const meta = JSON.parse(await Deno.readTextFile(bundle.snapshotMetaPath(r.tag))) as SnapshotMeta;
+  return {
+    dir,
+    frozen: r.frozen,
+    disks: meta.disks.map((d) => ({ path: d.path, file: d.file, method: d.method ?? "copy" })),
+    release: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
+  };
 }
 
 /** An attached console: bytes from the guest, and a way to type. */

@@ -382,9 +382,17 @@ export class Supervisor {
     if (vm.state() !== "paused") this.#pausedBySave = false;
   }
 
-  /** Takes a snapshot of the running VM (one save at a time). */
+  /**
+   * Takes a snapshot of the running VM, or with `copy` a frozen copy of its
+   * disks for a clone or push (one save at a time).
+   */
   snapshot(
-    opts: { tag?: string; diskOnly?: boolean; hook?: (phase: string) => Promise<void> },
+    opts: {
+      tag?: string;
+      diskOnly?: boolean;
+      copy?: boolean;
+      hook?: (phase: string) => Promise<void>;
+    },
   ): Promise<SaveResult> {
     const vm = this.vm;
     const spec = this.spec;
@@ -412,11 +420,12 @@ export class Supervisor {
           ...opts,
           guest: this.guest,
         });
+        const how = `${r.frozen ? "file systems frozen, " : ""}paused ${Math.round(r.pausedMs)} ms`;
         this.emit({
           type: "note",
-          message: `snapshot ${r.tag} saved (${r.memory ? "memory and disks" : "disks"}; paused ${
-            Math.round(r.pausedMs)
-          } ms)`,
+          message: opts.copy
+            ? `copied the disks for a clone or push (${how})`
+            : `snapshot ${r.tag} saved (${r.memory ? "memory and disks" : "disks"}; ${how})`,
         });
         return r;
       } finally {
@@ -455,7 +464,8 @@ export class Supervisor {
       });
     } catch (e) {
       const ce = toCoveError(e);
-      if (ce.code !== "agent.timeout") {
+      // The channel closing means the guest is going down (QEMU closes it as it exits).
+      if (ce.code !== "agent.timeout" && ce.code !== "agent.closed") {
         this.emit({
           type: "note",
           message: `the agent could not shut the guest down: ${ce.message}`,
@@ -646,6 +656,7 @@ export function controlHandler(sup: Supervisor) {
           const r = await sup.snapshot({
             tag: b.tag as string | undefined,
             diskOnly: b.diskOnly === true,
+            copy: b.copy === true,
             hook: testStall(),
           });
           return { status: 200, body: r };

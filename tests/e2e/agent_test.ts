@@ -5,14 +5,17 @@
  * it. Over the agent: exec (exit code, stdout/stderr apart, stdin, a
  * signal), cp of a 20 MiB random file both ways and of a directory tree
  * with -r, the bad-input lines of cp, ip, an agent that stops answering,
- * the clock set after a 60 s pause, freeze and thaw around a copy, and a
- * stop that the guest's ACPI handler ignores.
+ * the clock set after a 60 s pause, freeze and thaw around a copy, a clone
+ * and a push of the running VM with its file systems frozen (what it wrote
+ * an instant before is on the copy, read back with debugfs), and a stop
+ * that the guest's ACPI handler ignores.
  * @module
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { startRegistry } from "../helpers/oci_registry.ts";
 import { agentOf, cloneFile, Store, withFrozenGuest } from "../../mod.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
@@ -28,9 +31,14 @@ function haveTool(name: string): boolean {
   return false;
 }
 
-const missing = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4", "tar"].filter((t) =>
-  !haveTool(t)
-);
+const missing = [
+  "qemu-system-x86_64",
+  "debootstrap",
+  "mkfs.ext4",
+  "debugfs",
+  "tar",
+  "docker-registry",
+].filter((t) => !haveTool(t));
 
 function run(home: string, args: string[], opts: { stdin?: string; timeoutMs?: number } = {}) {
   return cove(home, args, { env: ENV, timeoutMs: opts.timeoutMs ?? 180_000, stdin: opts.stdin });
@@ -50,6 +58,17 @@ async function waitForAgent(home: string, name: string, seconds: number): Promis
 async function consoleTail(home: string, name: string): Promise<string> {
   const log = await Deno.readTextFile(join(home, "vms", name, "console.log")).catch(() => "");
   return log.split("\n").slice(-40).join("\n");
+}
+
+/** A file's content inside an ext4 disk image, read with debugfs (e2fsprogs) without mounting it. */
+async function readFromImage(image: string, path: string): Promise<string> {
+  const r = await new Deno.Command("debugfs", {
+    args: ["-R", `cat ${path}`, image],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(r.success, new TextDecoder().decode(r.stderr));
+  return new TextDecoder().decode(r.stdout);
 }
 
 async function sha256(path: string): Promise<string> {
@@ -322,6 +341,96 @@ Deno.test({
             "echo ok > /root/after-thaw && sync && cat /root/after-thaw",
           ]);
           assertEquals(w.stdout, "ok\n");
+        },
+      );
+
+      await t.step(
+        "a clone of the running VM is taken with its file systems frozen: what the guest wrote an instant before is on the clone's disk",
+        async () => {
+          const data = `written-${crypto.randomUUID()}`;
+          // Not synced: without the freeze it would still be in the guest's page cache.
+          const w = await run(home, [
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            `echo ${data} > /root/unsynced`,
+          ]);
+          assertEquals(w.code, 0, w.stderr);
+          const c = await run(home, ["clone", name, "copy"], { timeoutMs: 600_000 });
+          assertEquals(c.code, 0, c.stderr);
+          assertMatch(
+            c.stderr,
+            /'agentvm' is running: its disks were copied with its file systems frozen/,
+          );
+          assertEquals(
+            await readFromImage(join(home, "vms", "copy", "disk.img"), "/root/unsynced"),
+            `${data}\n`,
+          );
+          const b = await new Store(home).get(name);
+          assertEquals(await (await agentOf(b)).command<string>("guest-fsfreeze-status"), "thawed");
+          assertEquals((await run(home, ["list", "--format", "json"])).code, 0);
+          const state = async (vm: string) =>
+            (JSON.parse((await run(home, ["get", vm, "--format", "json"])).stdout)).state;
+          assertEquals(await state(name), "running", "the source runs on");
+          assertEquals(await state("copy"), "stopped");
+          // The clone is a VM of its own: new identity, no snapshot of the copy left behind.
+          assertEquals(
+            await Array.fromAsync(Deno.readDir(join(home, "vms", name, "snapshots"))),
+            [],
+          );
+          assertEquals((await run(home, ["delete", "copy"])).code, 0);
+        },
+      );
+
+      await t.step(
+        "a push of the running VM is taken with its file systems frozen, and the pulled image has what the guest wrote",
+        async () => {
+          const reg = await startRegistry();
+          try {
+            const data = `pushed-${crypto.randomUUID()}`;
+            const w = await run(home, [
+              "exec",
+              name,
+              "--",
+              "sh",
+              "-c",
+              `echo ${data} > /root/unsynced`,
+            ]);
+            assertEquals(w.code, 0, w.stderr);
+            const ref = `${reg.host}/test/running:1`;
+            const p = await run(home, ["push", name, ref, "--insecure"], { timeoutMs: 900_000 });
+            assertEquals(p.code, 0, p.stderr);
+            assertMatch(
+              p.stderr,
+              /'agentvm' is running: its disks were copied with its file systems frozen/,
+            );
+            assertMatch(
+              p.stdout,
+              /^pushed 127\.0\.0\.1:\d+\/test\/running:1@sha256:[0-9a-f]{64}$/m,
+            );
+            assertEquals(
+              (JSON.parse((await run(home, ["get", name, "--format", "json"])).stdout)).state,
+              "running",
+            );
+            const pulled = await run(home, ["clone", ref, "pulled", "--insecure"], {
+              timeoutMs: 900_000,
+            });
+            assertEquals(pulled.code, 0, pulled.stderr);
+            assertEquals(
+              await readFromImage(join(home, "vms", "pulled", "disk.img"), "/root/unsynced"),
+              `${data}\n`,
+            );
+            assertEquals((await run(home, ["delete", "pulled"])).code, 0);
+            // The copy the push read from is gone: nothing of it in the store's scratch space.
+            assertEquals(
+              (await Array.fromAsync(Deno.readDir(join(home, "tmp")))).map((e) => e.name),
+              [],
+            );
+          } finally {
+            await reg.stop();
+          }
         },
       );
 

@@ -31,6 +31,8 @@ export interface StandinFaults {
   outputLimit?: number;
   /** Commands that answer CommandNotFound / are disabled. */
   disabled?: string[];
+  /** Close the connection at guest-shutdown, as QEMU's end of the port does when the guest powers off. */
+  closeOnShutdown?: boolean;
 }
 
 interface Proc {
@@ -303,7 +305,7 @@ export function startQgaStandin(dir: string, faults: StandinFaults = {}): QgaSta
     let buf = new Uint8Array(0);
     const chunk = new Uint8Array(1 << 20);
     try {
-      while (true) {
+      reading: while (true) {
         const n = await conn.read(chunk);
         if (n === null) break;
         const next = new Uint8Array(buf.length + n);
@@ -339,6 +341,7 @@ export function startQgaStandin(dir: string, faults: StandinFaults = {}): QgaSta
           if (faults.stallAfter !== undefined && answered >= faults.stallAfter) continue;
           answered++;
           const res = await handle(cmd);
+          if (cmd.execute === "guest-shutdown" && faults.closeOnShutdown) break reading;
           if (res === undefined) continue;
           const out = enc.encode(JSON.stringify(res) + "\n");
           if (cmd.execute === "guest-sync-delimited") {

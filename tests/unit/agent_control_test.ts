@@ -110,6 +110,38 @@ Deno.test("a stop the guest's ACPI handler ignores goes through guest-shutdown b
   });
 });
 
+Deno.test("a guest that powers off at guest-shutdown, closing the channel at once, is stopped through the agent (not powered off)", async () => {
+  await withControl(true, async (socket, sup, standin) => {
+    standin.faults.closeOnShutdown = true;
+    const exit = Promise.withResolvers<ExitInfo>();
+    let poweredOff = false;
+    const vm = {
+      state: () => "running",
+      info: () => ({}),
+      requestStop: () => Promise.resolve(),
+      stop: () => {
+        poweredOff = true;
+        exit.resolve({ reason: "host" });
+        return Promise.resolve();
+      },
+      wait: () => exit.promise,
+    } as unknown as RunningVm;
+    sup.attach(vm);
+    const watcher = setInterval(() => {
+      // QEMU exits a moment after the channel closed.
+      if (standin.log.shutdowns.length) setTimeout(() => exit.resolve({ reason: "host" }), 200);
+    }, 10);
+    try {
+      const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
+      const body = r.json<{ via: string; forced: boolean }>();
+      assertEquals([body.via, body.forced], ["agent", false]);
+      assert(!poweredOff, "the guest went down by itself");
+    } finally {
+      clearInterval(watcher);
+    }
+  });
+});
+
 Deno.test("resume sets the guest clock through the agent", async () => {
   await withControl(true, async (socket, sup, standin) => {
     const vm = {

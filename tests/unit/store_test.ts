@@ -246,6 +246,36 @@ Deno.test("store: probes take no lock: while another process holds it, holder() 
     assertEquals(await store.list(), []);
   }));
 
+Deno.test("store: a released lock names nobody, so a probe never reads the next holder as the last one (a finished create is not 'in progress')", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("relocked", { spec: parseSpec("") });
+    const created = (await b.tryLock({ purpose: "create" }))!;
+    assertEquals(await b.holder(), { pid: Deno.pid, purpose: "create" });
+    created.release();
+    assertEquals(await Deno.readTextFile(b.lockPath), "", "the create's name went with its lock");
+    // Another process locks it: probes at any instant see it, never the create before it.
+    const holder = spawnReady("./fixtures/hold_lock.ts", [b.lockPath, "run"], {}, "locked");
+    const seen = new Set<string>();
+    const probing = (async () => {
+      for (let i = 0; i < 200; i++) {
+        const h = await b.holder();
+        if (h) seen.add(h.purpose);
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    })();
+    const p = await holder;
+    try {
+      await probing;
+      assertEquals([...seen], ["run"]);
+      assertEquals(await b.holder(), { pid: p.pid, purpose: "run" });
+    } finally {
+      p.kill("SIGKILL");
+      await p.status;
+      await p.stdout.cancel().catch(() => {});
+    }
+  }));
+
 Deno.test("store: a lock this process holds is seen by its own probes and not taken twice", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
