@@ -215,8 +215,6 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "qemu.bad_loader": "the qemu engine cannot boot with that loader",
   "qemu.failed": "QEMU failed",
   "qemu.network": "the QEMU engine cannot join this cove network",
-  "qemu.network_forwards":
-    "forwards on a QEMU cove network are not served (add a mode: user NIC for them)",
   "qemu.no_audio": "the qemu engine has no audio device",
   "qemu.no_firmware": "no EFI firmware for the guest architecture was found",
   "qemu.no_kvm": "KVM was asked for but cannot be used",

@@ -13,6 +13,7 @@ import type {
   Engine,
   EngineContext,
   EngineId,
+  ForwardNic,
   GuestAccess,
   GuestRoute,
   RestoreImageInstaller,
@@ -28,6 +29,9 @@ export const addressAccess: GuestAccess = {
   },
   withAccess(spec: VmSpec): VmSpec {
     return spec;
+  },
+  forwardNics(): ForwardNic[] {
+    return [];
   },
 };
 

@@ -128,6 +128,21 @@ export interface GuestAccess {
    * port). The spec on disk is not changed.
    */
   withAccess(spec: VmSpec): VmSpec;
+  /**
+   * NICs the engine adds to the guest so that the host reaches it (QEMU: one
+   * per cove-network NIC, for its forwards, since the host is not on a cove
+   * network). The guest's cloud-init seed gives each its static address.
+   */
+  forwardNics(spec: VmSpec): ForwardNic[];
+}
+
+/** A NIC the engine adds for the host to reach the guest: see {@link GuestAccess.forwardNics}. */
+export interface ForwardNic {
+  /** The spec NIC whose forwards it carries. */
+  nic: number;
+  mac: string;
+  /** The guest's static address on it, ADDR/PREFIX (no gateway: it routes nothing else). */
+  address: string;
 }
 
 /** The result of installing a guest OS from a restore image. */

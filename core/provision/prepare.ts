@@ -24,6 +24,7 @@ export async function prepareGuest(
   /** Per NIC: the static address a cove network handed out (ADDR/PREFIX). */
   addresses?: (string | undefined)[],
 ): Promise<VmSpec> {
-  await ensureSeed(bundleDir, spec, { addresses });
-  return withSshForward(spec, engine.guestAccess());
+  const access = engine.guestAccess();
+  await ensureSeed(bundleDir, spec, { addresses, forwardNics: access.forwardNics(spec) });
+  return withSshForward(spec, access);
 }

@@ -11,7 +11,8 @@
  *   hash of everything in the seed, so a changed spec is a new instance to
  *   cloud-init and it applies the change at the next boot;
  * - `network-config` (v2): DHCP on each NIC, matched by its MAC address; a NIC on a
- *   cove network gets the static address the network handed out instead.
+ *   cove network gets the static address the network handed out instead, and a
+ *   NIC the engine adds for forwards (`fwdN`) its static address with no route.
  *
  * The seed is attached as the last disk: read-only, virtio, media `disk`.
  * Not a cdrom: a cdrom is an AHCI/IDE CD on qemu x86 (q35) or USB mass
@@ -82,6 +83,11 @@ export interface SeedOptions {
    * instead of DHCP: what a cove network (`mode: network`) hands out.
    */
   addresses?: (string | undefined)[];
+  /**
+   * NICs the engine adds for the host to reach the guest (see the engine's
+   * `GuestAccess.forwardNics`): each gets its static address, and no route.
+   */
+  forwardNics?: { mac: string; address: string }[];
 }
 
 /** True when the spec attaches a cove seed. */
@@ -169,16 +175,25 @@ export async function renderSeed(spec: VmSpec, opts: SeedOptions = {}): Promise<
 
   const nics = spec.networks.map((n, k) => ({ n, address: opts.addresses?.[k] }))
     .filter(({ n }) => n.mode !== "none" && n.mac);
-  const networkConfig = nics.length
-    ? stringify({
-      version: 2,
-      ethernets: Object.fromEntries(nics.map(({ n, address }, i) => [`eth${i}`, {
-        match: { macaddress: n.mac!.toLowerCase() },
-        "set-name": `eth${i}`,
-        ...(address ? { dhcp4: false, addresses: [address] } : { dhcp4: true }),
-        dhcp6: false,
-      }])),
-    }, YAML_OPTS)
+  const ethernets: Record<string, unknown> = Object.fromEntries(
+    nics.map(({ n, address }, i) => [`eth${i}`, {
+      match: { macaddress: n.mac!.toLowerCase() },
+      "set-name": `eth${i}`,
+      ...(address ? { dhcp4: false, addresses: [address] } : { dhcp4: true }),
+      dhcp6: false,
+    }]),
+  );
+  (opts.forwardNics ?? []).forEach((f, i) => {
+    ethernets[`fwd${i}`] = {
+      match: { macaddress: f.mac.toLowerCase() },
+      "set-name": `fwd${i}`,
+      dhcp4: false,
+      dhcp6: false,
+      addresses: [f.address],
+    };
+  });
+  const networkConfig = Object.keys(ethernets).length
+    ? stringify({ version: 2, ethernets }, YAML_OPTS)
     : undefined;
 
   const hash = createHash("sha256").update(userData).update("\0").update(networkConfig ?? "")

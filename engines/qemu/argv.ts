@@ -88,6 +88,26 @@ export interface QemuPlan {
   savedState?: string;
 }
 
+/**
+ * The private user network of cove-network NIC `i`'s forward NIC (see
+ * `qemuAccess.forwardNics`): 10.0.(2+i).0/24, QEMU's default for the first.
+ */
+export function forwardNet(i: number): string {
+  return `10.0.${2 + i}.0`;
+}
+
+/** The guest's address on {@link forwardNet}: QEMU's usual guest address, .15. */
+export function forwardGuestAddress(i: number): string {
+  return `10.0.${2 + i}.15`;
+}
+
+/** The MAC of a forward NIC: its NIC's, with the second octet changed (still locally administered). */
+export function forwardMac(mac: string): string {
+  const o = mac.toLowerCase().split(":");
+  o[1] = ((parseInt(o[1], 16) ^ 0x01) & 0xff).toString(16).padStart(2, "0");
+  return o.join(":");
+}
+
 /** The QEMU system binary name for a guest architecture. */
 export function qemuSystemName(arch: VmSpec["arch"]): string {
   return arch === "arm64" ? "qemu-system-aarch64" : "qemu-system-x86_64";
@@ -255,6 +275,19 @@ export function buildQemuArgs(spec: VmSpec, plan: QemuPlan): string[] {
       a.push("-netdev", opts.join(","));
     }
     a.push("-device", `virtio-net-pci,netdev=${id}${n.mac ? `,mac=${n.mac}` : ""}`);
+  });
+  // After every spec NIC (so the spec's NICs keep their order): a cove network's forward NIC.
+  spec.networks.forEach((n, i) => {
+    if (n.mode !== "network" || !n.mac) return;
+    const id = `cove-fwd${i}`;
+    const opts = [`user,id=${id}`, "restrict=on", `net=${forwardNet(i)}/24`];
+    for (const f of plan.forwards[i] ?? []) {
+      opts.push(
+        `hostfwd=${f.protocol}:${f.address}:${f.host}-${forwardGuestAddress(i)}:${f.guest}`,
+      );
+    }
+    a.push("-netdev", opts.join(","));
+    a.push("-device", `virtio-net-pci,netdev=${id},mac=${forwardMac(n.mac)}`);
   });
 
   // Shares.

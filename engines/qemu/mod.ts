@@ -13,12 +13,14 @@ import { join } from "node:path";
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
+import { overlaps, parseCidr } from "../../core/net/networks.ts";
 import type {
   Availability,
   Capabilities,
   Engine,
   EngineEvent,
   ExitInfo,
+  ForwardNic,
   GuestAccess,
   HostInfo,
   RunningVm,
@@ -30,6 +32,9 @@ import { BaseEngine } from "../base.ts";
 import {
   type Accel,
   buildQemuArgs,
+  forwardGuestAddress,
+  forwardMac,
+  forwardNet,
   type ForwardPlan,
   type QemuPlan,
   qemuSystemName,
@@ -209,12 +214,12 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
     });
   }
   spec.networks.forEach((n, i) => {
-    if (n.mode === "network" && n.forwards.length > 0) {
+    if (n.mode === "network" && n.forwards.length > 0 && !n.mac) {
       throw new CoveError(
-        "qemu.network_forwards",
-        `networks[${i}]: forwards on a cove network are not served on qemu (the host is not on it)`,
+        "qemu.network",
+        `networks[${i}]: forwards on a cove network need the NIC's MAC address`,
         {
-          hint: "add a second NIC with mode: user and put the forwards there",
+          hint: "set networks[].mac, or let cove create the VM to give it one",
           exit: ExitCode.Usage,
         },
       );
@@ -249,6 +254,20 @@ export const qemuAccess: GuestAccess = {
       forwards: [...nic.forwards, { host: 0, guest: port, protocol: "tcp", address: "127.0.0.1" }],
     };
     return { ...spec, networks };
+  },
+  /**
+   * Every NIC on a cove network gets a second, private NIC on its own user
+   * network (`restrict=on`: the guest reaches nothing through it), which
+   * carries the NIC's forwards with hostfwd: the host is not on a cove
+   * network, so neither hostfwd nor the supervisor's proxy could reach it there.
+   */
+  forwardNics(spec: VmSpec): ForwardNic[] {
+    const out: ForwardNic[] = [];
+    spec.networks.forEach((n, i) => {
+      if (n.mode !== "network" || !n.mac) return;
+      out.push({ nic: i, mac: forwardMac(n.mac), address: `${forwardGuestAddress(i)}/24` });
+    });
+    return out;
   },
 };
 
@@ -352,7 +371,7 @@ export class QemuEngine extends BaseEngine implements Engine {
    * and the supervisor's proxy forwards to it.
    */
   override forwardsPorts(nic: NetworkSpec): boolean {
-    // A cove network's forwards stay with the engine, which refuses them (see check()).
+    // A cove network's forwards go through its NIC's forward NIC (see qemuAccess.forwardNics).
     return nic.mode === "user" || nic.mode === "nat" || nic.mode === "network";
   }
 
@@ -394,6 +413,19 @@ export class QemuEngine extends BaseEngine implements Engine {
           "qemu.network",
           `networks[${i}]: no switch socket for cove network '${n.network}'`,
           { exit: ExitCode.Failure },
+        );
+      }
+      const subnet = req.networks?.[i]?.subnet;
+      if (
+        n.mode === "network" && subnet &&
+        overlaps(parseCidr(subnet), parseCidr(`${forwardNet(i)}/24`))
+      ) {
+        throw new CoveError(
+          "qemu.network",
+          `networks[${i}]: cove network '${n.network}' (${subnet}) overlaps ${
+            forwardNet(i)
+          }/24, the private network that carries its forwards`,
+          { hint: "recreate the network with another --subnet", exit: ExitCode.Usage },
         );
       }
     });

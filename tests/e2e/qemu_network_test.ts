@@ -1,6 +1,7 @@
 // cove networks with real TCG boots: two QEMU VMs on one `cove network` reach each other through
 // cove's switch (no root: QEMU's stream netdev over unix sockets), a third VM on another network
-// cannot reach them, and the refusals are one line each.
+// cannot reach them, a forward on a cove network NIC serves the guest's port on 127.0.0.1
+// (through QEMU's private forward NIC), and the refusals are one line each.
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { ensureNetGuest } from "../fixtures/netguest.ts";
@@ -9,6 +10,7 @@ import { BOOT_TIMEOUT_MS, consoleLog, READY_MARKER, run, waitForConsole } from "
 import { Store } from "../../core/store/store.ts";
 import { controlSocketTarget } from "../../core/supervisor/paths.ts";
 import { httpRequest } from "../../core/supervisor/http.ts";
+import { freePort } from "../helpers/oci_registry.ts";
 
 function whySkip(): string | undefined {
   if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
@@ -33,7 +35,13 @@ async function typeInto(home: string, name: string, line: string): Promise<void>
   if (r.status !== 200) throw new Error(`console input to ${name}: ${r.status}`);
 }
 
-async function createOn(home: string, name: string, network: string, addr: string) {
+async function createOn(
+  home: string,
+  name: string,
+  network: string,
+  addr: string,
+  forwards: { host: number; guest: number }[] = [],
+) {
   const g = await ensureNetGuest();
   const spec = {
     engine: "qemu",
@@ -46,7 +54,7 @@ async function createOn(home: string, name: string, network: string, addr: strin
       initrd: g.initrd,
       cmdline: `${g.cmdline} cove.net=${addr},10.252.0.1`,
     },
-    networks: [{ mode: "network", network }],
+    networks: [{ mode: "network", network, forwards }],
   };
   const file = join(home, `${name}.yaml`);
   await Deno.writeTextFile(file, JSON.stringify(spec));
@@ -67,8 +75,10 @@ Deno.test({
       assertEquals(lab.code, 0, lab.stderr);
       const other = await run(home, ["network", "create", "other", "--subnet", "10.253.0.0/24"]);
       assertEquals(other.code, 0, other.stderr);
-      await createOn(home, "a", "lab", "10.252.0.2/24");
+      const hostPort = freePort();
+      await createOn(home, "a", "lab", "10.252.0.2/24", [{ host: hostPort, guest: 8080 }]);
       await createOn(home, "b", "lab", "10.252.0.3/24");
+      let sumA: string | undefined;
       // c is on another network but claims an address of lab's subnet: only the switch separates it.
       await createOn(home, "c", "other", "10.252.0.9/24");
 
@@ -131,7 +141,7 @@ Deno.test({
           }
           return text;
         });
-        const sumA = /A-SUM ([0-9a-f]{64})/.exec(logA)?.[1];
+        sumA = /A-SUM ([0-9a-f]{64})/.exec(logA)?.[1];
         assert(sumA, "a printed the file's checksum");
         await typeInto(
           home,
@@ -146,6 +156,44 @@ Deno.test({
         }
         assertEquals(/B-SUM ([0-9a-f]{64})/.exec(logB)?.[1], sumA);
       });
+
+      await t.step(
+        "a forward on a cove network NIC serves the guest's port on 127.0.0.1, through the NIC's private forward NIC",
+        async () => {
+          const port = JSON.parse((await run(home, ["port", "a", "--format", "json"])).stdout) as {
+            host: number;
+            guest: number;
+            via: string;
+          }[];
+          assertEquals(
+            port.filter((p) => p.guest === 8080).map((p) => [p.host, p.via]),
+            [[hostPort, "engine"]],
+          );
+          // The tiny guest has no cloud-init: give the forward NIC (eth1) the address the seed would.
+          await typeInto(
+            home,
+            "a",
+            "ip link set eth1 up && ip addr add 10.0.2.15/24 dev eth1 && echo FWD-UP-$((40+2))",
+          );
+          await waitForConsole(home, "a", "FWD-UP-42", 60_000);
+          let body: Uint8Array<ArrayBuffer> | undefined;
+          const end = Date.now() + 60_000;
+          while (!body && Date.now() < end) {
+            try {
+              const r = await fetch(`http://127.0.0.1:${hostPort}/f`);
+              if (r.ok) body = new Uint8Array(await r.arrayBuffer());
+              else await r.body?.cancel();
+            } catch { /* not up yet */ }
+            if (!body) await new Promise((r) => setTimeout(r, 500));
+          }
+          assert(body, `nothing answered on 127.0.0.1:${hostPort}`);
+          const sum = Array.from(
+            new Uint8Array(await crypto.subtle.digest("SHA-256", body)),
+            (b) => b.toString(16).padStart(2, "0"),
+          ).join("");
+          assertEquals(sum, sumA, "the host got the file the guest serves");
+        },
+      );
 
       await t.step("a VM that is not a member cannot reach them", async () => {
         await typeInto(

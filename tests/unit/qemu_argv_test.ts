@@ -13,6 +13,7 @@ import {
   qemuEscape,
   type QemuPlan,
 } from "../../engines/qemu/argv.ts";
+import { qemuAccess } from "../../engines/qemu/mod.ts";
 
 const HOST: HostInfo = { os: "linux", arch: "x86_64", cpus: 8, memory: 16 * 2 ** 30 };
 
@@ -399,5 +400,42 @@ Deno.test("a bridged NIC on an existing tap device opens the tap itself; on a br
   assertEquals(netdevs, [
     "tap,id=cove-net0,ifname=tap7,script=no,downscript=no",
     "bridge,id=cove-net1,br=br0",
+  ]);
+});
+
+Deno.test("a NIC on a cove network gets a private forward NIC after every spec NIC: restricted user networking whose hostfwd carries its forwards", () => {
+  const s = spec({
+    os: "linux",
+    networks: [
+      {
+        mode: "network",
+        network: "lab",
+        mac: "52:54:00:aa:bb:01",
+        forwards: [{ host: 8080, guest: 80 }],
+      },
+      { mode: "user", mac: "52:54:00:aa:bb:02" },
+    ],
+  });
+  const a = buildQemuArgs(
+    s,
+    plan({
+      forwards: [[{ protocol: "tcp", address: "127.0.0.1", host: 8080, guest: 80 }], []],
+      networkSockets: ["/run/lab.sock", undefined],
+    }),
+  );
+  const after = (flag: string) => a.filter((_, i) => a[i - 1] === flag);
+  assertEquals(after("-netdev"), [
+    "stream,id=cove-net0,server=off,addr.type=unix,addr.path=/run/lab.sock",
+    "user,id=cove-net1",
+    "user,id=cove-fwd0,restrict=on,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80",
+  ]);
+  assertEquals(after("-device").filter((d) => d.startsWith("virtio-net-pci")), [
+    "virtio-net-pci,netdev=cove-net0,mac=52:54:00:aa:bb:01",
+    "virtio-net-pci,netdev=cove-net1,mac=52:54:00:aa:bb:02",
+    "virtio-net-pci,netdev=cove-fwd0,mac=52:55:00:aa:bb:01",
+  ]);
+  // The seed gives the guest that NIC's address, and QEMU's access says which NIC it is.
+  assertEquals(qemuAccess.forwardNics(s), [
+    { nic: 0, mac: "52:55:00:aa:bb:01", address: "10.0.2.15/24" },
   ]);
 });

@@ -282,3 +282,23 @@ provision: { sshKeys: [k] }
     } as unknown as (typeof nc.ethernets)["eth1"],
   );
 });
+
+Deno.test("a NIC the engine adds for forwards gets its static address and no route in network-config", async () => {
+  const s = spec(
+    `networks: [{ mode: network, network: lab, mac: "52:54:00:AB:00:09" }]\nprovision: { sshKeys: [k] }\n`,
+  );
+  const files = await renderSeed(s, {
+    addresses: ["10.250.0.5/24"],
+    forwardNics: [{ mac: "52:55:00:AB:00:09", address: "10.0.2.15/24" }],
+  });
+  const nc = parse(files.networkConfig!) as { ethernets: Record<string, Record<string, unknown>> };
+  assertEquals(nc.ethernets.eth0.addresses, ["10.250.0.5/24"]);
+  assertEquals(nc.ethernets.fwd0, {
+    match: { macaddress: "52:55:00:ab:00:09" },
+    "set-name": "fwd0",
+    dhcp4: false,
+    dhcp6: false,
+    addresses: ["10.0.2.15/24"],
+  });
+  assert(!("gateway4" in nc.ethernets.fwd0) && !("routes" in nc.ethernets.fwd0));
+});
