@@ -6,8 +6,9 @@
  *
  * Each command loads what it needs when it runs: the tree is built without
  * the library (`mod.ts`), so help and completions load no spec, registry or
- * engine code and no native library, and `cove --version` loads not even
- * the argument parser. Nor do the commands scripts run in loops, in their
+ * engine code and no native library, and `cove --version` and the main help
+ * (`cove help`, `--help`, `-h`, printed from its copy, cli/help_data.json)
+ * load not even the argument parser. Nor do the commands scripts run in loops, in their
  * plain forms (`cove list [--format F] [-q]`, `cove get NAME [--format F]`),
  * nor a TAB press (`cove complete -- WORDS`, answered from a copy of the
  * tree, cli/completion_data.json): {@link fastPath} runs the very action
@@ -26,6 +27,12 @@ const USAGE_EXIT = 2;
 export async function main(args: string[]): Promise<number> {
   if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
     Deno.stdout.writeSync(new TextEncoder().encode(`${VERSION}\n`));
+    return 0;
+  }
+  if (args.length === 1 && (args[0] === "help" || args[0] === "--help" || args[0] === "-h")) {
+    // The main help, from its copy (scripts/gen-completion-data.ts): no argument parser to load.
+    const { default: help } = await import("./help_data.json", { with: { type: "json" } });
+    Deno.stdout.writeSync(new TextEncoder().encode(help.main));
     return 0;
   }
   const fast = fastPath(args);

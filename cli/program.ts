@@ -16,6 +16,9 @@ export interface ProgramOptions {
   onUsageError?: (message: string) => void;
 }
 
+/** The width help is wrapped to: commander's own default when output is not a terminal. */
+export const HELP_WIDTH = 80;
+
 /** Builds the full `cove` command tree (no side effects, no native code). */
 export function buildProgram(opts: ProgramOptions = {}): Command {
   const program = new Command("cove")
@@ -23,7 +26,12 @@ export function buildProgram(opts: ProgramOptions = {}): Command {
     .version(VERSION, "-V, --version", "print the cove version")
     .option("--debug", "show stack traces and engine logs")
     .showSuggestionAfterError(true)
-    .configureHelp({ sortSubcommands: false, showGlobalOptions: true })
+    .configureHelp({
+      sortSubcommands: false,
+      showGlobalOptions: true,
+      // One width on every terminal, so the copy of the main help (cli/help_data.json) is exact.
+      helpWidth: HELP_WIDTH,
+    })
     .exitOverride()
     .configureOutput({
       writeErr: (s) => log(s.replace(/\n$/, "")),
@@ -35,4 +43,9 @@ export function buildProgram(opts: ProgramOptions = {}): Command {
     });
   for (const m of commandModules) m.register(program);
   return program;
+}
+
+/** The main help as `cove --help` prints it: what cli/help_data.json holds. */
+export function mainHelp(): { main: string } {
+  return { main: buildProgram().helpInformation() };
 }

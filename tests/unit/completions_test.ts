@@ -5,15 +5,24 @@
  */
 import { assertEquals } from "../helpers/assert.ts";
 import { cove, withTempDir } from "../helpers/cli.ts";
-import { buildProgram } from "../../cli/program.ts";
+import { buildProgram, mainHelp } from "../../cli/program.ts";
 import { completionData } from "../../cli/completions.ts";
 import data from "../../cli/completion_data.json" with { type: "json" };
+import help from "../../cli/help_data.json" with { type: "json" };
 import { parseSpec } from "../../core/spec/load.ts";
 import { Store } from "../../core/store/store.ts";
 
 Deno.test("completions: completion_data.json is the command tree's (else run scripts/gen-completion-data.ts)", () => {
   // deno-lint-ignore no-explicit-any
   assertEquals(data, JSON.parse(JSON.stringify(completionData(buildProgram() as any))));
+});
+
+Deno.test("help: help_data.json is the tree's main help (else run scripts/gen-completion-data.ts), and 'cove help', '--help' and '-h' print it", async () => {
+  assertEquals(help, mainHelp());
+  for (const args of [["help"], ["--help"], ["-h"]]) {
+    const r = await cove(Deno.cwd(), args);
+    assertEquals([r.code, r.stdout], [0, help.main], args.join(" "));
+  }
 });
 
 Deno.test("completions: TAB answers from the copy are the command tree's answers", () =>
