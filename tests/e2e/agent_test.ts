@@ -344,20 +344,25 @@ Deno.test({
         },
       );
 
+      /** Writes a new line to /root/unsynced, not synced: without a freeze it stays in the page cache. */
+      const writeUnsynced = async (prefix: string): Promise<string> => {
+        const data = `${prefix}-${crypto.randomUUID()}`;
+        const w = await run(home, [
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          `echo ${data} > /root/unsynced`,
+        ]);
+        assertEquals(w.code, 0, w.stderr);
+        return data;
+      };
+
       await t.step(
         "a clone of the running VM is taken with its file systems frozen: what the guest wrote an instant before is on the clone's disk",
         async () => {
-          const data = `written-${crypto.randomUUID()}`;
-          // Not synced: without the freeze it would still be in the guest's page cache.
-          const w = await run(home, [
-            "exec",
-            name,
-            "--",
-            "sh",
-            "-c",
-            `echo ${data} > /root/unsynced`,
-          ]);
-          assertEquals(w.code, 0, w.stderr);
+          const data = await writeUnsynced("written");
           const c = await run(home, ["clone", name, "copy"], { timeoutMs: 600_000 });
           assertEquals(c.code, 0, c.stderr);
           assertMatch(
@@ -389,16 +394,7 @@ Deno.test({
         async () => {
           const reg = await startRegistry();
           try {
-            const data = `pushed-${crypto.randomUUID()}`;
-            const w = await run(home, [
-              "exec",
-              name,
-              "--",
-              "sh",
-              "-c",
-              `echo ${data} > /root/unsynced`,
-            ]);
-            assertEquals(w.code, 0, w.stderr);
+            const data = await writeUnsynced("pushed");
             const ref = `${reg.host}/test/running:1`;
             const p = await run(home, ["push", name, ref, "--insecure"], { timeoutMs: 900_000 });
             assertEquals(p.code, 0, p.stderr);

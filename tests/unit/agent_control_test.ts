@@ -37,6 +37,24 @@ async function withControl(
   });
 }
 
+/** A VM handle (test double) whose guest ignores the power button; `stop` powers it off. */
+function ignoringGuest() {
+  const exit = Promise.withResolvers<ExitInfo>();
+  let off = false;
+  const vm = {
+    state: () => "running",
+    info: () => ({}),
+    requestStop: () => Promise.resolve(),
+    stop: () => {
+      off = true;
+      exit.resolve({ reason: "host" });
+      return Promise.resolve();
+    },
+    wait: () => exit.promise,
+  } as unknown as RunningVm;
+  return { exit, vm, poweredOff: () => off };
+}
+
 Deno.test("GET /agent and POST /agent/command reach the agent through the supervisor", async () => {
   await withControl(true, async (socket) => {
     const st = (await httpRequest(socket, "GET", "/agent")).json<
@@ -80,19 +98,7 @@ Deno.test("with agent: false the endpoints answer at once with exit 5", async ()
 
 Deno.test("a stop the guest's ACPI handler ignores goes through guest-shutdown before any power-off", async () => {
   await withControl(true, async (socket, sup, standin) => {
-    const exit = Promise.withResolvers<ExitInfo>();
-    let poweredOff = false;
-    const vm = {
-      state: () => "running",
-      info: () => ({}),
-      requestStop: () => Promise.resolve(), // the guest ignores the power button
-      stop: () => {
-        poweredOff = true;
-        exit.resolve({ reason: "host" });
-        return Promise.resolve();
-      },
-      wait: () => exit.promise,
-    } as unknown as RunningVm;
+    const { exit, vm, poweredOff } = ignoringGuest();
     sup.attach(vm);
     // The "guest" powers off when its agent is told to.
     const watcher = setInterval(() => {
@@ -102,7 +108,7 @@ Deno.test("a stop the guest's ACPI handler ignores goes through guest-shutdown b
       const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
       const body = r.json<{ via: string; forced: boolean; exit: ExitInfo }>();
       assertEquals([body.via, body.forced, body.exit.reason], ["agent", false, "guest"]);
-      assert(!poweredOff);
+      assert(!poweredOff());
       assertEquals(standin.log.shutdowns, ["powerdown"]);
     } finally {
       clearInterval(watcher);
@@ -113,19 +119,7 @@ Deno.test("a stop the guest's ACPI handler ignores goes through guest-shutdown b
 Deno.test("a guest that powers off at guest-shutdown, closing the channel at once, is stopped through the agent (not powered off)", async () => {
   await withControl(true, async (socket, sup, standin) => {
     standin.faults.closeOnShutdown = true;
-    const exit = Promise.withResolvers<ExitInfo>();
-    let poweredOff = false;
-    const vm = {
-      state: () => "running",
-      info: () => ({}),
-      requestStop: () => Promise.resolve(),
-      stop: () => {
-        poweredOff = true;
-        exit.resolve({ reason: "host" });
-        return Promise.resolve();
-      },
-      wait: () => exit.promise,
-    } as unknown as RunningVm;
+    const { exit, vm, poweredOff } = ignoringGuest();
     sup.attach(vm);
     const watcher = setInterval(() => {
       // QEMU exits a moment after the channel closed.
@@ -135,7 +129,7 @@ Deno.test("a guest that powers off at guest-shutdown, closing the channel at onc
       const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
       const body = r.json<{ via: string; forced: boolean }>();
       assertEquals([body.via, body.forced], ["agent", false]);
-      assert(!poweredOff, "the guest went down by itself");
+      assert(!poweredOff(), "the guest went down by itself");
     } finally {
       clearInterval(watcher);
     }
