@@ -900,7 +900,11 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     };
     // The proxied forwards listen before the VM starts; a refusal starts nothing.
     const nics = spec.networks;
-    forwards = new ForwardSet((i) => macResolver(nics[i]?.mac ?? ""), { log: note });
+    // A NIC on a cove network has the address the network handed out; any other is looked up by MAC.
+    forwards = new ForwardSet((i) => {
+      const fixed = addresses[i]?.split("/")[0];
+      return fixed ? () => Promise.resolve(fixed) : macResolver(nics[i]?.mac ?? "");
+    }, { log: note });
     const owner = portOwner(bundle);
     await forwards.probe(fwdPlan.all.filter((f) => !fwdPlan.proxied.includes(f)), owner);
     await engine.validate(fwdPlan.engineSpec, host, paths, storeContext(bundle));
