@@ -178,7 +178,7 @@ export async function pushVm(
     return await store.withCopy(
       bundle,
       copyRunningDisks,
-      async (copy, frozen) => ({ ...(await pushBundle(copy, job)), frozen }),
+      async (copy, frozen) => ({ ...(await pushBundle(copy, job, true)), frozen }),
     );
   }
   try {
@@ -198,10 +198,11 @@ interface PushJob {
   opts: PushOptions;
 }
 
-/** Pushes the files of `bundle` (the VM, or a copy of a running VM). */
+/** Pushes the files of `bundle`: the VM, or (`copy`) a copy of a running VM. */
 async function pushBundle(
   bundle: Bundle,
   { name, parsed, concurrency, chunkSize, opts }: PushJob,
+  copy = false,
 ): Promise<PushResult> {
   const cache = new OciCache(join(opts.home, "cache"));
   await cache.ensure();
@@ -402,8 +403,8 @@ async function pushBundle(
   } finally {
     workers?.close();
   }
-  // Only if the disk did not change while it was read.
-  if ((await fileKey(diskPath)) === key) {
+  // Only if the disk did not change while it was read, and is not a copy about to be deleted.
+  if (!copy && (await fileKey(diskPath)) === key) {
     await rememberPush(indexPath, { key, chunkSize, layers: diskDescs, used: Date.now() });
   }
   return {
