@@ -30,7 +30,8 @@ export function register(program: Command): void {
         out(
           `saved snapshot ${r.tag} of ${name} (${r.memory ? "memory and disks" : "disks"}, ${
             formatSize(r.allocated)
-          })` + (r.memory || r.pausedMs > 0 ? `; paused ${Math.round(r.pausedMs)} ms` : ""),
+          })` + (r.memory || r.pausedMs > 0 ? `; paused ${Math.round(r.pausedMs)} ms` : "") +
+            (r.frozen ? "; file systems frozen for the copy" : ""),
         );
       }
     });
