@@ -374,7 +374,7 @@ export class Store {
   }
 
   /**
-   * Runs `fn` on a private copy of VM `name` as it is (the same identity
+   * Runs `fn` on a private copy of the running VM `from` as it is (the same identity
    * and files, its disks copy-on-write where the file system can), made in
    * a locked staging directory and removed afterwards: what a push of a
    * running VM reads, while the VM runs on.

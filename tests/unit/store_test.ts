@@ -246,6 +246,62 @@ Deno.test("store: probes take no lock: while another process holds it, holder() 
     assertEquals(await store.list(), []);
   }));
 
+Deno.test("store: a running VM is cloned and copied from its supervisor's copy of its disks (a test double here), never from the live disk; without a copier it is refused", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("live", {
+      spec: parseSpec("disks: [{ path: disk.img, size: 1MiB }]\n"),
+    });
+    await Deno.writeTextFile(join(b.dir, "disk.img"), "live bytes, mid-write");
+    const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath, "run"], {}, "locked");
+    // Stands in for copyRunningDisks (core/supervisor/client.ts), which asks the real supervisor.
+    let released = 0;
+    const copier = async () => {
+      const dir = await Deno.makeTempDir({ dir: home });
+      await Deno.writeTextFile(join(dir, "disk-0"), "the frozen copy");
+      return {
+        dir,
+        frozen: true,
+        disks: [{ path: "disk.img", file: "disk-0", method: "copy" as const }],
+        release: async () => {
+          released++;
+          await Deno.remove(dir, { recursive: true }).catch(() => {});
+        },
+      };
+    };
+    try {
+      const refused = await assertCoveError(() => store.clone("live", "nope"));
+      assertEquals(
+        refused.line(),
+        "cannot clone 'live': it is running (stop it first with 'cove stop live')",
+      );
+      const r = await store.clone("live", "twin", { copyRunning: copier });
+      assertEquals(r.frozen, true);
+      assertEquals(await Deno.readTextFile(join(r.bundle.dir, "disk.img")), "the frozen copy");
+      assert(released >= 1, "the copy was released");
+      const seen = await store.withCopy(b, copier, async (copy, frozen) => {
+        assert(frozen);
+        assertEquals(
+          (await copy.readMachine()).uuid,
+          (await b.readMachine()).uuid,
+          "same identity",
+        );
+        return await Deno.readTextFile(join(copy.dir, "disk.img"));
+      });
+      assertEquals(seen, "the frozen copy");
+      assertEquals(await Deno.readTextFile(join(b.dir, "disk.img")), "live bytes, mid-write");
+      assertEquals(
+        (await Array.fromAsync(Deno.readDir(join(home, "tmp")))).map((e) => e.name),
+        [],
+        "the copy made for withCopy is gone",
+      );
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+      await holder.stdout.cancel().catch(() => {});
+    }
+  }));
+
 Deno.test("store: a released lock names nobody, so a probe never reads the next holder as the last one (a finished create is not 'in progress')", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
