@@ -11,7 +11,13 @@
  * @module
  */
 import type { HostInfo } from "../core/host.ts";
-import type { ArchName, NetworkSpec, OsName, VmSpec } from "../core/spec/schema.ts";
+import type {
+  ArchName,
+  NetworkSpec,
+  OsName,
+  PortForwardSpec,
+  VmSpec,
+} from "../core/spec/schema.ts";
 
 export type { HostInfo };
 
@@ -285,6 +291,18 @@ export interface RunningVm {
   wait(): Promise<ExitInfo>;
   /** Engine facts shown by `cove get` (pid, accelerator, forwarded ports). */
   info(): Record<string, unknown>;
+  /**
+   * Adds a forward, while the VM runs, to NIC `nic` (an index into
+   * spec.networks) when the engine forwards that NIC's ports itself
+   * ({@link Engine.forwardsPorts}; QEMU user networking: hostfwd_add): what
+   * automatic forwards use there, since the host cannot reach such a guest's
+   * address. Resolves with the host port bound (`host` 0 picks a free one);
+   * rejects with `net.port_in_use` when the host port is taken. Absent when
+   * the engine cannot.
+   */
+  addForward?(nic: number, f: PortForwardSpec): Promise<number>;
+  /** Removes a forward that {@link addForward} added (`f.host` as it resolved). */
+  removeForward?(nic: number, f: PortForwardSpec): Promise<void>;
 }
 
 /**

@@ -4,7 +4,10 @@
  * `/proc/net/tcp6`, through a "read a guest file" function that the guest
  * agent provides) and forwards each new listener on a non-loopback guest
  * address from 127.0.0.1 at the same port, or at the next free one when
- * that is taken; a forward is removed when the guest stops listening.
+ * that is taken; a forward is removed when the guest stops listening. On a
+ * NIC the engine forwards itself (QEMU user networking, whose guest address
+ * the host cannot reach) the engine adds it (hostfwd_add); elsewhere the
+ * supervisor's proxy serves it.
  *
  * The rule ({@link AutoForwardRule}) skips an `ignore` list of guest ports
  * and ports outside `range`, as Lima's portForwards rules do; guest ports
@@ -248,8 +251,8 @@ export function startAutoForward(
     skip: () =>
       set.list().filter((f) => f.origin !== "auto" && f.network === network).map((f) => f.guest),
     open: (guest) =>
-      openAtOrAfter(guest, async (host) => {
-        const p = await set.open({
+      openAtOrAfter(guest, (host) =>
+        set.openLive({
           protocol: "tcp",
           address: "127.0.0.1",
           host,
@@ -257,9 +260,7 @@ export function startAutoForward(
           origin: "auto",
           network,
           where: `autoForward of guest port ${guest}`,
-        });
-        return p.port;
-      }),
+        })),
     close: async (guest) => {
       const f = set.find(mine(guest));
       if (f) await set.close(f);

@@ -10,8 +10,10 @@
  *   both), and splits the spec into what the engine serves and what the
  *   proxy serves.
  * - {@link ForwardSet} opens the proxied forwards all or nothing (a refusal
- *   closes what was opened), lists every active forward with its origin for
- *   `cove port`, and closes them when the VM stops.
+ *   closes what was opened), opens and closes automatic forwards while the VM
+ *   runs (through the engine on a NIC it forwards itself, else the proxy),
+ *   lists every active forward with its origin for `cove port`, and closes
+ *   them when the VM stops.
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
@@ -186,10 +188,26 @@ export type PortOwner = (
   f: Pick<PortForwardSpec, "protocol" | "address" | "host">,
 ) => Promise<string | undefined>;
 
+/**
+ * Adds and removes forwards that the engine serves, while the VM runs (the
+ * engine's `RunningVm.addForward`: QEMU user networking's hostfwd_add).
+ */
+export interface LiveEngineForwards {
+  /** Whether the engine serves this NIC's forwards (no proxy could reach its guest). */
+  serves(network: number): boolean;
+  /** Adds one; resolves with the host port bound. */
+  add(f: PlannedForward): Promise<number>;
+  /** Removes one that {@link add} added (`host` as it resolved). */
+  remove(f: PlannedForward): Promise<void>;
+}
+
 /** The live forwards of one run. */
 export class ForwardSet {
   #proxies = new Map<PlannedForward, ForwardProxy>();
   #engine: ActiveForward[] = [];
+  /** Forwards the engine added while the VM runs, with the host port it bound. */
+  #engineAdded: PlannedForward[] = [];
+  #live: LiveEngineForwards | undefined;
   #closed = false;
 
   constructor(
@@ -255,8 +273,41 @@ export class ForwardSet {
     }
   }
 
+  /** Lets {@link openLive} add forwards through the engine (once the VM runs). */
+  setLiveEngine(live: LiveEngineForwards): void {
+    this.#live = live;
+  }
+
+  /**
+   * Opens one forward while the VM runs (autoForward): through the engine
+   * on a NIC it serves itself, whose guest the proxy cannot reach (QEMU
+   * user networking), else through the proxy. Resolves with the host port.
+   */
+  async openLive(f: PlannedForward): Promise<number> {
+    if (this.#closed) {
+      throw new CoveError("vm.state", "the VM has stopped", { exit: ExitCode.State });
+    }
+    const live = this.#live;
+    if (live?.serves(f.network)) {
+      const host = await live.add(f);
+      if (this.#closed) {
+        await live.remove({ ...f, host }).catch(() => {});
+        throw new CoveError("vm.state", "the VM has stopped", { exit: ExitCode.State });
+      }
+      this.#engineAdded.push({ ...f, host });
+      return host;
+    }
+    return (await this.open(f)).port;
+  }
+
   /** Closes one forward (an automatic one whose guest listener went away). */
   async close(f: PlannedForward): Promise<void> {
+    const k = this.#engineAdded.indexOf(f);
+    if (k >= 0) {
+      this.#engineAdded.splice(k, 1);
+      await this.#live?.remove(f);
+      return;
+    }
     const p = this.#proxies.get(f);
     this.#proxies.delete(f);
     await p?.close();
@@ -279,12 +330,22 @@ export class ForwardSet {
       via: "proxy",
       where: f.where,
     }));
-    return [...this.#engine, ...proxied];
+    const added = this.#engineAdded.map((f): ActiveForward => ({
+      protocol: f.protocol,
+      address: f.address,
+      host: f.host,
+      guest: f.guest,
+      origin: f.origin,
+      network: f.network,
+      via: "engine",
+      where: f.where,
+    }));
+    return [...this.#engine, ...added, ...proxied];
   }
 
-  /** The planned forward behind an open proxy, by protocol and guest port (autoForward). */
+  /** The forward opened by {@link open} or {@link openLive} that `pred` picks (autoForward). */
   find(pred: (f: PlannedForward) => boolean): PlannedForward | undefined {
-    return [...this.#proxies.keys()].find(pred);
+    return this.#engineAdded.find(pred) ?? [...this.#proxies.keys()].find(pred);
   }
 
   /** Closes every forward; later opens are refused. */
@@ -293,6 +354,8 @@ export class ForwardSet {
     const ps = [...this.#proxies.values()];
     this.#proxies.clear();
     this.#engine = [];
+    // The engine's own go with the VM.
+    this.#engineAdded = [];
     await Promise.all(ps.map((p) => p.close()));
   }
 }

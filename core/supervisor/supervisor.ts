@@ -1003,6 +1003,29 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     }
     sup.attach(vm);
     sup.state = vm.state();
+    // Forwards opened while the VM runs (automatic ones) go through the engine on the NICs it
+    // forwards itself: the proxy cannot reach a guest behind QEMU's user networking.
+    const byEngine = spec.networks.map((n) => n.mode !== "none" && engine.forwardsPorts(n));
+    const rule = ({ protocol, address, host, guest }: PortForwardSpec) => ({
+      protocol,
+      address,
+      host,
+      guest,
+    });
+    forwards.setLiveEngine({
+      serves: (i) => byEngine[i] ?? false,
+      add: (f) => {
+        if (!vm.addForward) {
+          // An engine that forwards a NIC's ports itself must add them live too.
+          throw new CoveError(
+            "internal",
+            `${f.where}: the ${engineId} engine cannot add a forward while the VM runs`,
+          );
+        }
+        return vm.addForward(f.network, rule(f));
+      },
+      remove: async (f) => await vm.removeForward?.(f.network, rule(f)),
+    });
     if (restoring && spec.agent) void sup.syncGuestClock();
     // Automatic forwards watch the guest's listening sockets through its agent.
     if (agent?.enabled) {

@@ -11,7 +11,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../../core/errors.ts";
-import type { NetworkSpec, VmSpec } from "../../core/spec/schema.ts";
+import type { NetworkSpec, PortForwardSpec, VmSpec } from "../../core/spec/schema.ts";
 import { parseSize } from "../../core/units.ts";
 import { overlaps, parseCidr } from "../../core/net/networks.ts";
 import type {
@@ -499,6 +499,7 @@ export class QemuEngine extends BaseEngine implements Engine {
         accel: accel.accel,
         accelWhy: accel.why,
         shareWhy,
+        userNics: spec.networks.map((n) => n.mode === "user" || n.mode === "nat"),
       }, helpers);
       if (incoming !== undefined) await vm.resumeFromState(incoming);
       return vm;
@@ -592,7 +593,7 @@ class QemuVm implements RunningVm {
     binary: string,
     args: string[],
     plan: QemuPlan,
-    facts: { accel: Accel; accelWhy: string; shareWhy: string },
+    facts: { accel: Accel; accelWhy: string; shareWhy: string; userNics: boolean[] },
     helpers: VirtiofsdProcess[],
   ): Promise<QemuVm> {
     const r = reaped(binary, args);
@@ -701,6 +702,7 @@ class QemuVm implements RunningVm {
     };
     const vm = new QemuVm(child, consoleConn, qmp, stderr, status, plan, info, helpers);
     vm.#hardKill = hardKill;
+    vm.#userNics = facts.userNics;
     vm.#savedState = plan.savedState ?? "";
     for (const l of logQueue) if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
     sink.onLine = (l) => {
@@ -710,6 +712,8 @@ class QemuVm implements RunningVm {
   }
 
   #hardKill: () => void = () => {};
+  /** Per NIC: QEMU user networking (netdev cove-netN), where hostfwd_add works. */
+  #userNics: boolean[] = [];
   #savedState = "";
   #version: QemuVersion | undefined;
 
@@ -848,6 +852,51 @@ class QemuVm implements RunningVm {
 
   info(): Record<string, unknown> {
     return { ...this.#info, state: this.#state };
+  }
+
+  /**
+   * hostfwd_add on a user-networking NIC (the HMP command, through QMP's
+   * human-monitor-command: QMP has no command of its own for it). The host
+   * port is tried first, so a taken one is `net.port_in_use`.
+   */
+  async addForward(nic: number, f: PortForwardSpec): Promise<number> {
+    const where = `networks[${nic}]`;
+    if (!this.#userNics[nic]) {
+      throw new CoveError(
+        "qemu.network_forwards",
+        `${where}: qemu adds forwards only on user networking (mode: user or nat)`,
+        { exit: ExitCode.Usage },
+      );
+    }
+    const host = f.host === 0 ? freePort(f.address) : f.host;
+    if (f.protocol === "tcp") checkPortFree(f.address, host, where);
+    const rule = `${f.protocol}:${f.address}:${host}-:${f.guest}`;
+    const out = await this.#qmp.execute<string>("human-monitor-command", {
+      "command-line": `hostfwd_add cove-net${nic} ${rule}`,
+    }, QMP_STOP_TIMEOUT_MS);
+    // HMP answers "" when it worked and a line of text when it did not.
+    if (typeof out === "string" && out.trim() !== "") {
+      throw new CoveError(
+        /Could not set up host forwarding/.test(out) ? "net.port_in_use" : "qemu.failed",
+        `${where}: qemu could not forward ${rule}: ${out.trim()}`,
+        { exit: ExitCode.Host },
+      );
+    }
+    return host;
+  }
+
+  /** hostfwd_remove of a forward {@link addForward} made. */
+  async removeForward(nic: number, f: PortForwardSpec): Promise<void> {
+    const out = await this.#qmp.execute<string>("human-monitor-command", {
+      "command-line": `hostfwd_remove cove-net${nic} ${f.protocol}:${f.address}:${f.host}`,
+    }, QMP_STOP_TIMEOUT_MS);
+    if (typeof out === "string" && !/removed/.test(out)) {
+      throw new CoveError(
+        "qemu.failed",
+        `networks[${nic}]: qemu could not remove the forward of host port ${f.host}: ${out.trim()}`,
+        { exit: ExitCode.Host },
+      );
+    }
   }
 
   /** The child process (for tests). */

@@ -164,3 +164,51 @@ Deno.test("automatic forwards go into the run's forward set as origin auto and a
     await serving;
   }
 });
+
+Deno.test("on a NIC the engine forwards itself (QEMU user networking), automatic forwards are the engine's: added and removed live, via engine", async () => {
+  const { ForwardSet } = await import("../../core/net/forwards.ts");
+  const { startAutoForward } = await import("../../core/net/autoforward.ts");
+  // A proxy could not reach such a guest: the resolver says so if it is ever asked.
+  const set = new ForwardSet(() => () => Promise.reject(new Error("no guest address")));
+  const added: string[] = [];
+  const removed: string[] = [];
+  const taken = new Set([8080]);
+  set.setLiveEngine({
+    serves: (nic) => nic === 0,
+    add: (f) => {
+      if (taken.has(f.host)) {
+        return Promise.reject(new CoveError("net.port_in_use", "x", { exit: ExitCode.Host }));
+      }
+      added.push(`${f.address}:${f.host}-:${f.guest}`);
+      return Promise.resolve(f.host);
+    },
+    remove: (f) => (removed.push(`${f.address}:${f.host}`), Promise.resolve()),
+  });
+  let tcp = HEAD + line(0, "00000000:1F90", "0A"); // 0.0.0.0:8080
+  const w = startAutoForward(
+    set,
+    0,
+    { ignore: [], range: { from: 1, to: 65535 } },
+    (p) => Promise.resolve(p.endsWith("6") ? "" : tcp),
+    { intervalMs: 20 },
+  );
+  try {
+    const deadline = Date.now() + 5000;
+    while (set.list().length === 0 && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assertEquals(added, ["127.0.0.1:8081-:8080"]);
+    assertEquals(
+      set.list().map((f) => [f.origin, f.host, f.guest, f.via]),
+      [["auto", 8081, 8080, "engine"]],
+    );
+    tcp = HEAD;
+    const until = Date.now() + 5000;
+    while (set.list().length > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    assertEquals(set.list(), []);
+    assertEquals(removed, ["127.0.0.1:8081"]);
+  } finally {
+    await w.stop();
+    await set.closeAll();
+  }
+});
