@@ -214,6 +214,7 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "qemu.bad_accel": "COVE_QEMU_ACCEL names no accelerator",
   "qemu.bad_loader": "the qemu engine cannot boot with that loader",
   "qemu.failed": "QEMU failed",
+  "qemu.forward": "QEMU adds forwards only on user networking or a cove network NIC",
   "qemu.network": "the QEMU engine cannot join this cove network",
   "qemu.no_audio": "the qemu engine has no audio device",
   "qemu.no_firmware": "no EFI firmware for the guest architecture was found",

@@ -276,6 +276,12 @@ function isNoise(line: string): boolean {
   return /QEMU waiting for connection|warning: host doesn't support requested feature/.test(line);
 }
 
+/** A NIC whose forwards QEMU serves with hostfwd: its user-networking netdev, and the guest's address there ("" for slirp's default). */
+interface HostfwdNic {
+  netdev: string;
+  guest: string;
+}
+
 /** The engine object. */
 export class QemuEngine extends BaseEngine implements Engine {
   readonly id = "qemu" as const;
@@ -499,7 +505,13 @@ export class QemuEngine extends BaseEngine implements Engine {
         accel: accel.accel,
         accelWhy: accel.why,
         shareWhy,
-        userNics: spec.networks.map((n) => n.mode === "user" || n.mode === "nat"),
+        hostfwdNics: spec.networks.map((n, i) =>
+          n.mode === "user" || n.mode === "nat"
+            ? { netdev: `cove-net${i}`, guest: "" }
+            : n.mode === "network" && n.mac
+            ? { netdev: `cove-fwd${i}`, guest: forwardGuestAddress(i) }
+            : undefined
+        ),
       }, helpers);
       if (incoming !== undefined) await vm.resumeFromState(incoming);
       return vm;
@@ -593,7 +605,12 @@ class QemuVm implements RunningVm {
     binary: string,
     args: string[],
     plan: QemuPlan,
-    facts: { accel: Accel; accelWhy: string; shareWhy: string; userNics: boolean[] },
+    facts: {
+      accel: Accel;
+      accelWhy: string;
+      shareWhy: string;
+      hostfwdNics: (HostfwdNic | undefined)[];
+    },
     helpers: VirtiofsdProcess[],
   ): Promise<QemuVm> {
     const r = reaped(binary, args);
@@ -702,7 +719,7 @@ class QemuVm implements RunningVm {
     };
     const vm = new QemuVm(child, consoleConn, qmp, stderr, status, plan, info, helpers);
     vm.#hardKill = hardKill;
-    vm.#userNics = facts.userNics;
+    vm.#hostfwdNics = facts.hostfwdNics;
     vm.#savedState = plan.savedState ?? "";
     for (const l of logQueue) if (!isNoise(l)) vm.#emit({ type: "log", level: "warn", message: l });
     sink.onLine = (l) => {
@@ -712,8 +729,8 @@ class QemuVm implements RunningVm {
   }
 
   #hardKill: () => void = () => {};
-  /** Per NIC: QEMU user networking (netdev cove-netN), where hostfwd_add works. */
-  #userNics: boolean[] = [];
+  /** Per NIC: the user-networking netdev where hostfwd_add works, and the guest's address on it. */
+  #hostfwdNics: (HostfwdNic | undefined)[] = [];
   #savedState = "";
   #version: QemuVersion | undefined;
 
@@ -855,24 +872,26 @@ class QemuVm implements RunningVm {
   }
 
   /**
-   * hostfwd_add on a user-networking NIC (the HMP command, through QMP's
-   * human-monitor-command: QMP has no command of its own for it). The host
-   * port is tried first, so a taken one is `net.port_in_use`.
+   * hostfwd_add on a user-networking NIC, or on a cove network NIC's
+   * forward NIC (the HMP command, through QMP's human-monitor-command: QMP
+   * has no command of its own for it). The host port is tried first, so a
+   * taken one is `net.port_in_use`.
    */
   async addForward(nic: number, f: PortForwardSpec): Promise<number> {
     const where = `networks[${nic}]`;
-    if (!this.#userNics[nic]) {
+    const on = this.#hostfwdNics[nic];
+    if (!on) {
       throw new CoveError(
-        "qemu.network_forwards",
-        `${where}: qemu adds forwards only on user networking (mode: user or nat)`,
+        "qemu.forward",
+        `${where}: qemu adds forwards only on user networking or a cove network`,
         { exit: ExitCode.Usage },
       );
     }
     const host = f.host === 0 ? freePort(f.address) : f.host;
     if (f.protocol === "tcp") checkPortFree(f.address, host, where);
-    const rule = `${f.protocol}:${f.address}:${host}-:${f.guest}`;
+    const rule = `${f.protocol}:${f.address}:${host}-${on.guest}:${f.guest}`;
     const out = await this.#qmp.execute<string>("human-monitor-command", {
-      "command-line": `hostfwd_add cove-net${nic} ${rule}`,
+      "command-line": `hostfwd_add ${on.netdev} ${rule}`,
     }, QMP_STOP_TIMEOUT_MS);
     // HMP answers "" when it worked and a line of text when it did not.
     if (typeof out === "string" && out.trim() !== "") {
@@ -887,8 +906,9 @@ class QemuVm implements RunningVm {
 
   /** hostfwd_remove of a forward {@link addForward} made. */
   async removeForward(nic: number, f: PortForwardSpec): Promise<void> {
+    const netdev = this.#hostfwdNics[nic]?.netdev ?? `cove-net${nic}`;
     const out = await this.#qmp.execute<string>("human-monitor-command", {
-      "command-line": `hostfwd_remove cove-net${nic} ${f.protocol}:${f.address}:${f.host}`,
+      "command-line": `hostfwd_remove ${netdev} ${f.protocol}:${f.address}:${f.host}`,
     }, QMP_STOP_TIMEOUT_MS);
     if (typeof out === "string" && !/removed/.test(out)) {
       throw new CoveError(
