@@ -10,7 +10,7 @@
  */
 import { type Command, Option } from "@commander-js/extra-typings";
 import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { FORMAT_HELP, log, out, outJson, parseFormat } from "../output.ts";
 
 const FORWARD_HELP =
   "forward [ADDR:]HOST:GUEST[/udp] for this run only, on top of the spec's (repeatable)";
@@ -30,8 +30,6 @@ const SHOWN_EVENTS: ReadonlySet<SupervisorEvent["type"]> = new Set([
   "stop-failed",
   "stop-timeout",
 ]);
-
-const FORMAT_HELP = "output format: text or json";
 
 /** Registers the lifecycle commands. */
 export function register(program: Command): void {

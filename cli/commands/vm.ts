@@ -7,9 +7,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
-import { type Format, log, out, outJson, parseFormat, table } from "../output.ts";
-
-const FORMAT_HELP = "output format: text or json";
+import { type Format, FORMAT_HELP, log, out, outJson, parseFormat, table } from "../output.ts";
 
 function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): string[] {
   return [
