@@ -12,6 +12,7 @@
  * @module
  */
 import { basename, dirname, join, posix } from "node:path";
+import { concatBytes } from "../bytes.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { agentExec, agentRun, fromBase64, toBase64 } from "./exec.ts";
 import type { AgentTransport } from "./transport.ts";
@@ -196,24 +197,13 @@ async function* rechunk(src: AsyncIterable<Uint8Array>, size: number): AsyncIter
       n += take;
       off += take;
       if (n === size) {
-        yield concat(pending, n);
+        yield concatBytes(pending);
         pending = [];
         n = 0;
       }
     }
   }
-  if (n > 0) yield concat(pending, n);
-}
-
-function concat(parts: Uint8Array[], n: number): Uint8Array {
-  if (parts.length === 1) return parts[0].slice();
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  if (n > 0) yield concatBytes(pending);
 }
 
 async function hostStat(path: string): Promise<Deno.FileInfo | null> {
@@ -462,13 +452,12 @@ export async function readGuestText(
   limit = 4 * 1024 * 1024,
 ): Promise<string | undefined> {
   const parts: Uint8Array[] = [];
-  let bytes: number;
   try {
-    bytes = await readGuestChunks(agent, path, (data) => {
+    await readGuestChunks(agent, path, (data) => {
       parts.push(data);
     }, { limit, timeoutMs: 5_000 });
   } catch {
     return undefined;
   }
-  return new TextDecoder().decode(concat(parts, bytes));
+  return new TextDecoder().decode(concatBytes(parts));
 }
