@@ -431,7 +431,7 @@ export class QemuEngine extends BaseEngine implements Engine {
     });
     const accel = await chooseAccel(spec, host, binary);
     await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
-    const rt = (f: string) => join(paths.runtimeDir, f);
+    const rt = (f: string) => join(paths.runtimeDir, f); // names of at most RUNTIME_NAME_MAX bytes
     const plan: QemuPlan = {
       name: req.name,
       accel: accel.accel,
