@@ -88,7 +88,9 @@ export {
   copyNote,
   createVm,
   type CreateVmOptions,
+  type FirstBootEvent,
   getVm,
+  type GetVmOptions,
   type RegistryFlags,
   setVm,
   type SetVmOptions,
@@ -108,7 +110,8 @@ export type {
   VmState,
 } from "./engines/engine.ts";
 export { loadEngine, resolveEngineId } from "./engines/select.ts";
-export type { RunOptions, RunResult, SupervisorEvent } from "./core/supervisor/supervisor.ts";
+export type { RunOptions, RunResult } from "./core/supervisor/supervisor.ts";
+export { describeEvent, type SupervisorEvent } from "./core/supervisor/events.ts";
 export type { StartOptions } from "./core/supervisor/start.ts";
 export {
   attachConsole,

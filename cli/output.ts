@@ -23,6 +23,9 @@ export class FlagError extends Error {
   }
 }
 
+/** The help of every `--format` option. */
+export const FORMAT_HELP = "output format: text or json";
+
 /** Validates a --format value. */
 export function parseFormat(v: string): Format {
   if (v === "text" || v === "json") return v;

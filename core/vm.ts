@@ -15,6 +15,9 @@ import type { SpecParsed, VmSpec } from "./spec/schema.ts";
 import type { Bundle, MachineIdentity } from "./store/bundle.ts";
 import type { Store, VmSummary } from "./store/store.ts";
 import { parseFlag } from "./flags.ts";
+import { detectHost } from "./host.ts";
+import { type AgentStatus, agentStatus } from "./agent/remote.ts";
+import { type LiveStatus, withLive } from "./supervisor/live.ts";
 import { formatSize, parseSize } from "./units.ts";
 
 /** Registry options, for sources and clones from `oci://` references. */
@@ -41,7 +44,36 @@ export interface CreateVmOptions extends SpecFlags, RegistryFlags {
    * the spec to use. (For sources cove does not know; `from` covers the rest.)
    */
   fromSource?: (staging: Bundle, spec: VmSpec) => Promise<VmSpec | void>;
+  /**
+   * macOS guests (`ipsw:` sources): the first account's password, from a
+   * file (mode 0600) or stdin; without either a password is generated.
+   * Either needs an `ipsw:` source.
+   */
+  passwordFile?: string;
+  passwordStdin?: boolean;
+  /**
+   * macOS guests: provision the first account and see the first boot
+   * through (the VM is started and left running once cove's ssh key is in),
+   * when this host and the installed image can do it unattended; as
+   * `cove create` does. Without it the VM is only installed.
+   */
+  firstBoot?: boolean;
+  /** macOS guests with `firstBoot`: bound in seconds on the wait for ssh (default 600). */
+  waitSeconds?: number;
+  /** Hears how a macOS guest's first boot goes, for the caller to show. */
+  onFirstBoot?: (e: FirstBootEvent) => void;
 }
+
+/** What {@link createVm} tells about a macOS guest's first boot. */
+export type FirstBootEvent =
+  /** One line: the first boot will not be (or was not) unattended, and what to do instead. */
+  | { type: "notice"; message: string }
+  /** The generated password of the first account: the only time it is told. */
+  | { type: "password"; user: string; password: string }
+  /** The VM is starting to create the account and install cove's ssh key. */
+  | { type: "first-boot"; user: string }
+  /** The first boot installed cove's key: the VM runs and ssh reaches it. */
+  | { type: "ready" };
 
 /** Flags an `oci://` image decides itself: giving them is a contradiction. */
 const IMAGE_DECIDES = ["os", "arch", "kernel", "initrd", "cmdline"] as const;
@@ -54,6 +86,8 @@ const IMAGE_DECIDES = ["os", "arch", "kernel", "initrd", "cmdline"] as const;
  */
 export async function createVm(store: Store, name: string, opts: CreateVmOptions): Promise<Bundle> {
   store.bundle(name); // validates the name before any work
+  // Before the long install: the password (refused at once when bad), and what the host allows.
+  const firstBoot = await prepareFirstBoot(opts);
   if (opts.from?.startsWith("oci://")) return await createVmFromOci(store, name, opts.from, opts);
   let fromSource = opts.fromSource;
   let os = opts.os;
@@ -71,7 +105,7 @@ export async function createVm(store: Store, name: string, opts: CreateVmOptions
     ? await readConfigFile(opts.config)
     : applyFlags({} as SpecParsed, {});
   const spec = applyFlags(base, { ...opts, os });
-  return await store.create(name, {
+  const b = await store.create(name, {
     spec,
     populate: async (staging, full) => {
       let s = full;
@@ -82,6 +116,52 @@ export async function createVm(store: Store, name: string, opts: CreateVmOptions
       return await importBootFiles(staging, s);
     },
   });
+  await firstBoot?.(store, b);
+  return b;
+}
+
+/**
+ * Checks the macOS provisioning options before anything is installed, says
+ * when the host cannot provision unattended, and takes the password. Returns
+ * what to do once the VM is installed (keep the password, start the first
+ * boot and wait for it), or undefined when there is nothing to do.
+ */
+async function prepareFirstBoot(
+  opts: CreateVmOptions,
+): Promise<((store: Store, b: Bundle) => Promise<void>) | undefined> {
+  const asked = opts.passwordFile !== undefined || opts.passwordStdin === true;
+  const ipsw = opts.from !== undefined &&
+    (await import("./images/ipsw.ts")).isIpswSource(opts.from);
+  if (asked && !ipsw) {
+    throw new CoveError(
+      "usage.password",
+      "--password-file and --password-stdin set a macOS guest's first account; they need --from ipsw:…",
+      { hint: "Linux guests get cove's key through cloud-init", exit: ExitCode.Usage },
+    );
+  }
+  if (!ipsw || !opts.firstBoot) return undefined;
+  const mac = await import("./provision/macos.ts");
+  const host = detectHost();
+  const tell = opts.onFirstBoot ?? (() => {});
+  const before = mac.provisioningPlan(host, undefined, asked);
+  if (before.notice) tell({ type: "notice", message: before.notice });
+  if (!before.unattended) return undefined;
+  const secret = await mac.resolvePassword(opts);
+  return async (store, b) => {
+    const plan = await mac.applyMacProvisioning(b, {
+      password: secret.password,
+      host,
+      waitSeconds: opts.waitSeconds,
+    });
+    if (plan.notice) return tell({ type: "notice", message: plan.notice });
+    const user = (await b.readSpec()).provision.user;
+    if (secret.generated) tell({ type: "password", user, password: secret.password });
+    tell({ type: "first-boot", user });
+    const { startDetached } = await import("./supervisor/start.ts");
+    await startDetached(store, b.name, { timeoutMs: 120_000 });
+    await mac.waitFirstBoot(b, (opts.waitSeconds ?? mac.FIRST_BOOT_WAIT_S) + 30);
+    tell({ type: "ready" });
+  };
 }
 
 async function createVmFromOci(
@@ -232,10 +312,27 @@ export interface VmDetails extends VmSummary {
   machine?: MachineIdentity;
   /** macOS guests: iCloud sign-in, first-boot provisioning, ISO keyboard mapping. */
   macos?: { icloud: string; provision?: string; keyboard?: string };
+  /** With `live`: the supervisor's details (see {@link withLive}). */
+  live?: LiveStatus;
+  /** With `live`: whether the guest agent answers, and why not when it does not. */
+  agent?: AgentStatus;
+}
+
+/** Options of {@link getVm}. */
+export interface GetVmOptions {
+  /**
+   * Ask the supervisor too, as `cove get` does: the live state (paused,
+   * starting, the last crash...) and, for a running VM, its guest agent.
+   */
+  live?: boolean;
 }
 
 /** The details of one VM. */
-export async function getVm(store: Store, name: string): Promise<VmDetails> {
+export async function getVm(
+  store: Store,
+  name: string,
+  opts: GetVmOptions = {},
+): Promise<VmDetails> {
   const b = await store.get(name);
   const { summary, spec: read } = await store.summaryAndSpec(b);
   // A spec that cannot be read fails here with its own error, as it always has.
@@ -248,7 +345,29 @@ export async function getVm(store: Store, name: string): Promise<VmDetails> {
       machine?.vzMachineIdentifier,
     )
     : undefined;
-  return { ...summary, path: b.dir, spec, machine, ...(macos ? { macos } : {}) };
+  const details: VmDetails = {
+    ...summary,
+    path: b.dir,
+    spec,
+    machine,
+    ...(macos ? { macos } : {}),
+  };
+  if (!opts.live) return details;
+  const d = await withLive(b, details);
+  return { ...d, agent: await vmAgentStatus(b, spec, d.state) };
+}
+
+/** The guest agent of a VM in `state`: asked through the supervisor when it runs. */
+async function vmAgentStatus(b: Bundle, spec: VmSpec, state: string): Promise<AgentStatus> {
+  const enabled = spec.agent === true;
+  if (!enabled || state !== "running") {
+    return { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
+  }
+  return await agentStatus(b).catch((e) => ({
+    enabled,
+    answers: false,
+    reason: e instanceof Error ? e.message : String(e),
+  }));
 }
 
 /**

@@ -71,13 +71,23 @@ export interface Capabilities extends Availability {
   nativeAbi?: { version: number | null; note?: string };
 }
 
+/**
+ * The longest file name an engine puts in {@link VmPaths.runtimeDir}: the
+ * supervisor keeps that directory short enough for a unix socket of this
+ * name to fit (core/supervisor/paths.ts).
+ */
+export const RUNTIME_NAME_MAX = 16;
+
 /** The files of a VM bundle that an engine may use. Paths are absolute. */
 export interface VmPaths {
   /** The bundle directory. */
   dir: string;
   /** The serial console log. */
   consoleLog: string;
-  /** Engine-private runtime files (QMP socket, pid files) go here. */
+  /**
+   * Engine-private runtime files (QMP socket, pid files) go here, with
+   * names of at most {@link RUNTIME_NAME_MAX} bytes.
+   */
   runtimeDir: string;
   /** Machine identity (JSON: uuid, VZ machine identifier, hardware model). */
   machine: string;

@@ -16,14 +16,12 @@
  * ```
  * @module
  */
-import { LibcError } from "./libc.ts";
+import { EAGAIN_DARWIN, EAGAIN_LINUX, LibcError } from "./libc.ts";
 
 const POLLIN = 0x1;
 const POLLHUP = 0x10;
 const POLLERR = 0x8;
 const EINTR = 4;
-const EAGAIN_LINUX = 11;
-const EAGAIN_DARWIN = 35;
 
 const linuxSymbols = {
   pipe: { parameters: ["buffer"], result: "i32" },

@@ -189,9 +189,11 @@ const F_OFD_SETLK = 37;
 const F_WRLCK = 1;
 const F_UNLCK = 2;
 const EINVAL = 22;
-const EAGAIN_LINUX = 11;
+/** EAGAIN (EWOULDBLOCK) on Linux; ffi/fd.ts uses it too. */
+export const EAGAIN_LINUX = 11;
 const EACCES = 13;
-const EAGAIN_DARWIN = 35;
+/** EAGAIN (EWOULDBLOCK) on macOS. */
+export const EAGAIN_DARWIN = 35;
 const F_TLOCK = 2;
 const F_TEST = 3;
 let ofdMissing = false;

@@ -6,7 +6,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { FlagError, out, outJson, parseFormat } from "../output.ts";
+import { FlagError, FORMAT_HELP, out, outJson, parseFormat } from "../output.ts";
 import { execViaAgent } from "./agent.ts";
 
 function via(v: string): "auto" | "agent" | "ssh" {
@@ -20,7 +20,7 @@ export function register(program: Command): void {
     .description("print where a running VM answers: its IP, or 127.0.0.1:PORT for user networking")
     .argument("<name>", "VM name")
     .option("--wait <duration>", "wait this long for an address, e.g. 30s", "0s")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const { Store, vmAddress, parseFlag, readLiveStatus } = await import("../../mod.ts");
       const waitSeconds = parseFlag("--wait", opts.wait) / 1000;

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { out, outJson, parseFormat } from "../output.ts";
+import { FORMAT_HELP, out, outJson, parseFormat } from "../output.ts";
 
 async function readStdin(limit: number): Promise<Uint8Array | undefined> {
   if (Deno.stdin.isTerminal()) return undefined;
@@ -72,7 +72,7 @@ export function register(program: Command): void {
     .description("show whether a running VM's guest agent answers, its version and commands")
     .argument("<name>", "VM name")
     .option("--thaw", "thaw the guest's filesystems (after a failed freeze)")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
       const b = await new cove.Store().get(name);
@@ -110,7 +110,7 @@ export function register(program: Command): void {
     .argument("<src>", "source: a host path or NAME:PATH")
     .argument("<dst>", "destination: a host path or NAME:PATH")
     .option("-r, --recursive", "copy directories")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (srcArg, dstArg, opts) => {
       const cove = await import("../../mod.ts");
       const src = cove.parseCpEndpoint(srcArg);

@@ -7,7 +7,7 @@
  */
 import type { Command } from "@commander-js/extra-typings";
 import type { Shell } from "../completions.ts";
-import { FlagError, out, outJson, parseFormat } from "../output.ts";
+import { FlagError, FORMAT_HELP, out, outJson, parseFormat } from "../output.ts";
 import { VERSION } from "../version.ts";
 
 /** Registers the host and tooling commands. */
@@ -18,7 +18,7 @@ export function register(program: Command): void {
 
   program.command("doctor")
     .description("check this host: OS, engines, QEMU and accelerator, the VZ library")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
       const { doctor, doctorText } = await import("../../mod.ts");
       const report = await doctor();
@@ -59,7 +59,7 @@ export function register(program: Command): void {
 
   program.command("version")
     .description("print the versions of cove, Deno, the VZ library and the engines")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
       const { versionInfo } = await import("../../mod.ts");
       const v = await versionInfo();

@@ -5,9 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { log, out, outJson, parseFormat, table } from "../output.ts";
-
-const FORMAT_HELP = "output format: text or json";
+import { FORMAT_HELP, log, out, outJson, parseFormat, table } from "../output.ts";
 
 function ago(ms: number, now = Date.now()): string {
   const s = Math.max(0, Math.round((now - ms) / 1000));

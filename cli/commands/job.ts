@@ -11,7 +11,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { FORMAT_HELP, log, out, outJson, parseFormat } from "../output.ts";
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
@@ -67,7 +67,7 @@ export function register(program: Command): void {
     .option("--keep-on-failure", "keep a failed job's VM (stopped) for inspection")
     .option(
       "--format <format>",
-      "output format: text or json (a final record)",
+      `${FORMAT_HELP} (a final record)`,
       parseFormat,
       "text" as const,
     )
@@ -119,7 +119,7 @@ export function register(program: Command): void {
 
   job.command("slots")
     .description("show free and used job slots of this host (COVE_JOB_SLOTS)")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
       const cove = await import("../../mod.ts");
       const pools = await cove.jobSlots(new cove.Store());

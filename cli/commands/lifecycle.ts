@@ -10,7 +10,7 @@
  */
 import { type Command, Option } from "@commander-js/extra-typings";
 import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
-import { log, out, outJson, parseFormat } from "../output.ts";
+import { FORMAT_HELP, log, out, outJson, parseFormat } from "../output.ts";
 
 const FORWARD_HELP =
   "forward [ADDR:]HOST:GUEST[/udp] for this run only, on top of the spec's (repeatable)";
@@ -20,25 +20,16 @@ function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
 
-/** The events `cove run` shows the user: how a stop is going. The rest go to supervisor.log only. */
-function shownEvent(e: SupervisorEvent): string | undefined {
-  switch (e.type) {
-    case "signal":
-      return `received ${e.signal}`;
-    case "stopping":
-      return e.force
-        ? "stopping (power off)"
-        : `stopping (ACPI power button; power off after ${e.timeoutSeconds}s)`;
-    case "stop-failed":
-      return `graceful stop failed (${e.message}); powering off`;
-    case "stop-timeout":
-      return `the guest did not power off within ${e.timeoutSeconds}s; powering off`;
-    default:
-      return undefined;
-  }
-}
-
-const FORMAT_HELP = "output format: text or json";
+/**
+ * The events `cove run` shows the user (how a stop is going), in the words
+ * supervisor.log uses; the rest go to supervisor.log only.
+ */
+const SHOWN_EVENTS: ReadonlySet<SupervisorEvent["type"]> = new Set([
+  "signal",
+  "stopping",
+  "stop-failed",
+  "stop-timeout",
+]);
 
 /** Registers the lifecycle commands. */
 export function register(program: Command): void {
@@ -74,8 +65,7 @@ export function register(program: Command): void {
         stopTimeout,
         forwards: opts.forward.map(cove.parseForwardFlag),
         onEvent: (e) => {
-          const line = shownEvent(e);
-          if (line) say(line);
+          if (SHOWN_EVENTS.has(e.type)) say(cove.describeEvent(e));
         },
         onRunning: (sup) => {
           if (detached) {

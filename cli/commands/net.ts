@@ -6,7 +6,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { out, outJson, parseFormat, table } from "../output.ts";
+import { FORMAT_HELP, out, outJson, parseFormat, table } from "../output.ts";
 
 /** Registers the networking commands. */
 export function register(program: Command): void {
@@ -19,7 +19,7 @@ function registerPort(program: Command): void {
   program.command("port")
     .description("list a running VM's port forwards and where each came from (spec, flag, auto)")
     .argument("<name>", "VM name")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
       const r = await cove.vmForwards(await new cove.Store().get(name));
@@ -54,7 +54,7 @@ export function registerNetwork(program: Command): void {
     .argument("<name>", "network name")
     .option("--subnet <cidr>", "IPv4 subnet, e.g. 10.250.0.0/24 (default: a free 10.250.N.0/24)")
     .option("--mode <mode>", "host (VMs and host only) or shared (vz: with NAT out)", "host")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, opts) => {
       const cove = await import("../../mod.ts");
       if (opts.mode !== "host" && opts.mode !== "shared") {
@@ -71,7 +71,7 @@ export function registerNetwork(program: Command): void {
     });
   net.command("ls")
     .description("list cove networks with their subnet, mode and member VMs")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (opts) => {
       const cove = await import("../../mod.ts");
       const home = cove.coveHome();

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { debugEnabled, FlagError, log, out, outJson, parseFormat } from "../output.ts";
+import { debugEnabled, FlagError, FORMAT_HELP, log, out, outJson, parseFormat } from "../output.ts";
 
 /** Reads a secret from stdin: all of it when piped, one line without echo on a terminal. */
 async function readSecret(promptText: string): Promise<string> {
@@ -55,7 +55,7 @@ export function register(program: Command): void {
     .argument("<ref>", "image reference, e.g. ghcr.io/cirruslabs/macos-sequoia-base:latest")
     .option("--insecure", "allow plain http to the registry")
     .option("--concurrency <n>", "layers downloaded at once (1 to 64)", "4")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (ref, opts) => {
       const { Store, pullImage, formatSize, parseFlag } = await import("../../mod.ts");
       const { pct, progressLine } = await import("../progress.ts");
@@ -114,7 +114,7 @@ export function register(program: Command): void {
     )
     .option("--insecure", "allow plain http to the registry")
     .option("--concurrency <n>", "layers compressed and uploaded at once (1 to 64)", "4")
-    .option("--format <format>", "output format: text or json", parseFormat, "text" as const)
+    .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, refs, opts) => {
       const { Store, copyNote, pushVm, formatSize, parseFlag } = await import("../../mod.ts");
       const { pct, progressLine } = await import("../progress.ts");

@@ -5,9 +5,7 @@
  * @module
  */
 import type { Command } from "@commander-js/extra-typings";
-import { out, outJson, parseFormat, table } from "../output.ts";
-
-const FORMAT_HELP = "output format: text or json";
+import { FORMAT_HELP, out, outJson, parseFormat, table } from "../output.ts";
 
 /** Registers the snapshot commands. */
 export function register(program: Command): void {

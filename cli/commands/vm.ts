@@ -7,9 +7,7 @@
 import type { Command } from "@commander-js/extra-typings";
 import { basename } from "node:path";
 import type { VmSummary } from "../../mod.ts";
-import { FlagError, type Format, log, out, outJson, parseFormat, table } from "../output.ts";
-
-const FORMAT_HELP = "output format: text or json";
+import { type Format, FORMAT_HELP, log, out, outJson, parseFormat, table } from "../output.ts";
 
 function summaryRow(s: VmSummary, showSize: (n: number | undefined) => string): string[] {
   return [
@@ -49,20 +47,10 @@ export async function listCommand(opts: { format: Format; quiet?: boolean }): Pr
 
 /** `cove get NAME` (also run by cli/main.ts's fast path, without the parser). */
 export async function getCommand(name: string, opts: { format: Format }): Promise<void> {
-  const { Store, agentStatus, getVm, runsAsYou, withLive, showSize } = await import(
-    "../../mod.ts"
-  );
-  const store = new Store();
-  const d = await withLive(store.bundle(name), await getVm(store, name));
-  const enabled = (d.spec as { agent?: boolean }).agent === true;
-  const agent = enabled && d.state === "running"
-    ? await agentStatus(store.bundle(name)).catch((e) => ({
-      enabled,
-      answers: false,
-      reason: e instanceof Error ? e.message : String(e),
-    }))
-    : { enabled, answers: false, reason: enabled ? "the VM is not running" : "agent: false" };
-  if (opts.format === "json") return outJson({ ...d, agent });
+  const { Store, getVm, runsAsYou, showSize } = await import("../../mod.ts");
+  const d = await getVm(new Store(), name, { live: true });
+  const agent = d.agent!;
+  if (opts.format === "json") return outJson(d);
   out(
     table(["NAME", "STATE", "OS", "ARCH", "CPUS", "MEMORY", "DISK", "ENGINE"], [
       summaryRow(d, showSize),
@@ -73,8 +61,8 @@ export async function getCommand(name: string, opts: { format: Format }): Promis
   out(
     `agent: ${
       agent.answers
-        ? `answers (qemu-guest-agent ${"version" in agent ? agent.version : "?"})`
-        : `${enabled ? "on" : "off"}, not answering (${agent.reason})`
+        ? `answers (qemu-guest-agent ${agent.version ?? "?"})`
+        : `${agent.enabled ? "on" : "off"}, not answering (${agent.reason})`
     }`,
   );
   if (d.macos) {
@@ -121,50 +109,29 @@ export function register(program: Command): void {
       const cove = await import("../../mod.ts");
       const { progressReporter } = await import("../progress.ts");
       const store = new cove.Store();
-      const { format, passwordFile, passwordStdin, wait, ...flags } = opts;
-      const ipsw = opts.from !== undefined && await cove.isIpswSource(opts.from);
-      const asked = passwordFile !== undefined || passwordStdin === true;
-      if (asked && !ipsw) {
-        throw new FlagError(
-          "usage.password",
-          "--password-file and --password-stdin set a macOS guest's first account; they need --from ipsw:…",
-          "Linux guests get cove's key through cloud-init",
-        );
-      }
+      const { format, wait, ...flags } = opts;
       const waitSeconds = wait !== undefined ? cove.parseFlag("--wait", wait) / 1000 : undefined;
-      const mac = ipsw ? await cove.macProvisioning() : undefined;
-      const host = cove.detectHost();
-      // Before the long install: the password (refused at once when bad), and what the host allows.
-      const before = mac?.provisioningPlan(host, undefined, asked);
-      if (before?.notice) log(before.notice);
-      const secret = mac && before?.unattended
-        ? await mac.resolvePassword({ passwordFile, passwordStdin })
-        : undefined;
       const b = await cove.createVm(store, name, {
         ...flags,
         concurrency: cove.parseFlag("--concurrency", flags.concurrency),
         onProgress: opts.from ? progressReporter(format) : undefined,
-      });
-      if (mac && secret) {
-        const plan = await mac.applyMacProvisioning(b, {
-          password: secret.password,
-          host,
-          waitSeconds,
-        });
-        if (plan.notice) log(plan.notice);
-        else {
-          const spec = await b.readSpec();
-          if (secret.generated) {
-            log(
-              `password of '${spec.provision.user}' in '${b.name}' (shown once; keep it): ${secret.password}`,
-            );
+        firstBoot: true,
+        waitSeconds,
+        onFirstBoot: (e) => {
+          switch (e.type) {
+            case "notice":
+              return log(e.message);
+            case "password":
+              return log(
+                `password of '${e.user}' in '${name}' (shown once; keep it): ${e.password}`,
+              );
+            case "first-boot":
+              return log(`first boot: creating '${e.user}' and installing cove's ssh key`);
+            case "ready":
+              return log(`ready: 'cove ssh ${name}'`);
           }
-          log(`first boot: creating '${spec.provision.user}' and installing cove's ssh key`);
-          await cove.startDetached(store, b.name, { timeoutMs: 120_000 });
-          await mac.waitFirstBoot(b, (waitSeconds ?? mac.FIRST_BOOT_WAIT_S) + 30);
-          log(`ready: 'cove ssh ${b.name}'`);
-        }
-      }
+        },
+      });
       if (format === "json") outJson(await cove.getVm(store, b.name));
       else out(`created ${b.name}`);
     });

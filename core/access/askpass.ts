@@ -14,7 +14,7 @@
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { Bundle } from "../store/bundle.ts";
-import { knownHostsPath } from "./ssh.ts";
+import { hostKeyAlias, hostOptions, knownHostsPath, spawnSshProcess } from "./ssh.ts";
 
 /** Where and as whom to log in. */
 export interface AskpassTarget {
@@ -50,7 +50,7 @@ export function bundleTarget(
     port: addr.port,
     user,
     knownHosts: knownHostsPath(bundle),
-    hostKeyAlias: `cove-${bundle.name}`,
+    hostKeyAlias: hostKeyAlias(bundle),
   };
 }
 
@@ -68,20 +68,7 @@ export function authorizedKeysScript(extra?: string): string {
 }
 
 function commonArgs(t: AskpassTarget): string[] {
-  return [
-    "-o",
-    `UserKnownHostsFile=${t.knownHosts}`,
-    "-o",
-    "StrictHostKeyChecking=accept-new",
-    "-o",
-    `HostKeyAlias=${t.hostKeyAlias}`,
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ConnectTimeout=10",
-    "-p",
-    String(t.port),
-  ];
+  return [...hostOptions(t.knownHosts, t.hostKeyAlias), "-p", String(t.port)];
 }
 
 async function runSsh(
@@ -91,25 +78,13 @@ async function runSsh(
   stdin: string,
   timeoutMs: number,
 ): Promise<{ code: number; stderr: string }> {
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(bin, {
-      args,
-      env,
-      stdin: "piped",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new CoveError("ssh.missing", "cannot run ssh: it is not installed", {
-        hint: "install OpenSSH's client (the openssh-client package)",
-        exit: ExitCode.Host,
-        cause: e,
-      });
-    }
-    throw e;
-  }
+  const child = spawnSshProcess(bin, {
+    args,
+    env,
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  });
   const timer = setTimeout(() => {
     try {
       child.kill("SIGKILL");

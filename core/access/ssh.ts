@@ -43,6 +43,47 @@ export function knownHostsPath(bundle: Bundle): string {
   return join(bundle.dir, "known_hosts");
 }
 
+/** The alias a VM's host key is pinned under in its known_hosts. */
+export function hostKeyAlias(bundle: Bundle): string {
+  return `cove-${bundle.name}`;
+}
+
+/**
+ * The ssh options of every cove session with a guest: the VM's own
+ * known_hosts, its host key pinned under `alias` (accepted the first time),
+ * quiet logs and a 10 s connect timeout.
+ */
+export function hostOptions(knownHosts: string, alias: string): string[] {
+  return [
+    "-o",
+    `UserKnownHostsFile=${knownHosts}`,
+    "-o",
+    "StrictHostKeyChecking=accept-new",
+    "-o",
+    `HostKeyAlias=${alias}`,
+    "-o",
+    "LogLevel=ERROR",
+    "-o",
+    "ConnectTimeout=10",
+  ];
+}
+
+/** Spawns ssh (`bin`); an ssh that is not installed is the one-line `ssh.missing`. */
+export function spawnSshProcess(bin: string, options: Deno.CommandOptions): Deno.ChildProcess {
+  try {
+    return new Deno.Command(bin, options).spawn();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new CoveError("ssh.missing", "cannot run ssh: it is not installed", {
+        hint: "install OpenSSH's client (the openssh-client package)",
+        exit: ExitCode.Host,
+        cause: e,
+      });
+    }
+    throw e;
+  }
+}
+
 /** Options of {@link sshArgs} and {@link runSsh}. */
 export interface SshOptions extends AddressOptions {
   /** The command to run; none for an interactive shell. */
@@ -70,16 +111,7 @@ export async function sshArgs(
   const key = coveKeyPaths(opts.home).privateKey;
   const haveKey = await Deno.stat(key).then(() => true, () => false);
   const a = [
-    "-o",
-    `UserKnownHostsFile=${knownHostsPath(bundle)}`,
-    "-o",
-    "StrictHostKeyChecking=accept-new",
-    "-o",
-    `HostKeyAlias=cove-${bundle.name}`,
-    "-o",
-    "LogLevel=ERROR",
-    "-o",
-    "ConnectTimeout=10",
+    ...hostOptions(knownHostsPath(bundle), hostKeyAlias(bundle)),
     "-o",
     "ServerAliveInterval=30",
     "-p",
@@ -94,24 +126,9 @@ export async function sshArgs(
 }
 
 async function spawnSsh(bin: string, args: string[], quiet: boolean): Promise<number> {
-  try {
-    const child = new Deno.Command(bin, {
-      args,
-      stdin: quiet ? "null" : "inherit",
-      stdout: quiet ? "null" : "inherit",
-      stderr: quiet ? "null" : "inherit",
-    }).spawn();
-    return (await child.status).code;
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new CoveError("ssh.missing", "cannot run ssh: it is not installed", {
-        hint: "install OpenSSH's client (the openssh-client package)",
-        exit: ExitCode.Host,
-        cause: e,
-      });
-    }
-    throw e;
-  }
+  const io = quiet ? "null" : "inherit";
+  const child = spawnSshProcess(bin, { args, stdin: io, stdout: io, stderr: io });
+  return (await child.status).code;
 }
 
 /**

@@ -12,6 +12,7 @@
  * @module
  */
 import { basename, dirname, join, posix } from "node:path";
+import { concatBytes } from "../bytes.ts";
 import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { agentExec, agentRun, fromBase64, toBase64 } from "./exec.ts";
 import type { AgentTransport } from "./transport.ts";
@@ -98,25 +99,30 @@ function needsRecursive(where: string): CoveError {
   });
 }
 
-/** Reads a guest file chunk by chunk into `sink`; returns its size and SHA-256. */
-export async function readGuestFile(
+/**
+ * Opens a guest file, hands each chunk of it to `sink` and closes it. Stops
+ * at end of file, or once `limit` bytes have been read (the last chunk may
+ * pass it). `timeoutMs` bounds each agent command; returns the bytes read.
+ */
+async function readGuestChunks(
   agent: AgentTransport,
   path: string,
-  sink: (chunk: Uint8Array) => Promise<void>,
-): Promise<{ bytes: number; sha256: string }> {
-  const { createHash } = await import("node:crypto"); // slow to load: only when copying
-  const handle = await agent.command<number>("guest-file-open", { path, mode: "r" });
-  const hash = createHash("sha256");
+  sink: (chunk: Uint8Array) => Promise<void> | void,
+  opts: { limit?: number; timeoutMs?: number } = {},
+): Promise<number> {
+  const cmd = opts.timeoutMs === undefined ? undefined : { timeoutMs: opts.timeoutMs };
+  const limit = opts.limit ?? Infinity;
+  const handle = await agent.command<number>("guest-file-open", { path, mode: "r" }, cmd);
   let bytes = 0;
   try {
-    while (true) {
+    while (bytes < limit) {
       const r = await agent.command<{ count: number; "buf-b64": string; eof: boolean }>(
         "guest-file-read",
         { handle, count: READ_CHUNK },
+        cmd,
       );
       const data = fromBase64(r["buf-b64"]);
       if (data.length) {
-        hash.update(data);
         bytes += data.length;
         await sink(data);
       }
@@ -125,6 +131,21 @@ export async function readGuestFile(
   } finally {
     await agent.command("guest-file-close", { handle }).catch(() => {});
   }
+  return bytes;
+}
+
+/** Reads a guest file chunk by chunk into `sink`; returns its size and SHA-256. */
+export async function readGuestFile(
+  agent: AgentTransport,
+  path: string,
+  sink: (chunk: Uint8Array) => Promise<void>,
+): Promise<{ bytes: number; sha256: string }> {
+  const { createHash } = await import("node:crypto"); // slow to load: only when copying
+  const hash = createHash("sha256");
+  const bytes = await readGuestChunks(agent, path, async (data) => {
+    hash.update(data);
+    await sink(data);
+  });
   return { bytes, sha256: hash.digest("hex") };
 }
 
@@ -176,24 +197,13 @@ async function* rechunk(src: AsyncIterable<Uint8Array>, size: number): AsyncIter
       n += take;
       off += take;
       if (n === size) {
-        yield concat(pending, n);
+        yield concatBytes(pending);
         pending = [];
         n = 0;
       }
     }
   }
-  if (n > 0) yield concat(pending, n);
-}
-
-function concat(parts: Uint8Array[], n: number): Uint8Array {
-  if (parts.length === 1) return parts[0].slice();
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  if (n > 0) yield concatBytes(pending);
 }
 
 async function hostStat(path: string): Promise<Deno.FileInfo | null> {
@@ -441,38 +451,13 @@ export async function readGuestText(
   path: string,
   limit = 4 * 1024 * 1024,
 ): Promise<string | undefined> {
-  let handle: number;
-  try {
-    handle = await agent.command<number>("guest-file-open", { path, mode: "r" }, {
-      timeoutMs: 5_000,
-    });
-  } catch {
-    return undefined;
-  }
   const parts: Uint8Array[] = [];
-  let bytes = 0;
   try {
-    while (bytes < limit) {
-      const r = await agent.command<{ count: number; "buf-b64": string; eof: boolean }>(
-        "guest-file-read",
-        { handle, count: READ_CHUNK },
-        { timeoutMs: 5_000 },
-      );
-      const data = fromBase64(r["buf-b64"]);
+    await readGuestChunks(agent, path, (data) => {
       parts.push(data);
-      bytes += data.length;
-      if (r.eof || data.length === 0) break;
-    }
+    }, { limit, timeoutMs: 5_000 });
   } catch {
     return undefined;
-  } finally {
-    await agent.command("guest-file-close", { handle }).catch(() => {});
   }
-  const all = new Uint8Array(bytes);
-  let o = 0;
-  for (const p of parts) {
-    all.set(p, o);
-    o += p.length;
-  }
-  return new TextDecoder().decode(all);
+  return new TextDecoder().decode(concatBytes(parts));
 }

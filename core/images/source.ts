@@ -94,7 +94,7 @@ export function registerSourceHandler(kind: "oci" | "ipsw", h: SourceHandler): v
 /** The bundle file name of the root disk made from a source. */
 export const SOURCE_DISK: string = BUNDLE_FILES.rootDisk;
 /** The bundle file name of an installer ISO downloaded from a URL. */
-export const INSTALLER_ISO = "installer.iso";
+export const INSTALLER_ISO: string = BUNDLE_FILES.installerIso;
 
 /**
  * Says what `src` is, without downloading anything: a URL, an `oci://` or

@@ -12,7 +12,7 @@ import { CoveError, ExitCode } from "../errors.ts";
 import type { VmSpec } from "../spec/schema.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { guestAddress } from "../access/address.ts";
-import { runSsh, sshArgs } from "../access/ssh.ts";
+import { runSsh, spawnSshProcess, sshArgs } from "../access/ssh.ts";
 import { readLiveStatus } from "../access/status.ts";
 
 /** What a command run in the guest gets. */
@@ -111,23 +111,12 @@ export class SshChannel implements GuestChannel {
   }
 
   #spawn(args: string[], stdin: boolean): Deno.ChildProcess {
-    try {
-      return new Deno.Command(this.opts.ssh ?? "ssh", {
-        args,
-        stdin: stdin ? "piped" : "null",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        throw new CoveError("ssh.missing", "cannot run ssh: it is not installed", {
-          hint: "install OpenSSH's client (the openssh-client package)",
-          exit: ExitCode.Host,
-          cause: e,
-        });
-      }
-      throw e;
-    }
+    return spawnSshProcess(this.opts.ssh ?? "ssh", {
+      args,
+      stdin: stdin ? "piped" : "null",
+      stdout: "piped",
+      stderr: "piped",
+    });
   }
 
   async exec(command: string[], opts: ExecOptions = {}): Promise<ExecResult> {

@@ -16,7 +16,7 @@ import {
   type Descriptor,
   TART_DISK_V2,
 } from "./tart.ts";
-import { forEachNonZeroRun, isAllZero } from "../zero.ts";
+import { forEachNonZeroRun, isAllZero, zeroChunks } from "../zero.ts";
 
 /** Granularity of hole detection when writing a pulled disk. */
 export const HOLE_GRANULE = 64 * 1024;
@@ -186,10 +186,8 @@ export class InlineSink implements LayerSink {
   }
 }
 
-const ZEROS = new Uint8Array(1024 * 1024);
-
 function hashZeros(h: ReturnType<typeof createHash>, n: number): void {
-  for (; n > 0; n -= ZEROS.length) h.update(ZEROS.subarray(0, Math.min(n, ZEROS.length)));
+  for (const z of zeroChunks(n)) h.update(z);
 }
 
 /** sha256 of `n` zero bytes, memoized: empty disk chunks are common. */

@@ -35,6 +35,7 @@
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
+import { concatBytes } from "../bytes.ts";
 import { isAllZero } from "../zero.ts";
 
 /** `bv41`: an LZ4-compressed block. */
@@ -624,7 +625,7 @@ export function encodeAppleLz4(data: Uint8Array): Uint8Array<ArrayBuffer> {
   const parts: Uint8Array[] = [];
   for (const p of enc.push(data)) parts.push(p.slice());
   for (const p of enc.finish()) parts.push(p.slice());
-  return concat(parts);
+  return concatBytes(parts);
 }
 
 /** Decompresses a whole buffer (for small blobs and tests). */
@@ -633,17 +634,5 @@ export function decodeAppleLz4(data: Uint8Array): Uint8Array<ArrayBuffer> {
   const parts: Uint8Array[] = [];
   for (const p of dec.push(data)) parts.push(p.slice());
   for (const p of dec.finish()) parts.push(p.slice());
-  return concat(parts);
-}
-
-function concat(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  let n = 0;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }

@@ -11,6 +11,7 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { concatBytes } from "../bytes.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import { type CredentialLookup, type Credentials, parseChallenge, redact } from "./auth.ts";
 import { apiHost } from "./reference.ts";
@@ -1049,7 +1050,7 @@ export async function readLimited(
 ): Promise<Uint8Array<ArrayBuffer>> {
   const parts: Uint8Array[] = [];
   let opened = false;
-  const n = await streamResumable({
+  await streamResumable({
     stallMs: idleMs,
     policy: retryPolicy({ retries: 0 }),
     open: () => {
@@ -1069,13 +1070,7 @@ export async function readLimited(
     },
     retryable: () => false,
   });
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 /** `sha256:<hex>` of some bytes. */

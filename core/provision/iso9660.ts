@@ -29,6 +29,7 @@
  * ```
  * @module
  */
+import { concatBytes } from "../bytes.ts";
 
 /** A file in the image's root directory. */
 export interface IsoFile {
@@ -207,13 +208,7 @@ function ucs2(s: string): Uint8Array {
 }
 
 function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((s, p) => s + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 function both32(v: number): Uint8Array {
@@ -304,7 +299,7 @@ function packDir(records: Uint8Array[]): Uint8Array {
     used += r.length;
   }
   sectors.push(cur);
-  return concat(...sectors);
+  return concatBytes(sectors);
 }
 
 function pathTable(rootLba: number, endian: "le" | "be"): Uint8Array {

@@ -68,6 +68,8 @@ export const BUNDLE_FILES = {
   efiVars: "efi-vars.fd",
   /** The Mac auxiliary storage of a macOS guest (vz; Tart's nvram layer). */
   auxStorage: "auxiliary-storage",
+  /** An installer ISO downloaded from a URL (`--from https://.../x.iso`), which the VM boots. */
+  installerIso: "installer.iso",
   /** The cloud-init NoCloud seed, and the hash of what it was made from. */
   seedDisk: "cidata.iso",
   seedState: "cidata.json",

@@ -600,14 +600,8 @@ export class Store {
 
   /** Deletes every dead ephemeral clone. */
   async reapEphemerals(): Promise<void> {
-    let entries: Deno.DirEntry[];
-    try {
-      entries = await Array.fromAsync(Deno.readDir(this.vmsDir));
-    } catch {
-      return;
-    }
-    for (const ent of entries) {
-      if (!ent.isDirectory || !NAME_RE.test(ent.name)) continue;
+    for (const ent of await subdirs(this.vmsDir)) {
+      if (!NAME_RE.test(ent.name)) continue;
       const b = new Bundle(ent.name, this.vmDir(ent.name));
       if (await this.isDeadEphemeral(b)) await this.delete(b.name).catch(() => {});
     }
@@ -615,14 +609,7 @@ export class Store {
 
   /** Removes staging directories left by killed processes (nobody holds their lock). */
   async sweepStale(): Promise<void> {
-    let entries: Deno.DirEntry[];
-    try {
-      entries = await Array.fromAsync(Deno.readDir(this.tmpDir));
-    } catch {
-      return;
-    }
-    for (const ent of entries) {
-      if (!ent.isDirectory) continue;
+    for (const ent of await subdirs(this.tmpDir)) {
       const dir = join(this.tmpDir, ent.name);
       if (ent.name.startsWith("delete-")) {
         await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -646,6 +633,15 @@ export class Store {
         lock.release();
       }
     }
+  }
+}
+
+/** The directories in `dir`, read at once; none when it cannot be read (not made yet). */
+async function subdirs(dir: string): Promise<Deno.DirEntry[]> {
+  try {
+    return (await Array.fromAsync(Deno.readDir(dir))).filter((e) => e.isDirectory);
+  } catch {
+    return [];
   }
 }
 

@@ -12,6 +12,7 @@
  * `curl --unix-socket control.sock http://cove/status`.
  * @module
  */
+import { concatBytes } from "../bytes.ts";
 
 const MAX_HEAD = 16 * 1024;
 const MAX_BODY = 1024 * 1024;
@@ -53,13 +54,6 @@ const REASONS: Record<number, string> = {
   500: "Internal Server Error",
 };
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a, 0);
-  out.set(b, a.length);
-  return out;
-}
-
 function indexOfHeadEnd(buf: Uint8Array): number {
   for (let i = 3; i < buf.length; i++) {
     if (buf[i] === 10 && buf[i - 1] === 13 && buf[i - 2] === 10 && buf[i - 3] === 13) return i + 1;
@@ -79,7 +73,7 @@ async function readHead(conn: Deno.Conn): Promise<{ head: string; rest: Uint8Arr
     if (buf.length > MAX_HEAD) return null;
     const n = await conn.read(chunk);
     if (n === null) return null;
-    buf = concat(buf, chunk.subarray(0, n));
+    buf = concatBytes([buf, chunk.subarray(0, n)]);
   }
 }
 
@@ -93,7 +87,7 @@ async function readBody(
   while (buf.length < length) {
     const n = await conn.read(chunk);
     if (n === null) break;
-    buf = concat(buf, chunk.subarray(0, n));
+    buf = concatBytes([buf, chunk.subarray(0, n)]);
   }
   return { body: buf.subarray(0, length), rest: buf.subarray(length) };
 }
@@ -120,7 +114,7 @@ export async function writeResponse(conn: Deno.Conn, res: HttpResponse): Promise
   );
   const head = `HTTP/1.1 ${res.status} ${REASONS[res.status] ?? "Status"}\r\n` +
     `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`;
-  await writeAll(conn, concat(new TextEncoder().encode(head), body));
+  await writeAll(conn, concatBytes([new TextEncoder().encode(head), body]));
 }
 
 /** Writes the 101 response that starts a raw byte stream. */
@@ -277,7 +271,7 @@ async function exchange(
     const head = `${method} ${path} HTTP/1.1\r\nHost: cove\r\nConnection: close\r\n` +
       (body === undefined ? "" : "Content-Type: application/json\r\n") +
       `Content-Length: ${payload.length}\r\n\r\n`;
-    await writeAll(conn, concat(new TextEncoder().encode(head), payload));
+    await writeAll(conn, concatBytes([new TextEncoder().encode(head), payload]));
     const got = await readHead(conn);
     if (!got) throw new Error("the control socket closed without an answer");
     const [first, ...lines] = got.head.split("\r\n");
@@ -289,7 +283,7 @@ async function exchange(
     while (data.length < length) {
       const n = await conn.read(chunk);
       if (n === null) break;
-      data = concat(data, chunk.subarray(0, n));
+      data = concatBytes([data, chunk.subarray(0, n)]);
     }
     const text = new TextDecoder().decode(data);
     return {

@@ -10,12 +10,11 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
+import { RUNTIME_NAME_MAX } from "../../engines/engine.ts";
 import { type Bundle, BUNDLE_FILES } from "../store/bundle.ts";
 
 /** The longest socket path cove binds (macOS allows 103 bytes plus NUL). */
 export const MAX_SOCKET_PATH = 100;
-/** The longest file name cove puts in a runtime directory (engines' sockets). */
-const LONGEST_RUNTIME_NAME = "console.sock".length + 4;
 
 function byteLength(s: string): number {
   return new TextEncoder().encode(s).length;
@@ -29,7 +28,9 @@ export function socketPathFits(path: string): boolean {
 /** The root of short runtime directories for this user. */
 export function shortRuntimeRoot(): string {
   const xdg = Deno.env.get("XDG_RUNTIME_DIR");
-  if (xdg && socketPathFits(join(xdg, "cove", "0123456789ab", "console.sock"))) {
+  // Room for the deepest socket of a short layout: ID/run/NAME (see runtimeLayout).
+  const deepest = join("0123456789ab", "run", "x".repeat(RUNTIME_NAME_MAX));
+  if (xdg && socketPathFits(join(xdg, "cove", deepest))) {
     return join(xdg, "cove");
   }
   const uid = Deno.uid() ?? 0;
@@ -88,7 +89,7 @@ export interface RuntimeLayout {
 /** Chooses the layout for a bundle: in the bundle when paths fit, else short paths. */
 export async function runtimeLayout(bundle: Bundle): Promise<RuntimeLayout> {
   const inBundleRuntime = bundle.runtimeDir;
-  const runtimeFits = byteLength(inBundleRuntime) + 1 + LONGEST_RUNTIME_NAME <= MAX_SOCKET_PATH;
+  const runtimeFits = byteLength(inBundleRuntime) + 1 + RUNTIME_NAME_MAX <= MAX_SOCKET_PATH;
   const controlFits = socketPathFits(bundle.controlSocket);
   const root = shortRuntimeRoot();
   const short = join(root, await bundleId(bundle.dir));

@@ -19,7 +19,7 @@ import type { HostInfo } from "../engine.ts";
 import type { VmSpec } from "../../core/spec/schema.ts";
 import type { Accel } from "./argv.ts";
 import { uid } from "./host.ts";
-import { reaped } from "./reaper.ts";
+import { spawnReaped } from "./reaper.ts";
 
 /** The result of probing KVM. */
 export interface KvmProbe {
@@ -205,13 +205,7 @@ async function runProbe(binary: string, arch: HostInfo["arch"], dir: string): Pr
     fw = join(dir, `kvm-probe-${crypto.randomUUID()}.bin`);
     Deno.writeFileSync(fw, probeFirmware(arch));
     // Reaped, so that a supervisor killed during the probe leaves no probe QEMU behind.
-    const r = reaped(binary, probeArgs(arch, fw));
-    const child = new Deno.Command(r.command, {
-      args: r.args,
-      stdin: r.holdStdin ? "piped" : "null",
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
+    const { child, reaper: r } = spawnReaped(binary, probeArgs(arch, fw));
     const releaseWatchdog = () => {
       // Closing the watchdog's stdin makes it SIGKILL QEMU.
       if (r.holdStdin) child.stdin.close().catch(() => {});

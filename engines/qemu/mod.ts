@@ -4,7 +4,7 @@
  *
  * `start` checks the spec (binary, firmware, kernel header, shares, host
  * ports), builds the argument array with {@link buildQemuArgs}, launches
- * QEMU so that it dies with the calling process ({@link reaped}), attaches
+ * QEMU so that it dies with the calling process ({@link spawnReaped}), attaches
  * to its serial console socket and its QMP socket, and returns a handle
  * whose state follows QMP events and the process's exit.
  * @module
@@ -46,7 +46,7 @@ import { exists, findQemu, which } from "./host.ts";
 import { checkKernel } from "./kernel.ts";
 import { loadStateFrom, type QemuVersion, qemuVersion, saveStateTo } from "./migrate.ts";
 import { Qmp } from "./qmp.ts";
-import { reaped } from "./reaper.ts";
+import { spawnReaped } from "./reaper.ts";
 import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } from "./virtiofsd.ts";
 
 /** How long QEMU may take to answer a QMP command during a stop. */
@@ -437,7 +437,7 @@ export class QemuEngine extends BaseEngine implements Engine {
     });
     const accel = await chooseAccel(spec, host, binary);
     await Deno.mkdir(paths.runtimeDir, { recursive: true, mode: 0o700 });
-    const rt = (f: string) => join(paths.runtimeDir, f);
+    const rt = (f: string) => join(paths.runtimeDir, f); // names of at most RUNTIME_NAME_MAX bytes
     const plan: QemuPlan = {
       name: req.name,
       accel: accel.accel,
@@ -613,16 +613,9 @@ class QemuVm implements RunningVm {
     },
     helpers: VirtiofsdProcess[],
   ): Promise<QemuVm> {
-    const r = reaped(binary, args);
-    const child = new Deno.Command(r.command, {
-      args: r.args,
-      stdin: r.holdStdin ? "piped" : "null",
-      stdout: "null",
-      stderr: "piped",
-      // Its own session: a Ctrl-C at the terminal reaches the supervisor only,
-      // which then shuts the guest down gracefully.
-      detached: true,
-    }).spawn();
+    // Its own session: a Ctrl-C at the terminal reaches the supervisor only,
+    // which then shuts the guest down gracefully.
+    const { child, reaper: r } = spawnReaped(binary, args, { detached: true });
     const stderr: string[] = [];
     const logQueue: string[] = [];
     const sink: { onLine?: (l: string) => void } = {};
@@ -786,23 +779,22 @@ class QemuVm implements RunningVm {
   }
 
   async pause(): Promise<void> {
-    if (this.#state !== "running") {
-      throw new CoveError("vm.state", `cannot pause: the VM is ${this.#state}`, {
-        exit: ExitCode.State,
-      });
-    }
-    await this.#qmp.execute("stop");
-    this.#setState("paused");
+    await this.#switchState("pause", "running", "stop", "paused");
   }
 
   async resume(): Promise<void> {
-    if (this.#state !== "paused") {
-      throw new CoveError("vm.state", `cannot resume: the VM is ${this.#state}`, {
+    await this.#switchState("resume", "paused", "cont", "running");
+  }
+
+  /** Runs QMP `command` on a VM in state `from`, which then is in state `to`; refuses any other state. */
+  async #switchState(verb: string, from: VmState, command: string, to: VmState): Promise<void> {
+    if (this.#state !== from) {
+      throw new CoveError("vm.state", `cannot ${verb}: the VM is ${this.#state}`, {
         exit: ExitCode.State,
       });
     }
-    await this.#qmp.execute("cont");
-    this.#setState("running");
+    await this.#qmp.execute(command);
+    this.#setState(to);
   }
 
   /** Pauses, saves the machine state to paths.savedState (via a temporary file) and quits. */

@@ -68,3 +68,24 @@ export function reaped(bin: string, args: string[]): ReapedCommand {
     kind: "watchdog",
   };
 }
+
+/**
+ * Spawns `bin args` {@link reaped}: stdin piped (and held) only for the
+ * watchdog, stdout dropped, stderr piped. `detached` gives it its own
+ * session. Returns the child and how it is reaped.
+ */
+export function spawnReaped(
+  bin: string,
+  args: string[],
+  opts: { detached?: boolean } = {},
+): { child: Deno.ChildProcess; reaper: ReapedCommand } {
+  const reaper = reaped(bin, args);
+  const child = new Deno.Command(reaper.command, {
+    args: reaper.args,
+    stdin: reaper.holdStdin ? "piped" : "null",
+    stdout: "null",
+    stderr: "piped",
+    ...(opts.detached ? { detached: true } : {}),
+  }).spawn();
+  return { child, reaper };
+}

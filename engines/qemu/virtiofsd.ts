@@ -10,7 +10,7 @@
  */
 import { CoveError, ExitCode } from "../../core/errors.ts";
 import { isExecutable, uid, which } from "./host.ts";
-import { reaped } from "./reaper.ts";
+import { spawnReaped } from "./reaper.ts";
 
 /** A virtiofsd that can run here. */
 export interface Virtiofsd {
@@ -119,14 +119,9 @@ export async function startVirtiofsd(
   readOnly: boolean,
 ): Promise<VirtiofsdProcess> {
   await Deno.remove(socket).catch(() => {});
-  const r = reaped(v.path, virtiofsdArgs(v, socket, dir, readOnly));
-  const child = new Deno.Command(r.command, {
-    args: r.args,
-    stdin: r.holdStdin ? "piped" : "null",
-    stdout: "null",
-    stderr: "piped",
+  const { child, reaper: r } = spawnReaped(v.path, virtiofsdArgs(v, socket, dir, readOnly), {
     detached: true,
-  }).spawn();
+  });
   const errText = new Response(child.stderr).text();
   let exited = false;
   const status = child.status.then(async (s) => {

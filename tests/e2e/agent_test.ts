@@ -16,6 +16,7 @@ import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { startRegistry } from "../helpers/oci_registry.ts";
+import { linuxTest } from "../helpers/guard.ts";
 import { agentOf, cloneFile, Store, withFrozenGuest } from "../../mod.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
@@ -76,13 +77,20 @@ async function sha256(path: string): Promise<string> {
   return Array.from(new Uint8Array(d), (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-Deno.test({
+linuxTest({
+  needs:
+    "builds a Debian cloud guest with debootstrap, boots it under QEMU and reads its disk with debugfs, as root",
+  root: true,
   name:
     "a Debian guest with its network off is reached only through its guest agent: exec, cp, ip, clock, freeze and stop",
-  ignore: Deno.build.os !== "linux" || missing.length > 0,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
+    if (missing.length) {
+      throw new Error(
+        `this host lacks ${missing.join(", ")}: the test needs them (run make setup)`,
+      );
+    }
     const g = await ensureDebianCloudGuest();
     const home = await Deno.makeTempDir({ prefix: "cove-e2e-agent-" });
     const name = "agentvm";

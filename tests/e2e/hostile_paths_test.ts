@@ -9,6 +9,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cove, withTempDir } from "../helpers/cli.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 async function createWith(home: string, name: string, yaml: string) {
   const file = join(home, `${name}.yaml`);
@@ -99,7 +100,6 @@ Deno.test("a COVE_HOME or vms/ writable by other users is refused with one line,
     assertMatch(oneLine(s.stderr), /refusing to use the VM directory/);
   }));
 
-const isRoot = Deno.uid() === 0;
 const hasSetpriv = (() => {
   try {
     return Deno.statSync("/usr/bin/setpriv").isFile;
@@ -108,12 +108,14 @@ const hasSetpriv = (() => {
   }
 })();
 
-Deno.test({
+linuxTest({
+  needs: "plants a bundle as a second user (setpriv from util-linux, uid 65534), as root",
+  root: true,
   name:
     "a bundle planted by a second user (setpriv, uid 65534) is never used: listed as broken, start refuses, its qemu.binary never runs (root only: needs a second user)",
-  ignore: !(isRoot && hasSetpriv && Deno.build.os === "linux"),
   fn: () =>
     withTempDir(async (home) => {
+      if (!hasSetpriv) throw new Error("/usr/bin/setpriv is missing: install util-linux");
       assertEquals((await cove(home, ["create", "mine", "--disk-size", "1MiB"])).code, 0);
       // The victim's mistake: a home and vms/ that everyone can write.
       await Deno.chmod(home, 0o777);

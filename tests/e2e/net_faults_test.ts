@@ -10,6 +10,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cove, withTempDir } from "../helpers/cli.ts";
+import { linuxTest } from "../helpers/guard.ts";
 import { freePort, prng, startProxy, startRegistry } from "../helpers/oci_registry.ts";
 import { pseudoRandomBytes, startLoopbackServer } from "../helpers/loopback_http.ts";
 import { parseSpec } from "../../core/spec/load.ts";
@@ -331,10 +332,10 @@ Deno.test("clone REF@sha256:DIGEST comes from the cache when the registry is dow
   }
 });
 
-const rootOnLinux = Deno.build.os === "linux" && Deno.uid() === 0;
-Deno.test({
+linuxTest({
+  needs: "mounts a small tmpfs to fill (mount -t tmpfs, as root)",
+  root: true,
   name: "a pull that fills the disk says what it kept and how to remove it (Linux, root: tmpfs)",
-  ignore: !rootOnLinux,
   fn: async () => {
     const reg = await startRegistry();
     const mnt = await Deno.makeTempDir({ prefix: "cove-full-" });
@@ -376,9 +377,6 @@ Deno.test({
     }
   },
 });
-if (!rootOnLinux) {
-  console.log("skipped the full-disk pull test: it mounts a tmpfs, which needs root on Linux");
-}
 
 /** A qcow2 header whose L1 table lies outside the file: it probes as qcow2, and fails to convert. */
 function brokenQcow2(): Uint8Array<ArrayBuffer> {

@@ -22,6 +22,7 @@ import {
 import { Store } from "../../core/store/store.ts";
 import { controlSocketTarget } from "../../core/supervisor/paths.ts";
 import { httpRequest } from "../../core/supervisor/http.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 function has(path: string): boolean {
   try {
@@ -32,9 +33,8 @@ function has(path: string): boolean {
   }
 }
 
-function whySkip(): string | undefined {
-  if (Deno.build.os !== "linux") return "network namespaces and tap devices are Linux's";
-  if (Deno.uid() !== 0) return "creating a network namespace and a tap device needs root";
+/** What of this test's tools this Linux host lacks (make setup installs them), if anything. */
+function hostLacks(): string | undefined {
   if (!has("/dev/net/tun")) return "/dev/net/tun does not exist";
   if (!has("/usr/bin/qemu-system-x86_64") || Deno.build.arch !== "x86_64") {
     return "needs qemu-system-x86_64 on an x86_64 host";
@@ -43,9 +43,6 @@ function whySkip(): string | undefined {
   if (!canBuildNetGuest()) return "the network guest's UDP echo server needs a C compiler (cc)";
   return undefined;
 }
-
-const SKIP = whySkip();
-if (SKIP) console.log(`qemu_forward_test: skipped: ${SKIP}`);
 
 const NS = `cove-fwd-${Deno.pid}`;
 const BIG = 64 * 1024 * 1024;
@@ -158,13 +155,17 @@ function freePortNs(seed: number): number {
   return 20000 + (Deno.pid % 1000) * 10 + seed;
 }
 
-Deno.test({
+linuxTest({
+  needs:
+    "makes a network namespace with a bridge and a tap device (ip netns, /dev/net/tun) and boots QEMU guests in it, as root",
+  root: true,
   name:
     "a guest with its own address on a bridge is served through the supervisor's proxy with the same answers as user networking through hostfwd",
-  ignore: !!SKIP,
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async (t) => {
+    const lacks = hostLacks();
+    if (lacks) throw new Error(`this host cannot run the test: ${lacks} (run make setup)`);
     const home = await Deno.makeTempDir({ prefix: "cove-fwd-" });
     const data = join(home, "data");
     await Deno.mkdir(data);

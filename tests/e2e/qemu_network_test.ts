@@ -11,11 +11,11 @@ import { Store } from "../../core/store/store.ts";
 import { controlSocketTarget } from "../../core/supervisor/paths.ts";
 import { httpRequest } from "../../core/supervisor/http.ts";
 import { freePort } from "../helpers/oci_registry.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
-function whySkip(): string | undefined {
-  if (Deno.build.os !== "linux" || Deno.build.arch !== "x86_64") {
-    return "the tiny guest is built for x86_64 Linux hosts";
-  }
+/** What of this test's tools this Linux host lacks (make setup installs them), if anything. */
+function hostLacks(): string | undefined {
+  if (Deno.build.arch !== "x86_64") return "the tiny guest is built for x86_64 Linux hosts";
   try {
     Deno.statSync("/usr/bin/qemu-system-x86_64");
   } catch {
@@ -24,8 +24,6 @@ function whySkip(): string | undefined {
   if (!canBuildNetGuest()) return "the network guest needs a C compiler (cc)";
   return undefined;
 }
-const SKIP = whySkip();
-if (SKIP) console.log(`qemu_network_test: skipped: ${SKIP}`);
 
 async function typeInto(home: string, name: string, line: string): Promise<void> {
   const b = new Store(home).bundle(name);
@@ -62,13 +60,16 @@ async function createOn(
   if (r.code !== 0) throw new Error(`cove create ${name}: ${r.stderr}`);
 }
 
-Deno.test({
+linuxTest({
+  needs:
+    "builds the network guest from Debian's packages with apt-get, dpkg-deb and cc, and boots it under QEMU",
   name:
     "two VMs on one cove network ping each other and exchange a file; a VM on another network cannot reach them",
-  ignore: !!SKIP,
   sanitizeResources: false,
   sanitizeOps: false,
   fn: async (t) => {
+    const lacks = hostLacks();
+    if (lacks) throw new Error(`this host cannot run the test: ${lacks} (run make setup)`);
     const home = await Deno.makeTempDir({ prefix: "cove-net-" });
     try {
       const lab = await run(home, ["network", "create", "lab", "--subnet", "10.252.0.0/24"]);

@@ -19,8 +19,11 @@ import { withFrozenGuest } from "../../core/agent/freeze.ts";
 import { encodeCommand, QgaClient, QgaError } from "../../core/agent/qga.ts";
 import { CoveError } from "../../core/errors.ts";
 import { type StandinFaults, startQgaStandin } from "../helpers/qga_standin.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
-const linuxOnly = Deno.build.os !== "linux";
+/** Why the stand-in's exec and cp tests are Linux's. */
+const STANDIN_EXEC =
+  "runs guest commands on this host through the stand-in agent, which reports them as a Linux guest would (Linux signal numbers)";
 
 async function withStandin(
   faults: StandinFaults,
@@ -181,9 +184,9 @@ Deno.test("the channel serialises concurrent commands on one connection", async 
   });
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "exec keeps stdout and stderr apart, passes stdin, and returns the exit code",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -201,9 +204,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "a guest command killed by a signal exits 128+N",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -218,9 +221,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "exec with a timeout kills the command and says so in one line",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -245,9 +248,9 @@ Deno.test("cp endpoints: NAME:PATH is a guest path, ./a:b and /a:b are host path
   assertThrows(() => parseCpEndpoint("vm1:"), CoveError);
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "cp moves a file both ways byte for byte, keeps its mode, and leaves no temporary file",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s, dir) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -282,9 +285,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "cp -r copies a directory tree both ways; without -r a directory is one clear line",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s, dir) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -322,9 +325,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "cp of a missing guest path is one line, and an unwritable host directory leaves no file",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({}, async (s, dir) => {
       const ch = new AgentChannel("vm1", s.socket);
@@ -401,9 +404,10 @@ Deno.test("the channel is the supervisor's alone: a second client that opens it 
   });
 });
 
-Deno.test({
+linuxTest({
+  needs: "mounts a 1 MiB tmpfs (mount -t tmpfs, as root)",
+  root: true,
   name: "cp to a full host disk is one line and leaves no partial file",
-  ignore: Deno.build.os !== "linux" || Deno.uid() !== 0,
   async fn() {
     await withStandin({}, async (s, dir) => {
       const small = join(dir, "small");
@@ -437,9 +441,9 @@ Deno.test({
   },
 });
 
-Deno.test({
+linuxTest({
+  needs: STANDIN_EXEC,
   name: "exec output beyond the agent's capture limit is reported as cut, with a one-line error",
-  ignore: linuxOnly,
   async fn() {
     await withStandin({ outputLimit: 1000 }, async (s) => {
       const ch = new AgentChannel("vm1", s.socket);
