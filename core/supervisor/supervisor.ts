@@ -991,7 +991,10 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     if (resumeFrom) {
       await clearResumeRequest(bundle);
       log({ type: "note", message: `resumed snapshot ${resume!.tag}` });
-      await sup.guest.setClock();
+      // In the background, as after a resume from suspend: a guest whose agent is slow to answer
+      // (or has none running) must not hold the VM in "starting", and `cove snapshot restore`
+      // with it, for the agent's timeout. The clock set never throws; it logs how it went.
+      void sup.guest.setClock();
     }
     if (guestProvisioning) {
       await markGuestProvisioned(bundle);
