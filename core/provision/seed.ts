@@ -32,7 +32,6 @@
  */
 import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
-import { stringify } from "yaml";
 import { coveAuthorizedKey } from "../access/keys.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { DiskSpec, VmSpec } from "../spec/schema.ts";
@@ -118,6 +117,8 @@ export function shareTag(share: { path: string; tag?: string }): string {
 
 /** Builds the seed documents for a spec (pure apart from reading cove's key). */
 export async function renderSeed(spec: VmSpec, opts: SeedOptions = {}): Promise<SeedFiles> {
+  // The YAML writer loads only when a seed is written: a start whose seed is current needs none.
+  const { stringify } = await import("yaml");
   const p = spec.provision;
   const hostname = p.hostname ?? "cove";
   const keys = p.sshKeys.length ? p.sshKeys : opts.defaultKeys ?? [await coveAuthorizedKey()];

@@ -854,7 +854,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   try {
     log({ type: "starting", pid: Deno.pid, name: bundle.name });
     await recoverBundle(bundle);
-    spec = await bundle.readSpec();
+    // From the summary when it describes cove.yaml as it is: no YAML parser or validator to load.
+    spec = await bundle.readSpecSummarized();
     const baseSpec = spec;
     // A hand-edited spec gets the same disk confinement as a created one.
     await bundle.checkDisks(spec);
