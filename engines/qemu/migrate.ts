@@ -61,15 +61,21 @@ function stateError(what: string, why: string): CoveError {
 /**
  * Waits for the migration to end: woken by QEMU's MIGRATION events (the
  * `events` capability), with a slow poll of `query-migrate` as a safety net.
- * Resolves on `completed`; rejects with the reason on `failed`/`cancelled`,
- * when QEMU exits, or after {@link MIGRATE_TIMEOUT_MS}.
+ * Resolves on `completed` (the event's or the query's); rejects with the
+ * reason on `failed`/`cancelled`, when QEMU exits, or after
+ * {@link MIGRATE_TIMEOUT_MS}.
  */
 async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void>): Promise<void> {
   // An event may come while a query is on its way: remember it, so the loop does not sleep past it.
   let signalled = false;
+  // QEMU sends `completed` as it sets the status that query-migrate would report next (incoming:
+  // once the state is loaded and the run state set): that ends the wait without one more query. A
+  // failure is still read from query-migrate, which says why.
+  let completed = false;
   let wake: (() => void) | undefined;
   const off = qmp.onEvent((e) => {
     if (e.event !== "MIGRATION") return;
+    if (e.data?.status === "completed") completed = true;
     signalled = true;
     wake?.();
   });
@@ -80,6 +86,7 @@ async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void
     await started();
     const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
     while (true) {
+      if (completed) return;
       let s: MigrateStatus;
       try {
         s = await qmp.execute<MigrateStatus>("query-migrate", undefined, 5000);
