@@ -143,7 +143,7 @@ export {
 } from "./core/supervisor/terminal.ts";
 export { type LiveStatus, liveStatus, withLive } from "./core/supervisor/live.ts";
 export { readLiveStatus } from "./core/access/status.ts";
-export type { SupervisorStatus } from "./core/supervisor/protocol.ts";
+export { READY_NUDGE, type SupervisorStatus } from "./core/supervisor/protocol.ts";
 export type { CacheEntry } from "./core/images/cache.ts";
 export type { SourceEvent, SourceOptions } from "./core/images/source.ts";
 export type { ConvertOptions, ConvertResult, ImageProbe } from "./core/images/qcow2.ts";

@@ -11,7 +11,9 @@
  * load not even the argument parser. Nor do the commands scripts run in loops, in their
  * plain forms (`cove list [--format F] [-q]`, `cove get NAME [--format F]`),
  * nor a TAB press (`cove complete -- WORDS`, answered from a copy of the
- * tree, cli/completion_data.json): {@link fastPath} runs the very action
+ * tree, cli/completion_data.json), nor the detached supervisor that
+ * `cove start` launches (`cove run NAME --detached ...`, on the path of
+ * every start and memory restore): {@link fastPath} runs the very action
  * the command tree would, and any
  * other form (a help flag, a bad value, an extra word) goes to the parser,
  * which says what is wrong as it always has.
@@ -76,7 +78,9 @@ export async function main(args: string[]): Promise<number> {
 }
 
 /**
- * The action of `cove complete -- WORDS`, or of `cove list` or `cove get NAME` when `args` is one of their
+ * The action of `cove complete -- WORDS`, of `cove run NAME --detached`
+ * in the form `cove start` gives it ({@link detachedRun}), or of `cove list`
+ * or `cove get NAME` when `args` is one of their
  * plain forms, exactly as the parser would read it (options after the
  * command, `--format text|json` or `--format=...` given any number of
  * times, the last one winning); otherwise undefined.
@@ -87,6 +91,7 @@ export function fastPath(args: string[]): (() => Promise<void>) | undefined {
     const words = rest.slice(1);
     return async () => (await import("./completions.ts")).completeWords(words);
   }
+  if (cmd === "run") return detachedRun(rest);
   const isList = cmd === "list" || cmd === "ls";
   if (!isList && cmd !== "get") return undefined;
   let format: Format = "text";
@@ -114,6 +119,36 @@ export function fastPath(args: string[]): (() => Promise<void>) | undefined {
   if (words.length !== 1) return undefined;
   const name = words[0];
   return async () => (await import("./commands/vm.ts")).getCommand(name, { format });
+}
+
+/**
+ * The supervisor that `cove start` launches: `run NAME --detached`, then
+ * `--no-graphics` and `--forward SPEC` as `coveCommand` in
+ * core/supervisor/start.ts writes them, and nothing else (any other form of
+ * `cove run` goes to the parser). Its start is on the path of every
+ * `cove start` and memory restore, so it loads no argument parser.
+ */
+function detachedRun(rest: string[]): (() => Promise<void>) | undefined {
+  const [name, detached, ...flags] = rest;
+  if (!name || name.startsWith("-") || detached !== "--detached") return undefined;
+  let graphics = true;
+  const forward: string[] = [];
+  for (let i = 0; i < flags.length; i++) {
+    const a = flags[i];
+    if (a === "--no-graphics" && graphics && forward.length === 0) graphics = false;
+    else if (a === "--forward" && i + 1 < flags.length && !flags[i + 1].startsWith("-")) {
+      forward.push(flags[++i]);
+    } else return undefined;
+  }
+  return async () => {
+    const run = await import("./commands/run.ts");
+    await run.runCommand(name, {
+      detached: true,
+      graphics,
+      forward,
+      stopTimeout: run.RUN_STOP_TIMEOUT,
+    });
+  };
 }
 
 if (import.meta.main) {

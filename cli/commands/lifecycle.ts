@@ -9,8 +9,10 @@
  * @module
  */
 import { type Command, Option } from "@commander-js/extra-typings";
-import type { AttachEnd, SupervisorEvent } from "../../mod.ts";
 import { FORMAT_HELP, log, out, outJson, parseFormat } from "../output.ts";
+import { RUN_STOP_TIMEOUT, runCommand } from "./run.ts";
+
+export { type FollowConsole, followConsole } from "./run.ts";
 
 const FORWARD_HELP =
   "forward [ADDR:]HOST:GUEST[/udp] for this run only, on top of the spec's (repeatable)";
@@ -19,17 +21,6 @@ const FORWARD_HELP =
 function collect(v: string, prev: string[]): string[] {
   return [...prev, v];
 }
-
-/**
- * The events `cove run` shows the user (how a stop is going), in the words
- * supervisor.log uses; the rest go to supervisor.log only.
- */
-const SHOWN_EVENTS: ReadonlySet<SupervisorEvent["type"]> = new Set([
-  "signal",
-  "stopping",
-  "stop-failed",
-  "stop-timeout",
-]);
 
 /** Registers the lifecycle commands. */
 export function register(program: Command): void {
@@ -45,93 +36,11 @@ export function register(program: Command): void {
     .option(
       "--stop-timeout <duration>",
       "how long a graceful stop may take on Ctrl-C, e.g. 30s",
-      "30s",
+      RUN_STOP_TIMEOUT,
     )
     .option("--forward <spec>", FORWARD_HELP, collect, [] as string[])
     .addOption(hiddenDetached())
-    .action(async (name, opts) => {
-      const cove = await import("../../mod.ts");
-      const { CoveError, ExitCode } = cove;
-      const detached = !!opts.detached;
-      let quiet = false; // a detached supervisor writes to stderr only until the VM runs
-      const say = (line: string) => {
-        if (!quiet && !detached) log(`cove: ${line}`);
-      };
-      let attached: Promise<void> | undefined; // the `--console` attachment, if any
-      const stopTimeout = cove.parseFlag("--stop-timeout", opts.stopTimeout) / 1000;
-      const result = await cove.runSupervisor(new cove.Store(), name, {
-        ephemeral: opts.ephemeral,
-        graphics: opts.graphics,
-        stopTimeout,
-        forwards: opts.forward.map(cove.parseForwardFlag),
-        onEvent: (e) => {
-          if (SHOWN_EVENTS.has(e.type)) say(cove.describeEvent(e));
-        },
-        onRunning: (sup) => {
-          if (detached) {
-            quiet = true;
-            return;
-          }
-          if (!opts.console) {
-            say(`${sup.bundle.name} is running; Ctrl-C stops it ('cove console ${name}' attaches)`);
-            return;
-          }
-          const { attachTerminal, ESCAPE_NAME, STOP_KEYS_NAME } = cove;
-          let unsubscribe = () => {};
-          const output = new ReadableStream<Uint8Array>({
-            start(c) {
-              const seen = sup.hub.tail();
-              if (seen.length) c.enqueue(seen);
-              // The hub closes when the VM stopped: end the stream, so attachTerminal returns.
-              unsubscribe = sup.hub.subscribe((b) => c.enqueue(b.slice()), () => {
-                try {
-                  c.close();
-                } catch { /* already closed or cancelled */ }
-              });
-            },
-            cancel() {
-              unsubscribe();
-            },
-          });
-          attached = followConsole({
-            attach: () =>
-              attachTerminal({
-                output,
-                write: (b) => sup.input(b),
-                onAttached: (raw) =>
-                  raw &&
-                  say(
-                    `console of ${sup.bundle.name}; ${ESCAPE_NAME} detaches, ${STOP_KEYS_NAME} stops the VM`,
-                  ),
-              }),
-            say,
-            stop: () => sup.stop(false, stopTimeout),
-            describe: (e) => cove.toCoveError(e).line(),
-            name,
-          }).finally(unsubscribe);
-        },
-      });
-      // The hub is closed by now, which ends the attachment and restores the terminal.
-      await attached;
-      const crashed = result.exit.reason === "crash";
-      if (detached) {
-        Deno.exit(crashed ? ExitCode.Failure : ExitCode.Ok);
-      }
-      if (crashed) {
-        const tail = result.consoleTail.slice(-3).join(" | ");
-        throw new CoveError(
-          "vm.crashed",
-          `${name} stopped unexpectedly: ${result.exit.message ?? "the engine died"}` +
-            (tail ? ` (last console lines: ${tail})` : ""),
-          { exit: ExitCode.Failure },
-        );
-      }
-      say(
-        `${name} stopped (${
-          result.exit.reason === "guest" ? "the guest powered off" : "stopped by cove"
-        })`,
-      );
-    });
+    .action((name, opts) => runCommand(name, opts));
 
   program.command("start")
     .description("start a VM in the background (a detached supervisor)")
@@ -249,47 +158,6 @@ export function register(program: Command): void {
         log(`cove: stopped ${name}${r.forced ? " (powered off)" : ""}`);
       }
     });
-}
-
-/** What {@link followConsole} needs. */
-export interface FollowConsole {
-  /** Attaches the terminal to the console; resolves with why it ended. */
-  attach: () => Promise<AttachEnd>;
-  /** Tells the user (stderr). */
-  say: (line: string) => void;
-  /** Stops the VM gracefully (for Ctrl-A x). */
-  stop: () => Promise<unknown>;
-  /** One line for an error. */
-  describe: (e: unknown) => string;
-  /** The VM's name, for hints. */
-  name: string;
-}
-
-/**
- * `cove run --console`: attaches, then acts on how the attachment ended.
- * A failure to attach is told to the user (the VM keeps running and
- * Ctrl-C still stops it); it is never swallowed.
- */
-export async function followConsole(f: FollowConsole): Promise<void> {
-  let end: AttachEnd;
-  try {
-    end = await f.attach();
-  } catch (e) {
-    f.say(`could not attach the console: ${f.describe(e)}`);
-    f.say(`the VM keeps running; Ctrl-C stops it ('cove console ${f.name}' attaches)`);
-    return;
-  }
-  if (end === "detached") {
-    log(""); // the guest's prompt has no newline
-    f.say("console detached; the VM keeps running (Ctrl-C stops it)");
-  } else if (end === "stop") {
-    log("");
-    try {
-      await f.stop();
-    } catch (e) {
-      f.say(`could not stop ${f.name}: ${f.describe(e)} (Ctrl-C stops it)`);
-    }
-  }
 }
 
 /** `--detached`: set by `cove start` for the supervisor it launches. */

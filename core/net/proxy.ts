@@ -20,7 +20,7 @@
  * ({@link bindError}).
  * @module
  */
-import dgram from "node:dgram";
+import type dgram from "node:dgram";
 import { CoveError, ExitCode } from "../errors.ts";
 
 /**
@@ -311,6 +311,8 @@ class UdpProxy implements ForwardProxy {
   #stats: ProxyStats = { active: 0, total: 0, failed: 0, bytesIn: 0, bytesOut: 0 };
 
   private constructor(
+    /** node:dgram, loaded by {@link UdpProxy.open}. */
+    private readonly udp: typeof dgram,
     readonly spec: ProxySpec,
     readonly socket: dgram.Socket,
     readonly port: number,
@@ -327,8 +329,10 @@ class UdpProxy implements ForwardProxy {
   }
 
   static async open(spec: ProxySpec, resolve: ResolveGuest, opts: ProxyOptions): Promise<UdpProxy> {
+    // Loaded with the first UDP forward: node:dgram costs every supervisor's start otherwise.
+    const udp = (await import("node:dgram")).default;
     const type = spec.address.includes(":") ? "udp6" : "udp4";
-    const s = dgram.createSocket({ type });
+    const s = udp.createSocket({ type });
     try {
       await new Promise<void>((res, rej) => {
         s.once("error", rej);
@@ -341,7 +345,7 @@ class UdpProxy implements ForwardProxy {
       closeQuietly(s);
       throw bindError(e, spec.address, spec.host, opts.where ?? "");
     }
-    return new UdpProxy(spec, s, s.address().port, resolve, opts);
+    return new UdpProxy(udp, spec, s, s.address().port, resolve, opts);
   }
 
   stats(): ProxyStats {
@@ -380,7 +384,7 @@ class UdpProxy implements ForwardProxy {
 
   #newFlow(key: string, rinfo: dgram.RemoteInfo): Flow {
     const type = rinfo.family === "IPv6" ? "udp6" : "udp4";
-    const socket = dgram.createSocket({ type });
+    const socket = this.udp.createSocket({ type });
     const f: Flow = { socket, last: Date.now(), pending: [], target: undefined };
     this.#flows.set(key, f);
     this.#stats.total++;

@@ -17,7 +17,8 @@
  * @module
  */
 import { CoveError, ExitCode } from "../errors.ts";
-import { keyboardLayout, type VmSpec } from "../spec/schema.ts";
+import type { VmSpec } from "../spec/schema.ts";
+import { keyboardLayout } from "../spec/fields.ts";
 import type { Bundle } from "../store/bundle.ts";
 import type { GuestProvisioning } from "../../engines/engine.ts";
 import { writeFileAtomic } from "../store/fsutil.ts";

@@ -10,7 +10,8 @@
 import { guestAddress, type StatusReader } from "../access/address.ts";
 import { bundleTarget, installKeysWithPassword, verifyKeyLogin } from "../access/askpass.ts";
 import { coveAuthorizedKey, coveKeyPaths, ensureCoveKey } from "../access/keys.ts";
-import { keyboardLayout, type VmSpec } from "../spec/schema.ts";
+import type { VmSpec } from "../spec/schema.ts";
+import { keyboardLayout } from "../spec/fields.ts";
 import type { Bundle } from "../store/bundle.ts";
 import { isoKeyboardAgentScript } from "./keyboard.ts";
 import { completeFirstBoot, FIRST_BOOT_WAIT_S, readInstallRecord } from "./macos.ts";

@@ -30,9 +30,7 @@
  * ```
  * @module
  */
-import { createHash } from "node:crypto";
 import { basename, join } from "node:path";
-import { stringify } from "yaml";
 import { coveAuthorizedKey } from "../access/keys.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { DiskSpec, VmSpec } from "../spec/schema.ts";
@@ -118,6 +116,11 @@ export function shareTag(share: { path: string; tag?: string }): string {
 
 /** Builds the seed documents for a spec (pure apart from reading cove's key). */
 export async function renderSeed(spec: VmSpec, opts: SeedOptions = {}): Promise<SeedFiles> {
+  // Loaded when a seed is rendered (ensureSeed: only for a VM with a seed disk), not with this module.
+  const [{ stringify }, { createHash }] = await Promise.all([
+    import("yaml"),
+    import("node:crypto"),
+  ]);
   const p = spec.provision;
   const hostname = p.hostname ?? "cove";
   const keys = p.sshKeys.length ? p.sshKeys : opts.defaultKeys ?? [await coveAuthorizedKey()];

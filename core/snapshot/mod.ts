@@ -54,7 +54,7 @@ export async function saveSnapshot(
   const lock = await b.tryLock({ purpose: "change" });
   if (!lock) return await snapshotRunningVm(b, opts);
   try {
-    const spec = await b.readSpec();
+    const spec = await b.readSpecSummarized();
     return await saveStopped(b, spec, resolveEngineId(spec, detectHost()), { tag: opts.tag });
   } finally {
     lock.release();
@@ -111,7 +111,8 @@ export async function restoreSnapshot(
   }
   let r: RestoreResult;
   try {
-    const spec = await b.readSpec();
+    // From the summary when it describes cove.yaml as it is (see Bundle.readSpecSummarized).
+    const spec = await b.readSpecSummarized();
     r = await restoreStopped(b, tag, spec, resolveEngineId(spec, detectHost()), {
       diskOnly: opts.diskOnly,
     });

@@ -11,6 +11,10 @@
 import { z } from "zod";
 import { SIZE_PATTERN } from "../units.ts";
 
+import { shareTag } from "./fields.ts";
+
+export { keyboardKind, keyboardLayout, shareTag } from "./fields.ts";
+
 /** A size such as `4GiB`, `512MiB`, `64G`, or a byte count. */
 export const Size = z.union([
   z.string().regex(new RegExp(SIZE_PATTERN), {
@@ -109,11 +113,6 @@ export const Network = z.strictObject({
 /** A valid share tag: VZ wants a virtiofs tag of fewer than 36 UTF-8 bytes. */
 const SHARE_TAG = /^[A-Za-z0-9_.-]{1,35}$/;
 const SHARE_TAG_RULE = "1 to 35 letters, digits, '_', '.' or '-' (VZ allows fewer than 36 bytes)";
-
-/** The tag of a share: its own, or the name of its directory. */
-export function shareTag(share: { path: string; tag?: string }): string {
-  return share.tag ?? (share.path.replace(/\/+$/, "").split("/").pop() || "share");
-}
 
 /** A host directory shared with the guest. */
 export const Share = z.strictObject({
@@ -217,16 +216,6 @@ export const Keyboard = z.union([
   description:
     "auto: mac for macOS guests (macOS 14+ hosts), usb otherwise; or {type, layout: ansi|iso}.",
 });
-
-/** The keyboard device kind of a spec's `keyboard`. */
-export function keyboardKind(k: z.output<typeof Keyboard>): z.output<typeof KeyboardKind> {
-  return typeof k === "string" ? k : k.type;
-}
-
-/** The host keyboard layout a spec's `keyboard` names (ansi unless it says iso). */
-export function keyboardLayout(k: z.output<typeof Keyboard>): "ansi" | "iso" {
-  return typeof k === "string" ? "ansi" : k.layout;
-}
 
 export const QemuOptions = z.strictObject({
   accel: z.enum(["auto", "kvm", "hvf", "tcg"]).default("auto").meta({

@@ -17,8 +17,11 @@
  * (`summary.json`): what the spec parsed and validated to, with the text
  * it was made from. `cove list` and `cove get` use it instead of loading
  * the YAML parser and the validator when cove.yaml still holds that text
- * and the summary was written by this cove version
- * ({@link Bundle.readSpecSummarized}). Comparing the text itself (a spec
+ * and the summary was written by this cove version (run from source: with
+ * these parser files) ({@link Bundle.readSpecSummarized}); so do the
+ * supervisor that runs a VM and the snapshot commands, whose start would
+ * otherwise spend more on loading the two than on anything else it does
+ * before the engine starts. Comparing the text itself (a spec
  * is well under a page) rather than the file's mtime, size and inode
  * cannot miss an edit, even one in place within the same tick. Every write
  * of the spec ({@link Bundle.writeSpec}: create, set, edit, clone, pull,
@@ -266,10 +269,32 @@ async function takeLock(path: string, purpose: LockPurpose): Promise<BundleLock 
 /** The layout of `summary.json`; a summary of another layout or cove version is stale. */
 const SUMMARY_FORMAT = 1;
 
+let parserStampMemo: string | undefined;
+
+/**
+ * What a summary's parse depends on besides the text: the cove version and,
+ * when cove runs from its sources, the size and mtime of the parser's own
+ * files, so that an edit of the schema in a checkout makes every summary
+ * stale even though the version stays the same.
+ */
+function parserStamp(): string {
+  if (parserStampMemo !== undefined) return parserStampMemo;
+  let stamp = VERSION;
+  if (!Deno.build.standalone) {
+    for (const f of ["../spec/schema.ts", "../spec/load.ts"]) {
+      try {
+        const st = Deno.statSync(new URL(f, import.meta.url));
+        stamp += ` ${st.size}@${st.mtime?.getTime() ?? 0}`;
+      } catch { /* not a local file (a remote import): the version alone */ }
+    }
+  }
+  return (parserStampMemo = stamp);
+}
+
 /** The content of `summary.json`. */
 interface SpecSummary {
   format: number;
-  /** The cove version that wrote it (a new version may validate differently). */
+  /** The cove (and parser) that wrote it, {@link parserStamp}: another may validate differently. */
   cove: string;
   /** The text of the cove.yaml it was made from. */
   text: string;
@@ -578,7 +603,10 @@ export class Bundle {
    * What {@link readSpec} gives, read from the summary when it is fresh
    * (without loading the YAML parser or the validator), else from the spec
    * in full. Writes nothing, even when the summary is stale. For showing a
-   * VM (`list`, `get`); what runs a VM reads the spec itself.
+   * VM (`list`, `get`) and for running it (the supervisor, snapshots): a
+   * fresh summary is what this very parser gave for this very text
+   * ({@link parserStamp}), so it stands for the parse, and a spec edited
+   * by hand is parsed (and refused if it does not validate) as ever.
    */
   async readSpecSummarized(): Promise<VmSpec> {
     const parsed = this.freshSummary();
@@ -592,7 +620,9 @@ export class Bundle {
       // Small files, once per VM per list: the synchronous calls skip a thread hop each.
       const text = Deno.readTextFileSync(this.specPath);
       const s = JSON.parse(Deno.readTextFileSync(this.file("summary"))) as Partial<SpecSummary>;
-      if (s.format !== SUMMARY_FORMAT || s.cove !== VERSION || s.text !== text) return undefined;
+      if (s.format !== SUMMARY_FORMAT || s.cove !== parserStamp() || s.text !== text) {
+        return undefined;
+      }
       const p = s.parsed;
       return p && typeof p === "object" && !Array.isArray(p) ? p : undefined;
     } catch {
@@ -620,7 +650,7 @@ export class Bundle {
     } catch {
       return;
     }
-    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: VERSION, text, parsed };
+    const summary: SpecSummary = { format: SUMMARY_FORMAT, cove: parserStamp(), text, parsed };
     await writeFileAtomic(this.file("summary"), JSON.stringify(summary) + "\n");
   }
 

@@ -11,6 +11,13 @@ import type { ActiveForward } from "../net/forwards.ts";
 export const CONSOLE_PROTOCOL = "cove-console";
 /** Default seconds a graceful stop may take before the VM is powered off. */
 export const DEFAULT_STOP_TIMEOUT = 30;
+/**
+ * What the detached supervisor of `cove start` writes on its stderr once
+ * the VM runs: an empty line, which wakes `startDetached` to ask for the
+ * status at once rather than at its next poll, and which the reading of a
+ * failure skips (it reads non-empty lines only).
+ */
+export const READY_NUDGE = "\n";
 
 /** What `GET /status` returns. */
 export interface SupervisorStatus {

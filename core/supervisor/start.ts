@@ -66,6 +66,9 @@ export function supervisorFailure(stderrText: string, status: number): CoveError
 /** How long a timed-out `cove start` waits after SIGTERM before SIGKILL. */
 const START_KILL_GRACE_MS = 5000;
 
+/** How often `cove start` asks a starting supervisor for its status when nothing wakes it sooner. */
+const START_POLL_MS = 50;
+
 /** Starts the supervisor of `name` detached and waits until the VM runs. */
 export async function startDetached(
   store: Store,
@@ -99,6 +102,14 @@ export async function startDetached(
     detached: true,
   }).spawn();
   let stderrText = "";
+  // Output on its stderr or its exit wakes the wait below at once (the supervisor writes an empty
+  // line when the VM runs: READY_NUDGE in ./protocol.ts); the poll's interval is only a safety net.
+  let nudged = false;
+  let wake: (() => void) | undefined;
+  const nudge = () => {
+    nudged = true;
+    wake?.();
+  };
   const reader = child.stderr.getReader();
   const readErr = (async () => {
     const dec = new TextDecoder();
@@ -107,11 +118,16 @@ export async function startDetached(
         const r = await reader.read();
         if (r.done) break;
         stderrText += dec.decode(r.value, { stream: true });
+        nudge();
       }
     } catch { /* cancelled */ }
   })();
   let status: Deno.CommandStatus | undefined;
-  const exited = child.status.then((s) => (status = s));
+  const exited = child.status.then((s) => {
+    status = s;
+    nudge();
+    return s;
+  });
   const deadline = Date.now() + (opts.timeoutMs ?? 120_000);
   while (true) {
     if (status) {
@@ -162,6 +178,15 @@ export async function startDetached(
         }
       }
     } catch { /* not yet */ }
-    await new Promise((r) => setTimeout(r, 50));
+    if (!nudged) {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((r) => {
+        wake = r;
+        timer = setTimeout(r, START_POLL_MS);
+      });
+      clearTimeout(timer);
+      wake = undefined;
+    }
+    nudged = false;
   }
 }

@@ -809,7 +809,8 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
   try {
     log({ type: "starting", pid: Deno.pid, name: bundle.name });
     await recoverBundle(bundle);
-    spec = await bundle.readSpec();
+    // From the summary when it describes cove.yaml as it is: no YAML parser or validator to load.
+    spec = await bundle.readSpecSummarized();
     const baseSpec = spec;
     // A hand-edited spec gets the same disk confinement as a created one.
     await bundle.checkDisks(spec);
@@ -950,7 +951,10 @@ async function supervise(bundle: Bundle, _lock: BundleLock, opts: RunOptions): P
     if (resumeFrom) {
       await clearResumeRequest(bundle);
       log({ type: "note", message: `resumed snapshot ${resume!.tag}` });
-      await sup.guest.setClock();
+      // In the background, as after a resume from suspend: a guest whose agent is slow to answer
+      // (or has none running) must not hold the VM in "starting", and `cove snapshot restore`
+      // with it, for the agent's timeout. The clock set never throws; it logs how it went.
+      void sup.guest.setClock();
     }
     if (guestProvisioning) {
       await markGuestProvisioned(bundle);

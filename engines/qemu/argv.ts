@@ -12,7 +12,8 @@
  * @module
  */
 import { QGA_PORT_NAME } from "../engine.ts";
-import { type DiskSpec, keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
+import type { DiskSpec, VmSpec } from "../../core/spec/schema.ts";
+import { keyboardKind } from "../../core/spec/fields.ts";
 
 /** The accelerators cove drives. */
 export type Accel = "kvm" | "hvf" | "tcg";

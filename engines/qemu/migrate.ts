@@ -61,15 +61,21 @@ function stateError(what: string, why: string): CoveError {
 /**
  * Waits for the migration to end: woken by QEMU's MIGRATION events (the
  * `events` capability), with a slow poll of `query-migrate` as a safety net.
- * Resolves on `completed`; rejects with the reason on `failed`/`cancelled`,
- * when QEMU exits, or after {@link MIGRATE_TIMEOUT_MS}.
+ * Resolves on `completed` (the event's or the query's); rejects with the
+ * reason on `failed`/`cancelled`, when QEMU exits, or after
+ * {@link MIGRATE_TIMEOUT_MS}.
  */
 async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void>): Promise<void> {
   // An event may come while a query is on its way: remember it, so the loop does not sleep past it.
   let signalled = false;
+  // QEMU sends `completed` as it sets the status that query-migrate would report next (incoming:
+  // once the state is loaded and the run state set): that ends the wait without one more query. A
+  // failure is still read from query-migrate, which says why.
+  let completed = false;
   let wake: (() => void) | undefined;
   const off = qmp.onEvent((e) => {
     if (e.event !== "MIGRATION") return;
+    if (e.data?.status === "completed") completed = true;
     signalled = true;
     wake?.();
   });
@@ -80,6 +86,7 @@ async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void
     await started();
     const deadline = Date.now() + MIGRATE_TIMEOUT_MS;
     while (true) {
+      if (completed) return;
       let s: MigrateStatus;
       try {
         s = await qmp.execute<MigrateStatus>("query-migrate", undefined, 5000);
@@ -113,9 +120,41 @@ async function migrationDone(qmp: Qmp, what: string, started: () => Promise<void
   }
 }
 
+/** How long QEMU may stay in `finish-migrate` after a save completed. */
+const FINISH_MIGRATE_TIMEOUT_MS = 10_000;
+
+/**
+ * Waits until QEMU has left the `finish-migrate` run state after a save
+ * completed. QEMU reports `completed` (event and query-migrate alike) a
+ * moment before its migration thread sets `postmigrate`, and a `cont` in
+ * between fails with "Migration is not finalized yet" (seen in
+ * bench/snapshot: the save failed and the guest was resumed by its retry).
+ */
+async function leaveFinishMigrate(qmp: Qmp, what: string): Promise<void> {
+  const deadline = Date.now() + FINISH_MIGRATE_TIMEOUT_MS;
+  while (true) {
+    let s: { status?: string };
+    try {
+      s = await qmp.execute<{ status?: string }>("query-status", undefined, 5000);
+    } catch (e) {
+      if (e instanceof QmpError && e.cls === "Closed") throw stateError(what, "QEMU exited");
+      throw e;
+    }
+    if (s.status !== "finish-migrate") return;
+    if (Date.now() > deadline) {
+      throw stateError(
+        what,
+        `QEMU stayed in finish-migrate for ${FINISH_MIGRATE_TIMEOUT_MS / 1000}s`,
+      );
+    }
+    await new Promise((r) => setTimeout(r, 1));
+  }
+}
+
 /**
  * Writes the machine state of a paused VM to `path` and waits until the
- * stream is complete. The VM stays paused (QEMU's `postmigrate`).
+ * stream is complete and QEMU has finished the migration. The VM stays
+ * paused (QEMU's `postmigrate`), and can be resumed with `cont` at once.
  */
 export async function saveStateTo(qmp: Qmp, path: string, version?: QemuVersion): Promise<void> {
   const v = version ?? await qemuVersion(qmp);
@@ -132,6 +171,7 @@ export async function saveStateTo(qmp: Qmp, path: string, version?: QemuVersion)
       throw stateError("saving the machine state", e instanceof Error ? e.message : String(e));
     }
   });
+  await leaveFinishMigrate(qmp, "saving the machine state");
 }
 
 /**

@@ -53,6 +53,12 @@ import { findVirtiofsd, shareBackend, startVirtiofsd, type VirtiofsdProcess } fr
 const QMP_STOP_TIMEOUT_MS = 5000;
 /** How long a hard stop waits for QEMU to quit before SIGKILL. */
 const HARD_STOP_GRACE_MS = 3000;
+/**
+ * How often a starting QEMU's console and QMP sockets are tried: a failed
+ * connect costs next to nothing, and every start (a memory restore among
+ * them) waits for the first that succeeds.
+ */
+const CONNECT_POLL_MS = 2;
 
 /** Resolves a spec path against the bundle directory. */
 function resolveIn(dir: string, p: string): string {
@@ -679,7 +685,7 @@ class QemuVm implements RunningVm {
       try {
         consoleConn = await Deno.connect({ transport: "unix", path: plan.consoleSocket });
       } catch {
-        await new Promise((res) => setTimeout(res, 10));
+        await new Promise((res) => setTimeout(res, CONNECT_POLL_MS));
       }
     }
     let qmp: Qmp | undefined;
@@ -695,7 +701,7 @@ class QemuVm implements RunningVm {
       try {
         qmp = await Qmp.connect(plan.qmpSocket, Math.max(1000, deadline - Date.now()));
       } catch {
-        await new Promise((res) => setTimeout(res, 10));
+        await new Promise((res) => setTimeout(res, CONNECT_POLL_MS));
       }
     }
     const info: Record<string, unknown> = {

@@ -19,7 +19,8 @@
  */
 import { QGA_PORT_NAME } from "../engine.ts";
 import type { GuestProvisioning, VmPaths } from "../engine.ts";
-import { keyboardKind, shareTag, type VmSpec } from "../../core/spec/schema.ts";
+import type { VmSpec } from "../../core/spec/schema.ts";
+import { keyboardKind, shareTag } from "../../core/spec/fields.ts";
 import { parseSize } from "../../core/units.ts";
 import type {
   VzConfig,

@@ -14,7 +14,8 @@
  */
 import { CoveError, ExitCode, usageError } from "../../core/errors.ts";
 import { diskFormat, kernelKind, readHead } from "../../core/magic.ts";
-import { keyboardKind, type VmSpec } from "../../core/spec/schema.ts";
+import type { VmSpec } from "../../core/spec/schema.ts";
+import { keyboardKind } from "../../core/spec/fields.ts";
 import { formatSize, parseSize } from "../../core/units.ts";
 import type { VmPaths } from "../engine.ts";
 import type { VzHostInfo } from "../../ffi/cove_vz_json.ts";

@@ -1,8 +1,8 @@
 /**
  * The CLI's fast path (cli/main.ts `fastPath`) runs `cove list` and `cove
- * get NAME` without building the command tree: it takes exactly their
- * plain forms, leaves every other form to the parser, and prints what the
- * parser's run prints. (`--debug` is not a form the fast path takes, so a
+ * get NAME` (and the detached supervisor of `cove start`) without building
+ * the command tree: it takes exactly their plain forms, leaves every other
+ * form to the parser, and prints what the parser's run prints. (`--debug` is not a form the fast path takes, so a
  * run with it goes through the parser: that is the comparison.)
  */
 import { assert, assertEquals } from "../helpers/assert.ts";
@@ -22,6 +22,11 @@ Deno.test("cli fast path: takes the plain forms of list and get, and nothing els
       ["get", "dev"],
       ["get", "dev", "--format", "json"],
       ["get", "--format=text", "dev"],
+      // What startDetached (core/supervisor/start.ts) gives the supervisor it launches.
+      ["run", "dev", "--detached"],
+      ["run", "dev", "--detached", "--no-graphics"],
+      ["run", "dev", "--detached", "--forward", "8080:80", "--forward", "127.0.0.1:2222:22/udp"],
+      ["run", "dev", "--detached", "--no-graphics", "--forward", "8080:80"],
     ]
   ) assert(fastPath(args), args.join(" "));
   for (
@@ -42,6 +47,18 @@ Deno.test("cli fast path: takes the plain forms of list and get, and nothing els
       ["--debug", "list"],
       ["set", "dev"],
       ["help", "list"],
+      ["run", "dev"],
+      ["run", "dev", "--console"],
+      ["run", "--detached", "dev"],
+      ["run", "dev", "--detached", "--debug"],
+      ["run", "dev", "--detached", "--help"],
+      ["run", "dev", "--detached", "--ephemeral"],
+      ["run", "dev", "--detached", "--forward"],
+      ["run", "dev", "--detached", "--forward", "--no-graphics"],
+      ["run", "dev", "--detached", "--forward", "8080:80", "--no-graphics"],
+      ["run", "dev", "--detached", "--no-graphics", "--no-graphics"],
+      ["run", "dev", "--detached", "--stop-timeout", "5s"],
+      ["run", "dev", "--detached", "extra"],
     ]
   ) assertEquals(fastPath(args), undefined, args.join(" "));
 });

@@ -183,3 +183,48 @@ Deno.test("summary: with fresh summaries, list, get and completion load neither 
     const rows = JSON.parse(r.out) as { name: string; state: string }[];
     assertEquals(rows.find((v) => v.name === "plain")?.state, "broken", r.out);
   }));
+
+Deno.test("summary: the detached supervisor of `cove start` reads a fresh summary, loading neither yaml nor zod", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    // A kernel that does not exist: the engine's checks refuse it, after the spec is read.
+    await store.create("k", {
+      spec: parseSpec(
+        "engine: qemu\nboot: { loader: kernel, kernel: no-such-vmlinuz }\n" +
+          "disks: [{ path: disk.img, size: 1MiB }]\nagent: false\n",
+      ),
+    });
+    assert(store.bundle("k").freshSummary(), "a fresh summary after create");
+    const config = JSON.parse(await Deno.readTextFile(join(ROOT, "deno.json")));
+    const poison = join(home, "poison.ts");
+    await Deno.writeTextFile(poison, 'throw new Error("POISON: a parser module was loaded");\n');
+    config.imports.yaml = `file://${poison}`;
+    config.imports.zod = `file://${poison}`;
+    const configPath = join(home, "deno.json");
+    await Deno.writeTextFile(configPath, JSON.stringify(config));
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        "--quiet",
+        "--no-lock",
+        "--config",
+        configPath,
+        join(ROOT, "cli", "main.ts"),
+        // The command line startDetached gives its supervisor (the CLI's fast path).
+        "run",
+        "k",
+        "--detached",
+        "--no-graphics",
+      ],
+      env: { COVE_HOME: home, NO_COLOR: "1" },
+      cwd: home,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(r.stderr);
+    assert(!err.includes("POISON"), err);
+    assert(r.code !== 0, err);
+    const e = JSON.parse(err.trim().split("\n").pop()!).error as { code: string; message: string };
+    assert(e.message.includes("no-such-vmlinuz"), err);
+  }));
