@@ -13,53 +13,27 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
-import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { startRegistry } from "../helpers/oci_registry.ts";
 import { linuxTest } from "../helpers/guard.ts";
+import {
+  BOOT_WAIT_S,
+  consoleTail,
+  createAndStart,
+  requireTools,
+  run,
+  waitForAgent,
+} from "./debian_agent_helpers.ts";
 import { agentOf, cloneFile, Store, withFrozenGuest } from "../../mod.ts";
 
-const ENV = { COVE_QEMU_ACCEL: "tcg" };
-/** A TCG boot to the agent takes a minute or two on a quiet 2-core machine; allow for a busy one. */
-const BOOT_WAIT_S = 900;
-
-function haveTool(name: string): boolean {
-  for (const d of [...(Deno.env.get("PATH") ?? "").split(":"), "/usr/bin", "/usr/sbin", "/sbin"]) {
-    try {
-      if (Deno.statSync(join(d, name)).isFile) return true;
-    } catch { /* next */ }
-  }
-  return false;
-}
-
-const missing = [
+const TOOLS = [
   "qemu-system-x86_64",
   "debootstrap",
   "mkfs.ext4",
   "debugfs",
   "tar",
   "docker-registry",
-].filter((t) => !haveTool(t));
-
-function run(home: string, args: string[], opts: { stdin?: string; timeoutMs?: number } = {}) {
-  return cove(home, args, { env: ENV, timeoutMs: opts.timeoutMs ?? 180_000, stdin: opts.stdin });
-}
-
-async function waitForAgent(home: string, name: string, seconds: number): Promise<CliResult> {
-  const until = Date.now() + seconds * 1000;
-  let r: CliResult;
-  do {
-    r = await run(home, ["agent", name]);
-    if (r.code === 0) return r;
-    await new Promise((res) => setTimeout(res, 3000));
-  } while (Date.now() < until);
-  return r;
-}
-
-async function consoleTail(home: string, name: string): Promise<string> {
-  const log = await Deno.readTextFile(join(home, "vms", name, "console.log")).catch(() => "");
-  return log.split("\n").slice(-40).join("\n");
-}
+];
 
 /** A file's content inside an ext4 disk image, read with debugfs (e2fsprogs) without mounting it. */
 async function readFromImage(image: string, path: string): Promise<string> {
@@ -86,46 +60,22 @@ linuxTest({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
-    if (missing.length) {
-      throw new Error(
-        `this host lacks ${missing.join(", ")}: the test needs them (run make setup)`,
-      );
-    }
+    requireTools(TOOLS);
     const g = await ensureDebianCloudGuest();
     const home = await Deno.makeTempDir({ prefix: "cove-e2e-agent-" });
     const name = "agentvm";
-    const config = join(home, "vm.yaml");
-    await Deno.writeTextFile(
-      config,
-      JSON.stringify({
-        engine: "qemu",
-        cpus: 2,
-        memory: "1GiB",
-        disks: [{ path: "disk.img", size: "4GiB" }],
-        networks: [{ mode: "none" }],
-      }),
-    );
+    const config = {
+      engine: "qemu",
+      cpus: 2,
+      memory: "1GiB",
+      disks: [{ path: "disk.img", size: "4GiB" }],
+      networks: [{ mode: "none" }],
+    };
     let started = false;
     try {
       await t.step("create and start a VM with networks: [{mode: none}]", async () => {
-        const c = await run(home, [
-          "create",
-          name,
-          "--config",
-          config,
-          "--from",
-          g.disk,
-          "--kernel",
-          g.kernel,
-          "--initrd",
-          g.initrd,
-          "--cmdline",
-          g.cmdline,
-        ], { timeoutMs: 300_000 });
-        assertEquals(c.code, 0, c.stderr);
-        const s = await run(home, ["start", name], { timeoutMs: 300_000 });
-        assertEquals(s.code, 0, s.stderr);
-        started = true;
+        started = true; // from here on, the finally stops it
+        await createAndStart(home, name, g, config);
       });
 
       await t.step(

@@ -12,45 +12,19 @@
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "../helpers/assert.ts";
-import { type CliResult, cove } from "../helpers/cli.ts";
+import { linuxTest } from "../helpers/guard.ts";
+import {
+  BOOT_WAIT_S,
+  consoleTail,
+  createAndStart,
+  requireTools,
+  run,
+  waitForAgent,
+} from "./debian_agent_helpers.ts";
 import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 
-const ENV = { COVE_QEMU_ACCEL: "tcg" };
-/** A TCG boot to the agent takes a minute or two on a quiet 2-core machine; allow for a busy one. */
-const BOOT_WAIT_S = 900;
 /** The bound, plus one poll interval of the watcher (core/net/autoforward.ts). */
 const APPEAR_BOUND_MS = 5_000 + 2_000;
-
-function haveTool(name: string): boolean {
-  for (const d of [...(Deno.env.get("PATH") ?? "").split(":"), "/usr/bin", "/usr/sbin", "/sbin"]) {
-    try {
-      if (Deno.statSync(join(d, name)).isFile) return true;
-    } catch { /* next */ }
-  }
-  return false;
-}
-
-const missing = ["qemu-system-x86_64", "debootstrap", "mkfs.ext4"].filter((t) => !haveTool(t));
-
-function run(home: string, args: string[], opts: { stdin?: string; timeoutMs?: number } = {}) {
-  return cove(home, args, { env: ENV, timeoutMs: opts.timeoutMs ?? 180_000, stdin: opts.stdin });
-}
-
-async function waitForAgent(home: string, name: string, seconds: number): Promise<CliResult> {
-  const until = Date.now() + seconds * 1000;
-  let r: CliResult;
-  do {
-    r = await run(home, ["agent", name]);
-    if (r.code === 0) return r;
-    await new Promise((res) => setTimeout(res, 3000));
-  } while (Date.now() < until);
-  return r;
-}
-
-async function consoleTail(home: string, name: string): Promise<string> {
-  const log = await Deno.readTextFile(join(home, "vms", name, "console.log")).catch(() => "");
-  return log.split("\n").slice(-40).join("\n");
-}
 
 async function supervisorTail(home: string, name: string): Promise<string> {
   const dir = join(home, "vms", name);
@@ -142,52 +116,34 @@ function randomPort(): number {
   return 20_000 + Math.floor(Math.random() * 20_000);
 }
 
-Deno.test({
+linuxTest({
+  needs: "builds a Debian cloud guest with debootstrap and boots it under QEMU, as root",
+  root: true,
   name:
     "automatic forwards: a guest listener appears in cove port within 5 s and answers on 127.0.0.1; stopped, it disappears",
-  ignore: Deno.build.os !== "linux" || missing.length > 0,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
+    requireTools(["qemu-system-x86_64", "debootstrap", "mkfs.ext4"]);
     const g = await ensureDebianCloudGuest();
     const home = await Deno.makeTempDir({ prefix: "cove-e2e-autofwd-" });
     const name = "autofwd";
     const port = randomPort();
     const loopbackPort = port + 1;
     const ignoredPort = port + 2;
-    const config = join(home, "vm.yaml");
-    await Deno.writeTextFile(
-      config,
-      JSON.stringify({
-        engine: "qemu",
-        cpus: 2,
-        memory: "1GiB",
-        disks: [{ path: "disk.img", size: "4GiB" }],
-        networks: [{ mode: "user", autoForward: { ignore: [ignoredPort] } }],
-      }),
-    );
+    const config = {
+      engine: "qemu",
+      cpus: 2,
+      memory: "1GiB",
+      disks: [{ path: "disk.img", size: "4GiB" }],
+      networks: [{ mode: "user", autoForward: { ignore: [ignoredPort] } }],
+    };
     const content = crypto.randomUUID() + crypto.randomUUID() + "\n";
     let started = false;
     try {
       await t.step("create and start a VM on user networking with autoForward", async () => {
-        const c = await run(home, [
-          "create",
-          name,
-          "--config",
-          config,
-          "--from",
-          g.disk,
-          "--kernel",
-          g.kernel,
-          "--initrd",
-          g.initrd,
-          "--cmdline",
-          g.cmdline,
-        ], { timeoutMs: 300_000 });
-        assertEquals(c.code, 0, c.stderr);
-        const s = await run(home, ["start", name], { timeoutMs: 300_000 });
-        assertEquals(s.code, 0, s.stderr);
-        started = true;
+        started = true; // from here on, the finally stops it
+        await createAndStart(home, name, g, config);
         const r = await waitForAgent(home, name, BOOT_WAIT_S);
         if (r.code !== 0) {
           throw new Error(
