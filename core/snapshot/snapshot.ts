@@ -277,7 +277,7 @@ export async function recoverBundle(bundle: Bundle): Promise<void> {
 }
 
 /** How long a published copy ({@link SaveOptions.copy}) is left for its client before a recovery removes it. */
-const COPY_GRACE_MS = 120_000;
+export const COPY_GRACE_MS = 120_000;
 
 /** True when the record of `snapshots/NAME` was written less than `ms` ago. */
 async function youngerThan(bundle: Bundle, name: string, ms: number): Promise<boolean> {

@@ -103,7 +103,7 @@ export const Network = z.strictObject({
   }),
   forwards: z.array(PortForward).default([]).meta({
     description:
-      "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself (on a cove network, through a private second NIC it adds, 10.0.2.15), elsewhere cove's supervisor proxies to the guest's address.",
+      "Host to guest port forwards, on every mode with an address: QEMU user networking forwards itself (on a cove network, through a private second NIC it adds, 10.0.200.15), elsewhere cove's supervisor proxies to the guest's address.",
   }),
 }).refine((n) => n.mode !== "network" || !!n.network, {
   message: "mode: network needs network: NAME (a network made with 'cove network create')",

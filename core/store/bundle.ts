@@ -500,6 +500,10 @@ export class Bundle {
   snapshotDiskName(i: number): string {
     return `disk${i}.img`;
   }
+  /** The file a copy of `disks[i]` from outside the bundle takes in a clone or push copy of it. */
+  copiedDiskName(i: number): string {
+    return `disk${i}-copy.img`;
+  }
   /** A new staging directory for a snapshot being made (renamed to `snapshots/TAG` when complete). */
   snapshotStagingDir(): string {
     return join(this.snapshotsDir, `${SNAPSHOT_STAGING_PREFIX}${crypto.randomUUID()}`);
@@ -730,30 +734,33 @@ export class Bundle {
       if (e instanceof LibcError && e.errno === ENOENT) return null;
       throw lockError(e, this.lockPath);
     }
-    let held: boolean;
+    // A holder writes who it is right after it locks, and empties the file before it lets go:
+    // an empty or half-written text means "locked, or let go, an instant ago". So read again
+    // for a moment, asking each time whether it is still held, before taking it for a
+    // supervisor (an older cove wrote nothing).
+    const deadline = Date.now() + HOLDER_TEXT_WAIT_MS;
     try {
-      held = lockHeld(fd);
-    } catch (e) {
-      throw lockError(e, this.lockPath);
+      for (;;) {
+        let held: boolean;
+        try {
+          held = lockHeld(fd);
+        } catch (e) {
+          throw lockError(e, this.lockPath);
+        }
+        if (!held) return null;
+        try {
+          const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
+          return {
+            pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
+            purpose: v.purpose ?? "run",
+          };
+        } catch {
+          if (Date.now() >= deadline) return { purpose: "run" };
+          sleepSync(2);
+        }
+      }
     } finally {
       lockClose(fd);
-    }
-    if (!held) return null;
-    // A holder writes who it is right after it locks (and empties the file before it lets
-    // go): an empty or half-written text means "locked an instant ago", so read again for
-    // a moment before taking it for a supervisor (an older cove wrote nothing).
-    const deadline = Date.now() + HOLDER_TEXT_WAIT_MS;
-    for (;;) {
-      try {
-        const v = JSON.parse(Deno.readTextFileSync(this.lockPath)) as Partial<LockHolder>;
-        return {
-          pid: typeof v.pid === "number" && v.pid > 0 ? v.pid : undefined,
-          purpose: v.purpose ?? "run",
-        };
-      } catch {
-        if (Date.now() >= deadline) return { purpose: "run" };
-        sleepSync(2);
-      }
     }
   }
 

@@ -348,7 +348,7 @@ export class Store {
     try {
       const parsed = await from.readParsedSpec();
       const { value: bundle, lock: held } = await this.stage(`clone-${dst}`, async (staging) => {
-        const methods = await copyBundleFiles(from, staging, source.copy, false);
+        const { methods, relocated } = await copyBundleFiles(from, staging, source.copy, false);
         const old = await from.readMachine().catch((): MachineIdentity => ({
           uuid: "",
           created: new Date().toISOString(),
@@ -359,6 +359,7 @@ export class Store {
           created: new Date().toISOString(),
         });
         const spec: SpecParsed = structuredClone(parsed);
+        for (const [i, path] of relocated) if (spec.disks?.[i]) spec.disks[i].path = path;
         spec.networks = spec.networks?.map((n) => ({ ...n, mac: randomMac() }));
         if (spec.provision?.hostname === src) spec.provision.hostname = dst;
         await staging.writeSpec(withMacs(applyDefaults(spec, detectHost(), dst)));
@@ -390,8 +391,13 @@ export class Store {
     let value: T | undefined;
     try {
       await this.stage(`clone-copy-${from.name}`, async (staging) => {
-        await copyBundleFiles(from, staging, copy, true);
+        const { relocated } = await copyBundleFiles(from, staging, copy, true);
         await copy.release();
+        if (relocated.size) {
+          const spec = await staging.readParsedSpec();
+          for (const [i, path] of relocated) if (spec.disks?.[i]) spec.disks[i].path = path;
+          await staging.writeSpec(spec);
+        }
         value = await fn(staging, copy.frozen);
         // stage() keeps what its work made: this copy is only read, so it goes now.
         await Deno.remove(staging.dir, { recursive: true }).catch(() => {});
@@ -654,7 +660,7 @@ export interface RunningCopy {
   dir: string;
   /** True when the guest's file systems were frozen for the copy. */
   frozen: boolean;
-  disks: { path: string; file: string; method: CopyMethod }[];
+  disks: { index: number; path: string; file: string; method: CopyMethod }[];
   /** Removes what is left of the copy (never throws). */
   release(): Promise<void>;
 }
@@ -665,38 +671,53 @@ export type CopyRunning = (from: Bundle) => Promise<RunningCopy>;
 /**
  * Copies a VM's files into a staging bundle: every file but its instance
  * files (and, unless `whole`, its spec, identity and summary, which a clone
- * writes anew). A disk of `copy` is moved in from there, not copied from the
- * running VM; a disk outside the bundle is left where it is.
+ * writes anew). A disk of `copy` is moved in from there, never copied from
+ * the running VM; a copied disk that is not a file of the bundle (a path
+ * outside it) is moved in under {@link Bundle.copiedDiskName}, and
+ * `relocated` says which `disks[i]` now has which path.
  */
 async function copyBundleFiles(
   from: Bundle,
   staging: Bundle,
   copy: RunningCopy | undefined,
   whole: boolean,
-): Promise<CopyMethod[]> {
-  const copied = new Map(copy?.disks.map((d) => [from.resolve(d.path), d]) ?? []);
+): Promise<{ methods: CopyMethod[]; relocated: Map<number, string> }> {
+  const real = (p: string) => Deno.realPath(p).catch(() => p);
+  const pending = new Map<string, RunningCopy["disks"][number]>();
+  for (const d of copy?.disks ?? []) pending.set(await real(from.resolve(d.path)), d);
   const methods: CopyMethod[] = [];
+  const takeCopy = async (d: RunningCopy["disks"][number], dst: string) => {
+    await Deno.rename(join(copy!.dir, d.file), dst).catch((e) => {
+      throw new CoveError(
+        "vm.control",
+        `the copy of disks[${d.index}] that the supervisor of '${from.name}' made is gone: ${
+          e instanceof Error ? e.message : e
+        }`,
+        { hint: "retry", exit: ExitCode.Failure },
+      );
+    });
+    methods.push(d.method);
+  };
   for await (const ent of Deno.readDir(from.dir)) {
     if (!ent.isFile || INSTANCE_FILES.has(ent.name) || ent.name.startsWith(".")) continue;
     if (!whole && (ent.name === BUNDLE_FILES.spec || ent.name === BUNDLE_FILES.machine)) continue;
     if (ent.name === BUNDLE_FILES.summary) continue; // writeSpec makes the copy's own
     const src = join(from.dir, ent.name);
     const dst = join(staging.dir, ent.name);
-    const disk = copied.get(src);
+    const key = await real(src);
+    const disk = pending.get(key);
     if (disk) {
-      await Deno.rename(join(copy!.dir, disk.file), dst).catch((e) => {
-        throw new CoveError(
-          "vm.control",
-          `the copy of ${ent.name} that the supervisor of '${from.name}' made is gone: ${
-            e instanceof Error ? e.message : e
-          }`,
-          { hint: "retry", exit: ExitCode.Failure },
-        );
-      });
-      methods.push(disk.method);
+      pending.delete(key);
+      await takeCopy(disk, dst);
     } else methods.push(await cloneFile(src, dst));
   }
-  return methods;
+  const relocated = new Map<number, string>();
+  for (const d of pending.values()) {
+    const name = staging.copiedDiskName(d.index);
+    await takeCopy(d, join(staging.dir, name));
+    relocated.set(d.index, name);
+  }
+  return { methods, relocated };
 }
 
 /** How old a `.new-` staging directory (made, not yet locked) must be before a sweep removes it. */

@@ -261,21 +261,40 @@ export async function snapshotRunningVm(
  */
 export async function copyRunningDisks(bundle: Bundle): Promise<RunningCopy> {
   await assertRunning(bundle, "copy");
-  const r = await control<SaveResult>(bundle, "POST", "/snapshot", { copy: true }, {
+  // diskOnly too: a supervisor of an older cove, which knows no copies, then takes no memory.
+  const r = await control<SaveResult>(bundle, "POST", "/snapshot", { copy: true, diskOnly: true }, {
     timeoutMs: SNAPSHOT_TIMEOUT_MS,
   });
   if (!bundle.isSnapshotCopy(r.tag)) {
+    // It made a snapshot for this request: not the user's, so it goes (a tag names no path).
+    if (
+      typeof r.tag === "string" && /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.tag) &&
+      !r.tag.includes("..")
+    ) {
+      await Deno.remove(bundle.snapshotDir(r.tag), { recursive: true }).catch(() => {});
+    }
     throw new CoveError("vm.control", `the supervisor of '${bundle.name}' sent no copy`, {
       hint: "stop the VM and retry (an older cove may be running it)",
       exit: ExitCode.Failure,
     });
   }
   const dir = bundle.snapshotDir(r.tag);
-  const meta = JSON.parse(await Deno.readTextFile(bundle.snapshotMetaPath(r.tag))) as SnapshotMeta;
+  let meta: SnapshotMeta;
+  try {
+    meta = JSON.parse(await Deno.readTextFile(bundle.snapshotMetaPath(r.tag))) as SnapshotMeta;
+  } catch (e) {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw e;
+  }
   return {
     dir,
     frozen: r.frozen,
-    disks: meta.disks.map((d) => ({ path: d.path, file: d.file, method: d.method ?? "copy" })),
+    disks: meta.disks.map((d) => ({
+      index: d.index,
+      path: d.path,
+      file: d.file,
+      method: d.method ?? "copy",
+    })),
     release: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
   };
 }

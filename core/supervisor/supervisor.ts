@@ -48,6 +48,7 @@ import {
 import { type GuestHooks, NO_AGENT } from "../snapshot/guest.ts";
 import {
   clearResumeRequest,
+  COPY_GRACE_MS,
   type LiveVm,
   readResumeRequest,
   recoverBundle,
@@ -375,6 +376,15 @@ export class Supervisor {
           ...opts,
           guest: this.guest,
         });
+        if (opts.copy) {
+          // Its client takes the copy an instant from now; one it never took (killed) goes later.
+          const dir = this.bundle.snapshotDir(r.tag);
+          const timer = setTimeout(
+            () => void Deno.remove(dir, { recursive: true }).catch(() => {}),
+            COPY_GRACE_MS,
+          );
+          Deno.unrefTimer(timer);
+        }
         const how = `${r.frozen ? "file systems frozen, " : ""}paused ${Math.round(r.pausedMs)} ms`;
         this.emit({
           type: "note",

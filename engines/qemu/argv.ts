@@ -91,15 +91,16 @@ export interface QemuPlan {
 
 /**
  * The private user network of cove-network NIC `i`'s forward NIC (see
- * `qemuAccess.forwardNics`): 10.0.(2+i).0/24, QEMU's default for the first.
+ * `qemuAccess.forwardNics`): 10.0.(200+i).0/24, away from 10.0.2.0/24, the
+ * network of every user-networking NIC, which the same guest may also have.
  */
 export function forwardNet(i: number): string {
-  return `10.0.${2 + i}.0`;
+  return `10.0.${200 + i}.0`;
 }
 
-/** The guest's address on {@link forwardNet}: QEMU's usual guest address, .15. */
+/** The guest's address on {@link forwardNet}: .15, as on QEMU's user networks. */
 export function forwardGuestAddress(i: number): string {
-  return `10.0.${2 + i}.15`;
+  return `10.0.${200 + i}.15`;
 }
 
 /** The MAC of a forward NIC: its NIC's, with the second octet changed (still locally administered). */

@@ -427,17 +427,21 @@ export class QemuEngine extends BaseEngine implements Engine {
           { exit: ExitCode.Failure },
         );
       }
+    });
+    // Every cove network of this VM stays clear of the private networks of its forward NICs.
+    const fwdNets = qemuAccess.forwardNics(spec).map((f) => forwardNet(f.nic));
+    spec.networks.forEach((n, i) => {
       const subnet = req.networks?.[i]?.subnet;
-      if (
-        n.mode === "network" && subnet &&
-        overlaps(parseCidr(subnet), parseCidr(`${forwardNet(i)}/24`))
-      ) {
+      const clash = subnet &&
+        fwdNets.find((net) => overlaps(parseCidr(subnet), parseCidr(`${net}/24`)));
+      if (n.mode === "network" && clash) {
         throw new CoveError(
           "qemu.network",
-          `networks[${i}]: cove network '${n.network}' (${subnet}) overlaps ${
-            forwardNet(i)
-          }/24, the private network that carries its forwards`,
-          { hint: "recreate the network with another --subnet", exit: ExitCode.Usage },
+          `networks[${i}]: cove network '${n.network}' (${subnet}) overlaps ${clash}/24, a private network that carries this VM's forwards`,
+          {
+            hint: "recreate the network with a --subnet outside 10.0.200.0/21",
+            exit: ExitCode.Usage,
+          },
         );
       }
     });

@@ -174,7 +174,7 @@ linuxTest({
           await typeInto(
             home,
             "a",
-            "ip link set eth1 up && ip addr add 10.0.2.15/24 dev eth1 && echo FWD-UP-$((40+2))",
+            "ip link set eth1 up && ip addr add 10.0.200.15/24 dev eth1 && echo FWD-UP-$((40+2))",
           );
           await waitForConsole(home, "a", "FWD-UP-42", 60_000);
           let body: Uint8Array<ArrayBuffer> | undefined;

@@ -427,7 +427,7 @@ Deno.test("a NIC on a cove network gets a private forward NIC after every spec N
   assertEquals(after("-netdev"), [
     "stream,id=cove-net0,server=off,addr.type=unix,addr.path=/run/lab.sock",
     "user,id=cove-net1",
-    "user,id=cove-fwd0,restrict=on,net=10.0.2.0/24,hostfwd=tcp:127.0.0.1:8080-10.0.2.15:80",
+    "user,id=cove-fwd0,restrict=on,net=10.0.200.0/24,hostfwd=tcp:127.0.0.1:8080-10.0.200.15:80",
   ]);
   assertEquals(after("-device").filter((d) => d.startsWith("virtio-net-pci")), [
     "virtio-net-pci,netdev=cove-net0,mac=52:54:00:aa:bb:01",
@@ -436,6 +436,6 @@ Deno.test("a NIC on a cove network gets a private forward NIC after every spec N
   ]);
   // The seed gives the guest that NIC's address, and QEMU's access says which NIC it is.
   assertEquals(qemuAccess.forwardNics(s), [
-    { nic: 0, mac: "52:55:00:aa:bb:01", address: "10.0.2.15/24" },
+    { nic: 0, mac: "52:55:00:aa:bb:01", address: "10.0.200.15/24" },
   ]);
 });

@@ -256,13 +256,14 @@ Deno.test("store: a running VM is cloned and copied from its supervisor's copy o
     const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath, "run"], {}, "locked");
     // Stands in for copyRunningDisks (core/supervisor/client.ts), which asks the real supervisor.
     let released = 0;
+    let diskPath = "disk.img";
     const copier = async () => {
       const dir = await Deno.makeTempDir({ dir: home });
       await Deno.writeTextFile(join(dir, "disk-0"), "the frozen copy");
       return {
         dir,
         frozen: true,
-        disks: [{ path: "disk.img", file: "disk-0", method: "copy" as const }],
+        disks: [{ index: 0, path: diskPath, file: "disk-0", method: "copy" as const }],
         release: async () => {
           released++;
           await Deno.remove(dir, { recursive: true }).catch(() => {});
@@ -295,6 +296,24 @@ Deno.test("store: a running VM is cloned and copied from its supervisor's copy o
         [],
         "the copy made for withCopy is gone",
       );
+      // The same disk named by its absolute path, and a disk outside the bundle: never the live one.
+      for (const where of [join(b.dir, "disk.img"), join(home, "outside.img")]) {
+        if (where !== join(b.dir, "disk.img")) {
+          await Deno.writeTextFile(where, "live outside bytes");
+        }
+        diskPath = where;
+        const twin = `twin-${where === join(home, "outside.img") ? "out" : "abs"}`;
+        const c = await store.clone("live", twin, { copyRunning: copier });
+        const spec = await c.bundle.readSpec();
+        const disk = c.bundle.resolve(spec.disks[0].path);
+        assertEquals(await Deno.readTextFile(disk), "the frozen copy", where);
+        assert(disk.startsWith(c.bundle.dir), "the clone owns its copy");
+        const pushed = await store.withCopy(b, copier, async (copy) => {
+          const s2 = await copy.readSpec();
+          return await Deno.readTextFile(copy.resolve(s2.disks[0].path));
+        });
+        assertEquals(pushed, "the frozen copy", where);
+      }
     } finally {
       holder.kill("SIGKILL");
       await holder.status;
