@@ -82,6 +82,7 @@ export type { SpecFlags } from "./core/spec/compose.ts";
 export { coveHome, randomMac, Store, validateName, type VmSummary } from "./core/store/store.ts";
 export { Bundle, type BundleLock, type MachineIdentity } from "./core/store/bundle.ts";
 export { cloneFile } from "./core/store/fsutil.ts";
+export { concatBytes } from "./core/bytes.ts";
 export {
   cloneVm,
   type CloneVmOptions,

@@ -20,13 +20,8 @@ async function readStdin(limit: number): Promise<Uint8Array | undefined> {
     parts.push(buf.slice(0, k));
     n += k;
   }
-  const all = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    all.set(p, o);
-    o += p.length;
-  }
-  return all;
+  const { concatBytes } = await import("../../mod.ts");
+  return concatBytes(parts);
 }
 
 async function writeAllTo(w: { write(b: Uint8Array): Promise<number> }, b: Uint8Array) {
