@@ -28,14 +28,13 @@ import { freeBytesLinux, LibcError } from "../../ffi/libc.ts";
 import { cloneFile, type CopyMethod, writeFileAtomic } from "../store/fsutil.ts";
 import { formatSize, parseSize } from "../units.ts";
 import { type Freeze, type GuestHooks, NO_AGENT, NOT_FROZEN } from "./guest.ts";
+import { isTag, TAG_RE, TAG_RULE } from "./tag.ts";
 
-/** The rule for snapshot tags, shown in errors. */
-export const TAG_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit";
-const TAG_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+export { TAG_RULE } from "./tag.ts";
 
 /** Throws a usage error (exit 2) unless `tag` is a valid snapshot tag. */
 export function validateTag(tag: string): void {
-  if (!TAG_RE.test(tag) || tag.includes("..")) {
+  if (!isTag(tag)) {
     throw usageError("snapshot.bad_tag", `'${tag}' is not a valid snapshot tag`, `use ${TAG_RULE}`);
   }
 }

@@ -9,6 +9,7 @@ import type { ExitInfo } from "../../engines/engine.ts";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { SaveResult, SnapshotMeta } from "../snapshot/snapshot.ts";
 import type { RunningCopy } from "../store/store.ts";
+import { isTag } from "../snapshot/tag.ts";
 import type { Bundle } from "../store/bundle.ts";
 import type { ActiveForward } from "../net/forwards.ts";
 import { httpRequest, HttpTimeout, httpUpgrade } from "./http.ts";
@@ -267,10 +268,7 @@ export async function copyRunningDisks(bundle: Bundle): Promise<RunningCopy> {
   });
   if (!bundle.isSnapshotCopy(r.tag)) {
     // It made a snapshot for this request: not the user's, so it goes (a tag names no path).
-    if (
-      typeof r.tag === "string" && /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(r.tag) &&
-      !r.tag.includes("..")
-    ) {
+    if (isTag(r.tag)) {
       await Deno.remove(bundle.snapshotDir(r.tag), { recursive: true }).catch(() => {});
     }
     throw new CoveError("vm.control", `the supervisor of '${bundle.name}' sent no copy`, {
