@@ -434,6 +434,7 @@ export class VzEngine extends BaseEngine implements Engine {
       await running.abandon(err.message);
       throw err;
     }
+    await running.settled();
     if (bridge) void running.wait().finally(() => bridge.close());
     return running;
   }

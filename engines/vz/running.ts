@@ -124,10 +124,12 @@ export class VzRunningVm implements RunningVm {
 
   async pause(): Promise<void> {
     await this.#call("pause", () => this.#o.vz.pause(this.#o.handle));
+    await this.settled();
   }
 
   async resume(): Promise<void> {
     await this.#call("resume", () => this.#o.vz.resume(this.#o.handle));
+    await this.settled();
   }
 
   /** Pauses, saves the machine state to the bundle, and stops. */
@@ -181,10 +183,34 @@ export class VzRunningVm implements RunningVm {
     }
     await this.#call("save", () => this.#o.vz.save(this.#o.handle, path));
     // The state follows the shim's events: wait (bounded) until "saving" has given way to "paused".
+    await this.#caughtUp("paused");
+  }
+
+  /**
+   * Waits (bounded) until the events taken so far have brought {@link state}
+   * to the library's own state, so that a start, restore or resume that has
+   * returned reads as its outcome ("running") rather than as an earlier event
+   * still queued ("starting"). The engine calls it before handing the VM out.
+   */
+  async settled(): Promise<void> {
+    if (this.#ending) return;
+    let now: VmState;
+    try {
+      now = engineState((await this.#o.vz.state(this.#o.handle)).state);
+    } catch {
+      return; // the pump reports a library that has gone away
+    }
+    if (!(await this.#caughtUp(now))) this.#setState(now);
+  }
+
+  /** Whether the state reached `target` (or the VM ended) within 5 s of events. */
+  async #caughtUp(target: VmState): Promise<boolean> {
     const deadline = Date.now() + 5000;
-    while (this.#state !== "paused" && !this.#ending && Date.now() < deadline) {
+    while (this.#state !== target && !this.#ending) {
+      if (Date.now() >= deadline) return false;
       await new Promise((r) => setTimeout(r, 5));
     }
+    return true;
   }
 
   /** Ends a VM that failed while starting: releases it without a stop. */
