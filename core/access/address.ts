@@ -29,7 +29,7 @@ export interface GuestAddress {
   /** How it was found. */
   via: "dhcp-lease" | "arp" | "port-forward";
   /** The NIC's network mode. */
-  mode: "nat" | "bridged" | "user";
+  mode: "nat" | "bridged" | "user" | "network";
 }
 
 /** The live state a supervisor reports (`GET /status` on control.sock); only what cove ip reads. */

@@ -248,8 +248,14 @@ export const qemuAccess: GuestAccess = {
   route(nic: NetworkSpec) {
     return nic.mode === "bridged" ? "guest-address" : "port-forward";
   },
+  /**
+   * The SSH forward goes on the first user (or nat) NIC; a VM on cove
+   * networks only gets it on its first cove-network NIC, whose forward NIC
+   * carries it.
+   */
   withAccess(spec: VmSpec): VmSpec {
-    const i = spec.networks.findIndex((n) => n.mode === "user" || n.mode === "nat");
+    let i = spec.networks.findIndex((n) => n.mode === "user" || n.mode === "nat");
+    if (i < 0) i = spec.networks.findIndex((n) => n.mode === "network" && n.mac);
     if (i < 0) return spec;
     const port = spec.provision.sshPort;
     const nic = spec.networks[i];

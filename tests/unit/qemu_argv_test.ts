@@ -439,3 +439,19 @@ Deno.test("a NIC on a cove network gets a private forward NIC after every spec N
     { nic: 0, mac: "52:55:00:aa:bb:01", address: "10.0.200.15/24" },
   ]);
 });
+
+Deno.test("cove reaches a guest's SSH through a user NIC's forward, and a guest on cove networks only through its first cove-network NIC's", () => {
+  const lab = { mode: "network" as const, network: "lab", mac: "52:54:00:aa:bb:01" };
+  const ssh = { host: 0, guest: 22, protocol: "tcp", address: "127.0.0.1" };
+  const both = qemuAccess.withAccess(
+    spec({ os: "linux", networks: [lab, { mode: "user", mac: "52:54:00:aa:bb:02" }] }),
+  );
+  assertEquals(both.networks.map((n) => n.forwards), [[], [ssh]]);
+  const only = qemuAccess.withAccess(spec({ os: "linux", networks: [lab] }));
+  assertEquals(only.networks[0].forwards, [ssh]);
+  // The forward NIC carries it, so `cove ip` finds it in the live status as for user networking.
+  assertEquals(qemuAccess.route(only.networks[0]), "port-forward");
+  assertEquals(qemuAccess.forwardNics(only).length, 1);
+  // Already forwarded: unchanged.
+  assertEquals(qemuAccess.withAccess(only), only);
+});
