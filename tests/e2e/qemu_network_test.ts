@@ -170,6 +170,18 @@ linuxTest({
             port.filter((p) => p.guest === 8080).map((p) => [p.host, p.via]),
             [[hostPort, "engine"]],
           );
+          // cove's own SSH forward rides on the same NIC: cove ip (ssh, exec) answers with it.
+          const ssh = port.filter((p) => p.guest === 22);
+          assertEquals(ssh.length, 1, JSON.stringify(port));
+          const ip = await run(home, ["ip", "a", "--format", "json"]);
+          assertEquals(ip.code, 0, ip.stderr);
+          assertEquals(JSON.parse(ip.stdout), {
+            name: "a",
+            host: "127.0.0.1",
+            port: ssh[0].host,
+            via: "port-forward",
+            mode: "network",
+          });
           // The tiny guest has no cloud-init: give the forward NIC (eth1) the address the seed would.
           await typeInto(
             home,
