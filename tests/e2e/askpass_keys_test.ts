@@ -31,6 +31,7 @@ import {
   waitFirstBoot,
   writeInstallRecord,
 } from "../../core/provision/macos.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
 /** A TCG boot with cloud-init takes 2-3 minutes on a quiet 2-core machine; allow for a busy one. */
@@ -46,17 +47,16 @@ function haveTool(name: string): boolean {
   return false;
 }
 
-const linuxOnly = Deno.build.os !== "linux";
-
 function run(home: string, args: string[], timeoutMs = 120_000): Promise<CliResult> {
   return cove(home, args, { env: { ...ENV, COVE_HOME: home }, timeoutMs });
 }
 
-Deno.test({
+linuxTest({
   name:
     "the first boot's askpass session installs cove's key with the password, then the key alone logs in and the password is gone",
-  // Needs root (debootstrap), QEMU and Linux namespaces for the fixture; a Mac runs the VZ path instead.
-  ignore: linuxOnly,
+  // A Mac runs the VZ path instead.
+  needs: "builds the Debian guest with debootstrap and boots it under QEMU",
+  root: true,
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {

@@ -20,10 +20,7 @@ import {
   waitFor,
   waitForConsole,
 } from "./qemu_helpers.ts";
-
-/** These read /proc to find QEMU and supervisor processes: Linux only. */
-const LINUX_ONLY = Deno.build.os !== "linux";
-if (LINUX_ONLY) console.log("qemu_concurrency_test: skipped: it reads /proc (Linux only)");
+import { linuxTest } from "../helpers/guard.ts";
 
 async function withHome(prefix: string, fn: (home: string) => Promise<void>): Promise<void> {
   const home = await Deno.makeTempDir({ prefix });
@@ -53,11 +50,11 @@ for (
     ["delete", "NAME", "--force", "--timeout", "2s"],
   ]
 ) {
-  Deno.test({
+  linuxTest({
     name: `'cove ${
       cmd.join(" ")
     }' of a VM whose supervisor is SIGSTOPped ends by killing the engine's process, and says the supervisor did not answer`,
-    ignore: LINUX_ONLY,
+    needs: "reads /proc to find the QEMU and supervisor processes",
   }, async () => {
     await withHome("cove-e2e-hung-", async (home) => {
       const name = "hung";
@@ -99,10 +96,10 @@ for (
   });
 }
 
-Deno.test({
+linuxTest({
   name:
     "ten concurrent 'cove start' of one VM: one starts it, nine fail at once with 'already running' (exit 4), and nothing boots it again after a stop",
-  ignore: LINUX_ONLY,
+  needs: "reads /proc to find the QEMU and supervisor processes",
 }, async () => {
   await withHome("cove-e2e-race-", async (home) => {
     const name = "racy";

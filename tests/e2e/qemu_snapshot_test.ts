@@ -23,9 +23,7 @@ import {
   waitFor,
   waitForConsole,
 } from "./qemu_helpers.ts";
-
-const linux = Deno.build.os === "linux";
-const SKIP_WHY = "QEMU snapshot tests need Linux (qemu-system, Debian packages for the tiny guest)";
+import { linuxTest } from "../helpers/guard.ts";
 
 /** Every counter value on the console, in order. */
 function counts(log: string): number[] {
@@ -104,14 +102,13 @@ async function scratchLeft(home: string, name: string): Promise<string[]> {
   }
 }
 
-Deno.test({
+linuxTest({
   name:
     "snapshots: memory restore continues the counter, disk restore brings back the disk bytes, suspend/start resumes, refusals are one line",
-  ignore: !linux,
+  needs: "reads /proc, mounts a tmpfs for the full-disk faults and boots QEMU guests",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
-    if (!linux) return console.log(SKIP_WHY);
     const home = await Deno.makeTempDir({ prefix: "cove-snap-" });
     const name = "snap";
     try {
@@ -336,14 +333,13 @@ const STALL = 1500;
 const STALLS =
   `before-pause:${STALL},state-write:${STALL},disk-copy:${STALL},before-publish:${STALL}`;
 
-Deno.test({
+linuxTest({
   name:
     "snapshot faults: kill -9 of save at every phase, a killed supervisor, no space and a full disk leave no half snapshot and a VM that runs",
-  ignore: !linux,
+  needs: "reads /proc, mounts a tmpfs for the full-disk faults and boots QEMU guests",
   sanitizeResources: false,
   sanitizeOps: false,
   async fn(t) {
-    if (!linux) return console.log(SKIP_WHY);
     const home = await Deno.makeTempDir({ prefix: "cove-snapf-" });
     const name = "faulty";
     // A small file system of its own, so that "no space" and "full" are real.

@@ -62,30 +62,30 @@ function recordSkip(name: string, need: string, why: string): void {
   Deno.writeTextFileSync(log, JSON.stringify({ name, need, why }) + "\n", { append: true });
 }
 
+type TestFn = (t: Deno.TestContext) => void | Promise<void>;
+
 /** What a test needs of Linux: a reason, or a reason and root. */
 export type LinuxNeeds = string | { needs: string; root?: boolean };
 
 /**
  * Registers a test that needs Linux (and maybe root): skipped, with the
  * reason, elsewhere. Takes a whole definition, or (to guard an existing
- * `Deno.test(name, fn)` by changing only its head) the needs, a name and fn.
+ * `Deno.test(name, fn)` or `Deno.test(def, fn)` by changing only its head)
+ * the needs, a name and fn, or a definition and fn.
  */
 export function linuxTest(def: LinuxTestDefinition): void;
+export function linuxTest(def: Omit<LinuxTestDefinition, "fn">, fn: TestFn): void;
+export function linuxTest(needs: LinuxNeeds, name: string, fn: TestFn): void;
 export function linuxTest(
-  needs: LinuxNeeds,
-  name: string,
-  fn: (t: Deno.TestContext) => void | Promise<void>,
-): void;
-export function linuxTest(
-  a: LinuxTestDefinition | LinuxNeeds,
-  name?: string,
-  fn?: (t: Deno.TestContext) => void | Promise<void>,
+  a: LinuxTestDefinition | Omit<LinuxTestDefinition, "fn"> | LinuxNeeds,
+  b?: string | TestFn,
+  c?: TestFn,
 ): void {
-  const def: LinuxTestDefinition = typeof a === "object" && "fn" in a
-    ? a
+  const def: LinuxTestDefinition = typeof a === "object" && "name" in a
+    ? { ...a, fn: (a as LinuxTestDefinition).fn ?? (b as TestFn) }
     : typeof a === "string"
-    ? { needs: a, name: name!, fn: fn! }
-    : { needs: a.needs, root: a.root, name: name!, fn: fn! };
+    ? { needs: a, name: b as string, fn: c! }
+    : { needs: a.needs, root: a.root, name: b as string, fn: c! };
   const { needs, root, ...test } = def;
   const unmet = unmetNeed({ root });
   if (!unmet) {

@@ -31,8 +31,9 @@ Deno.test("guard: on a Mac a Linux-only test is ignored with a line saying what 
       /cove tests: skipping 'guarded: reads \/proc': it needs Linux: reads \/proc\/self\/stat/,
     );
     assertMatch(r.text, /guarded: reads \/proc \.\.\. ignored/);
+    assertMatch(r.text, /guarded: a definition and fn \.\.\. ignored/);
     const lines = (await Deno.readTextFile(log)).trim().split("\n").map((l) => JSON.parse(l));
-    assertEquals(lines.map((l) => l.need), ["Linux", "Linux"]);
+    assertEquals(lines.map((l) => l.need), ["Linux", "Linux", "Linux"]);
   }));
 
 Deno.test("guard: as a non-root user on Linux a root-only test is skipped, saying it needs root", async () => {
@@ -40,6 +41,7 @@ Deno.test("guard: as a non-root user on Linux a root-only test is skipped, sayin
   assertEquals(r.code, 0, r.text);
   assertMatch(r.text, /skipping 'guarded: needs root': it needs root: mounts a tmpfs/);
   assertMatch(r.text, /guarded: reads \/proc \.\.\. ok/);
+  assertMatch(r.text, /guarded: a definition and fn \.\.\. ok/);
 });
 
 Deno.test({

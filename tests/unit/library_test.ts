@@ -9,6 +9,7 @@ import * as cove from "../../mod.ts";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cove as runCove, withTempDir } from "../helpers/cli.ts";
 import { startRegistry } from "../helpers/oci_registry.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const MiB = 2 ** 20;
 
@@ -114,10 +115,10 @@ Deno.test("library: a create that loses the race at its final rename gets vm.exi
     assertEquals(tmp.map((x) => x.name), [], "the loser's staging directory is gone");
   }));
 
-Deno.test({
+linuxTest({
+  needs: "runs Debian's docker-registry, the test registry (make setup installs it)",
   name:
     "cli: create --from oci:// takes --insecure and --concurrency and honours --cpus, --memory, --disk-size and --config",
-  ignore: !Deno.statSync("/usr/bin/docker-registry").isFile,
   fn: async () => {
     const reg = await startRegistry();
     try {

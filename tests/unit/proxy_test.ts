@@ -3,6 +3,7 @@ import { assert, assertEquals, assertRejects } from "../helpers/assert.ts";
 import dgram from "node:dgram";
 import { openForward } from "../../core/net/proxy.ts";
 import { CoveError } from "../../core/errors.ts";
+import { linuxTest } from "../helpers/guard.ts";
 
 const linux = Deno.build.os === "linux";
 
@@ -121,10 +122,10 @@ Deno.test("a TCP forward to a port where nothing listens closes the client and k
   }
 });
 
-Deno.test({
+linuxTest({
   name:
     "a TCP forward re-resolves the guest per connection: after an address change the next connection reaches the new address",
-  ignore: !linux, // 127.0.0.2 is a loopback address on Linux only
+  needs: "connects to 127.0.0.2, a loopback address on Linux only",
   fn: async () => {
     const a = digestServer("127.0.0.1", new TextEncoder().encode("A"));
     const b = Deno.listen({ hostname: "127.0.0.2", port: a.port });
@@ -295,10 +296,10 @@ Deno.test("a forward on a port in use, or on an address not on this host, is ref
   }
 });
 
-Deno.test({
+linuxTest({
   name:
     "when the connect to the resolved address fails the proxy asks again, naming it, and uses the new answer",
-  ignore: !linux, // 127.0.0.3 is a loopback address on Linux only
+  needs: "connects to 127.0.0.3, a loopback address on Linux only",
   fn: async () => {
     const srv = digestServer("127.0.0.1", new TextEncoder().encode("new"));
     const asked: (string | undefined)[] = [];
