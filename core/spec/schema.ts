@@ -305,6 +305,20 @@ export const SpecSchema = z.strictObject({
       });
     }
   }
+  // No two NICs share a MAC: the guest (and cloud-init's network config) tells them apart by it.
+  const macs = new Map<string, number>();
+  (spec.networks ?? []).forEach((nic, i) => {
+    if (!nic.mac) return;
+    const mac = nic.mac.toLowerCase();
+    const first = macs.get(mac);
+    if (first !== undefined) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["networks", i, "mac"],
+        message: `networks[${first}] already has the MAC ${nic.mac}; give one of them another`,
+      });
+    } else macs.set(mac, i);
+  });
   // Default tags (directory names) obey the tag rule too, and no two shares
   // may have one tag: macOS automount shares are named by their tags inside
   // one automount device, the others are devices of their own.

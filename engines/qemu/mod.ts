@@ -219,7 +219,22 @@ async function check(spec: VmSpec, paths: VmPaths, opts: { ports: boolean }): Pr
       exit: ExitCode.Usage,
     });
   }
+  const macs = spec.networks.map((n) => n.mac?.toLowerCase());
   spec.networks.forEach((n, i) => {
+    const clash = n.mode === "network" && n.mac ? macs.indexOf(forwardMac(n.mac)) : -1;
+    if (clash >= 0) {
+      throw new CoveError(
+        "qemu.network",
+        `networks[${i}]: the MAC of its forward NIC, ${
+          forwardMac(n.mac!)
+        }, is the MAC of networks[${clash}]`,
+        {
+          hint:
+            `give networks[${clash}] another MAC (cove gives a cove-network NIC's forward NIC its MAC with the second octet's lowest bit flipped)`,
+          exit: ExitCode.Usage,
+        },
+      );
+    }
     if (n.mode === "network" && n.forwards.length > 0 && !n.mac) {
       throw new CoveError(
         "qemu.network",

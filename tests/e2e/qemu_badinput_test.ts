@@ -104,6 +104,34 @@ const CASES: Case[] = [
     message: /^cove: shares\[0\]: '.*no-such-dir' does not exist/,
     exit: 2,
   },
+  {
+    name: "a cove-network NIC whose forward NIC would have another NIC's MAC",
+    setup: async (home) => {
+      const g = await guest();
+      const net = await run(home, ["network", "create", "lab", "--subnet", "10.251.0.0/24"]);
+      if (net.code !== 0) throw new Error(net.stderr);
+      const file = join(home, "vm.yaml");
+      await Deno.writeTextFile(
+        file,
+        JSON.stringify({
+          engine: "qemu",
+          cpus: 1,
+          memory: "256MiB",
+          disks: [],
+          boot: { loader: "kernel", kernel: g.kernel, initrd: g.initrd, cmdline: g.cmdline },
+          networks: [
+            { mode: "network", network: "lab", mac: "52:54:00:12:34:56" },
+            { mode: "user", mac: "52:55:00:12:34:56" },
+          ],
+        }),
+      );
+      const r = await run(home, ["create", "vm", "--config", file]);
+      if (r.code !== 0) throw new Error(r.stderr);
+    },
+    message:
+      /^cove: networks\[0\]: the MAC of its forward NIC, 52:55:00:12:34:56, is the MAC of networks\[1\] \(give networks\[1\] another MAC/,
+    exit: 2,
+  },
 ];
 
 for (const c of CASES) {

@@ -148,3 +148,10 @@ Deno.test("an NVMe disk for a macOS guest is refused at pre-flight", async () =>
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("two NICs with one MAC are refused, whatever the case of its digits", () => {
+  refusedSpec(
+    `${LINUX}networks: [{ mode: nat, mac: "52:54:00:aa:bb:01" }, { mode: user, mac: "52:54:00:AA:BB:01" }]\n`,
+    /networks\[1\]\.mac.*networks\[0\] already has the MAC 52:54:00:AA:BB:01; give one of them another/,
+  );
+});
