@@ -56,6 +56,8 @@ export interface QgaCommandOptions {
   timeoutMs?: number;
   /** The command does not answer on success (guest-shutdown): write it and return. */
   noReply?: boolean;
+  /** Called once the whole command is written (a later failure happened after the guest got it). */
+  onSent?: () => void;
 }
 
 const DELIMITER = 0xff;
@@ -268,6 +270,7 @@ export class QgaClient {
       }
     }
     await this.#write(encodeCommand(execute, args) + "\n");
+    opts.onSent?.();
     if (opts.noReply) {
       // Nothing will come on success; an error answer may, so the next command resyncs.
       this.#inSync = false;

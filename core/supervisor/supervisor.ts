@@ -422,15 +422,18 @@ export class Supervisor {
 
   /** guest-shutdown, then waits (bounded) for the guest to power off; null if it did not. */
   async #agentShutdown(vm: RunningVm): Promise<ExitInfo | null> {
+    let sent = false;
     try {
       // guest-shutdown answers only when it fails: no answer within a few seconds is success.
       await this.agent.command("guest-shutdown", { mode: "powerdown" }, {
         timeoutMs: AGENT_SHUTDOWN_ERROR_WAIT_MS,
+        onSent: () => (sent = true),
       });
     } catch (e) {
       const ce = toCoveError(e);
-      // The channel closing means the guest is going down (QEMU closes it as it exits).
-      if (ce.code !== "agent.timeout" && ce.code !== "agent.closed") {
+      // After the command went out, the channel closing means the guest is going down (QEMU
+      // closes it as it exits); before, nothing was asked of the guest: no wait for a power-off.
+      if (!sent || (ce.code !== "agent.timeout" && ce.code !== "agent.closed")) {
         this.emit({
           type: "note",
           message: `the agent could not shut the guest down: ${ce.message}`,

@@ -19,16 +19,20 @@ async function withControl(
     socket: string,
     sup: Supervisor,
     standin: ReturnType<typeof startQgaStandin>,
+    notes: string[],
   ) => Promise<void>,
 ): Promise<void> {
   await withTempDir(async (dir) => {
     const standin = startQgaStandin(dir);
     const agent = new AgentChannel("vm", agentOn ? standin.socket : undefined);
-    const sup = new Supervisor(new Bundle("vm", dir), "qemu", new ConsoleHub(), () => {}, agent);
+    const notes: string[] = [];
+    const sup = new Supervisor(new Bundle("vm", dir), "qemu", new ConsoleHub(), (e) => {
+      if (e.type === "note") notes.push(e.message);
+    }, agent);
     const socket = `${dir}/control.sock`;
     const server = serveHttp(Deno.listen({ transport: "unix", path: socket }), controlHandler(sup));
     try {
-      await fn(socket, sup, standin);
+      await fn(socket, sup, standin, notes);
     } finally {
       server.close();
       await agent.close();
@@ -171,5 +175,23 @@ Deno.test("when the agent refuses guest-shutdown, the stop powers off after the 
     const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
     const body = r.json<{ via: string; forced: boolean }>();
     assertEquals([body.via, body.forced], ["power-off", true]);
+  });
+});
+
+Deno.test("when the agent channel is already closed, the stop powers off after the timeout without waiting for a guest-shutdown it never sent", async () => {
+  await withControl(true, async (socket, sup, standin, notes) => {
+    const { vm, poweredOff } = ignoringGuest();
+    sup.attach(vm);
+    await sup.agent.close();
+    const r = await httpRequest(socket, "POST", "/stop", { timeout: 0.1 });
+    const body = r.json<{ via: string; forced: boolean }>();
+    assertEquals([body.via, body.forced], ["power-off", true]);
+    assert(poweredOff());
+    assertEquals(standin.log.shutdowns, []);
+    assert(!notes.some((n) => n.includes("guest-shutdown sent")), notes.join("\n"));
+    assert(
+      notes.some((n) => n.includes("the agent could not shut the guest down")),
+      notes.join("\n"),
+    );
   });
 });
