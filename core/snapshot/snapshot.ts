@@ -122,16 +122,32 @@ async function allocatedOf(path: string): Promise<number> {
   return st.blocks !== null ? st.blocks * 512 : st.size;
 }
 
-/** The writable disks of a spec, refused unless raw. */
-export function snapshotDisks(bundle: Bundle, spec: VmSpec): { index: number; path: string }[] {
+/**
+ * The writable disks of a spec, refused unless raw. `copy`: for a clone or
+ * push of the running VM (the refusal says so, and that a stopped VM can be
+ * cloned whatever its disks).
+ */
+export function snapshotDisks(
+  bundle: Bundle,
+  spec: VmSpec,
+  copy = false,
+): { index: number; path: string }[] {
   const out: { index: number; path: string }[] = [];
   spec.disks.forEach((d, i) => {
     if (d.media !== "disk" || d.readOnly) return;
     if (d.format !== "raw") {
+      const what = copy
+        ? `copy the disks of '${bundle.name}' while it runs`
+        : `snapshot '${bundle.name}'`;
       throw new CoveError(
         "snapshot.disk_format",
-        `cannot snapshot '${bundle.name}': disks[${i}] ('${d.path}') is ${d.format}, not raw`,
-        { hint: "snapshots copy raw disks; convert it (qemu-img convert -O raw)", exit: 2 },
+        `cannot ${what}: disks[${i}] ('${d.path}') is ${d.format}, not raw`,
+        {
+          hint: copy
+            ? `stop '${bundle.name}' to clone it (a stopped VM is cloned whatever its disks; a push needs raw disks either way), or convert the disk (qemu-img convert -O raw)`
+            : "snapshots copy raw disks; convert it (qemu-img convert -O raw)",
+          exit: 2,
+        },
       );
     }
     out.push({ index: i, path: d.path });
@@ -431,7 +447,7 @@ export async function saveRunning(
       { hint: "take a --disk-only snapshot", exit: ExitCode.Host },
     );
   }
-  const disks = snapshotDisks(bundle, spec);
+  const disks = snapshotDisks(bundle, spec, opts.copy);
   let need = memory ? parseSize(spec.memory) : 0;
   for (const d of disks) need += await allocatedOf(bundle.resolve(d.path));
   await checkSpace(bundle, need, memory ? "the memory image and disk copies" : "the disk copies");

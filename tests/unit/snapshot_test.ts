@@ -19,6 +19,7 @@ import {
   recoverBundle,
   restoreStopped,
   saveStopped,
+  snapshotDisks,
   specDifferences,
   validateTag,
 } from "../../core/snapshot/snapshot.ts";
@@ -263,3 +264,21 @@ Deno.test("a memory snapshot the engine cannot save is refused before the guest 
     assertEquals(r.memory, false);
     assertEquals(calls, ["pause", "resume"]);
   }));
+
+Deno.test("a running VM's qcow2 disk refuses a clone or push as a copy, saying a stopped VM clones", async () => {
+  const b = new Store("/nonexistent").bundle("q");
+  const spec = applyDefaults(
+    parseSpec("engine: qemu\ndisks: [{ path: x.qcow2, format: qcow2 }]\n"),
+    detectHost(),
+    "q",
+  );
+  const snap = await rejects(() => snapshotDisks(b, spec));
+  assertMatch(snap.message, /^cannot snapshot 'q': disks\[0\] \('x\.qcow2'\) is qcow2, not raw$/);
+  const copy = await rejects(() => snapshotDisks(b, spec, true));
+  assertEquals([copy.code, copy.exit], ["snapshot.disk_format", 2]);
+  assertMatch(copy.message, /^cannot copy the disks of 'q' while it runs: disks\[0\]/);
+  assertMatch(
+    copy.hint ?? "",
+    /stop 'q' to clone it \(a stopped VM is cloned whatever its disks; a push needs raw/,
+  );
+});
