@@ -14,7 +14,7 @@
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { Bundle } from "../store/bundle.ts";
-import { hostKeyAlias, hostOptions, knownHostsPath, spawnSshProcess } from "./ssh.ts";
+import { hostKeyAlias, hostOptions, spawnSshProcess } from "./ssh.ts";
 
 /** Where and as whom to log in. */
 export interface AskpassTarget {
@@ -49,7 +49,7 @@ export function bundleTarget(
     host: addr.host,
     port: addr.port,
     user,
-    knownHosts: knownHostsPath(bundle),
+    knownHosts: bundle.knownHostsPath,
     hostKeyAlias: hostKeyAlias(bundle),
   };
 }

@@ -38,11 +38,6 @@ async function cloudInitDone(bundle: Bundle): Promise<string[]> {
   return ["sh", "-c", `test ! -d /var/lib/cloud || test -e ${marker}`];
 }
 
-/** The per-VM known_hosts file in a bundle. */
-export function knownHostsPath(bundle: Bundle): string {
-  return join(bundle.dir, "known_hosts");
-}
-
 /** The alias a VM's host key is pinned under in its known_hosts. */
 export function hostKeyAlias(bundle: Bundle): string {
   return `cove-${bundle.name}`;
@@ -111,7 +106,7 @@ export async function sshArgs(
   const key = coveKeyPaths(opts.home).privateKey;
   const haveKey = await Deno.stat(key).then(() => true, () => false);
   const a = [
-    ...hostOptions(knownHostsPath(bundle), hostKeyAlias(bundle)),
+    ...hostOptions(bundle.knownHostsPath, hostKeyAlias(bundle)),
     "-o",
     "ServerAliveInterval=30",
     "-p",

@@ -282,6 +282,8 @@ export async function ensureSeed(
   await writeFileAtomic(path, seedIso(files));
   await writeFileAtomic(statePath, JSON.stringify({ instanceId: files.instanceId }) + "\n");
   // A new instance gets new SSH host keys from cloud-init: forget the pinned ones.
-  if (previous !== undefined) await Deno.remove(join(bundleDir, "known_hosts")).catch(() => {});
+  if (previous !== undefined) {
+    await Deno.remove(join(bundleDir, BUNDLE_FILES.knownHosts)).catch(() => {});
+  }
   return { attached: true, written: true, instanceId: files.instanceId, path };
 }

@@ -106,6 +106,8 @@ export const BUNDLE_FILES = {
   provisionPassword: "provision-password",
   /** How and where a macOS guest was installed (restore image, host identity): its iCloud answer. */
   installRecord: "install.json",
+  /** The guest's SSH host keys cove pinned (dropped when the seed gives it a new instance). */
+  knownHosts: "known_hosts",
 } as const;
 
 /** Files that belong to one running instance, never copied by clone. */
@@ -137,6 +139,7 @@ export const OWNED_FILES: ReadonlySet<string> = new Set([
   BUNDLE_FILES.machine,
   BUNDLE_FILES.seedState,
   BUNDLE_FILES.installRecord,
+  BUNDLE_FILES.knownHosts,
 ]);
 
 /** Names a disk may not take: cove's own files, and the engine's state. */
@@ -560,6 +563,10 @@ export class Bundle {
    */
   get installRecordPath(): string {
     return this.file("installRecord");
+  }
+  /** The guest's pinned SSH host keys (cove ssh, exec, cp over ssh). */
+  get knownHostsPath(): string {
+    return this.file("knownHosts");
   }
 
   /** Resolves a path from the spec (relative paths are inside the bundle). */
