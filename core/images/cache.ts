@@ -20,7 +20,7 @@
  */
 import { join } from "node:path";
 import { CoveError } from "../errors.ts";
-import { writeFileAtomic } from "../store/fsutil.ts";
+import { withFileLock, writeFileAtomic } from "../store/fsutil.ts";
 import { coveHome } from "../store/store.ts";
 import { displayUrl, urlKey } from "./url.ts";
 
@@ -131,21 +131,12 @@ export class BlobCache implements CacheProvider {
   /** Runs `fn` with the index read under the exclusive cache lock; saves it if `fn` returns true. */
   async withIndex<T>(fn: (idx: IndexFile) => T | Promise<T>, save = true): Promise<T> {
     await Deno.mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const lock = await Deno.open(join(this.dir, ".lock"), {
-      read: true,
-      write: true,
-      create: true,
-      mode: 0o600,
-    });
-    try {
-      await lock.lock(true);
+    return await withFileLock(join(this.dir, ".lock"), async () => {
       const idx = await this.readIndex();
       const out = await fn(idx);
       if (save) await writeFileAtomic(this.indexPath, JSON.stringify(idx, null, 1) + "\n");
       return out;
-    } finally {
-      lock.close();
-    }
+    });
   }
 
   private async readIndex(): Promise<IndexFile> {

@@ -26,6 +26,7 @@ import { CoveError, ExitCode, toCoveError } from "../errors.ts";
 import { formatSize } from "../units.ts";
 import { BlobCache, type CachedBlob, type PartialMeta } from "./cache.ts";
 import { displayUrl } from "./url.ts";
+import { withFileLock } from "../store/fsutil.ts";
 import {
   formatSeconds,
   parseRetryAfter,
@@ -121,57 +122,50 @@ export async function download(url: string, opts: DownloadOptions = {}): Promise
 
   await cache.ensureDirs();
   const paths = await cache.partialPaths(url);
-  // One downloader per URL at a time: a second one waits, then finds the blob.
-  const lockFile = await Deno.open(paths.meta + ".lock", {
-    read: true,
-    write: true,
-    create: true,
-    mode: 0o600,
-  });
+  // One downloader per URL at a time: a second one waits, then finds the blob. The lock
+  // file stays: unlinking it would let a waiter on the old inode and a newcomer on a new
+  // file both hold "the" lock.
   try {
-    await lockFile.lock(true);
-    const again = await findCached(cache, url, opts);
-    if (again && !(stale && again.digest === hit?.digest)) {
-      emit({ type: "done", url, digest: again.digest, size: again.size, cached: true });
-      return { ...again, cached: true };
-    }
-    const want512 = opts.checksum?.algo === "sha512";
-    const sums = await fetchToPartial(url, paths, opts, emit, want512);
-
-    emit({ type: "verify", url });
-    if (opts.checksum) {
-      const got = opts.checksum.algo === "sha512" ? sums.sha512! : sums.sha256;
-      if (got !== opts.checksum.hex) {
-        await removePartial(paths);
-        throw new CoveError(
-          "download.checksum",
-          `checksum mismatch for ${displayUrl(url)}: expected ${opts.checksum.algo}:${
-            short(opts.checksum.hex)
-          }, got ${opts.checksum.algo}:${short(got)}`,
-          {
-            hint: "the file was corrupted or changed upstream; nothing was kept",
-            exit: ExitCode.Network,
-          },
-        );
+    return await withFileLock(paths.meta + ".lock", async () => {
+      const again = await findCached(cache, url, opts);
+      if (again && !(stale && again.digest === hit?.digest)) {
+        emit({ type: "done", url, digest: again.digest, size: again.size, cached: true });
+        return { ...again, cached: true };
       }
-    }
-    const aliases = sums.sha512 ? [`sha512:${sums.sha512}`] : [];
-    const validators = await readMeta(paths.meta);
-    const blob = await cache.commit(paths.data, sums.sha256, {
-      url,
-      aliases,
-      etag: validators?.etag,
-      lastModified: validators?.lastModified,
+      const want512 = opts.checksum?.algo === "sha512";
+      const sums = await fetchToPartial(url, paths, opts, emit, want512);
+
+      emit({ type: "verify", url });
+      if (opts.checksum) {
+        const got = opts.checksum.algo === "sha512" ? sums.sha512! : sums.sha256;
+        if (got !== opts.checksum.hex) {
+          await removePartial(paths);
+          throw new CoveError(
+            "download.checksum",
+            `checksum mismatch for ${displayUrl(url)}: expected ${opts.checksum.algo}:${
+              short(opts.checksum.hex)
+            }, got ${opts.checksum.algo}:${short(got)}`,
+            {
+              hint: "the file was corrupted or changed upstream; nothing was kept",
+              exit: ExitCode.Network,
+            },
+          );
+        }
+      }
+      const aliases = sums.sha512 ? [`sha512:${sums.sha512}`] : [];
+      const validators = await readMeta(paths.meta);
+      const blob = await cache.commit(paths.data, sums.sha256, {
+        url,
+        aliases,
+        etag: validators?.etag,
+        lastModified: validators?.lastModified,
+      });
+      await Deno.remove(paths.meta).catch(() => {});
+      emit({ type: "done", url, digest: blob.digest, size: blob.size, cached: false });
+      return { ...blob, cached: false };
     });
-    await Deno.remove(paths.meta).catch(() => {});
-    emit({ type: "done", url, digest: blob.digest, size: blob.size, cached: false });
-    return { ...blob, cached: false };
   } catch (e) {
     throw toCoveError(e, `download ${displayUrl(url)}`);
-  } finally {
-    // The lock file stays: unlinking it would let a waiter on the old inode and a
-    // newcomer on a new file both hold "the" lock.
-    lockFile.close();
   }
 }
 

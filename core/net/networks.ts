@@ -12,6 +12,7 @@
  */
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
+import { withFileLock, writeFileAtomic } from "../store/fsutil.ts";
 
 /** Where a network's traffic may go (vz: the vmnet mode; qemu networks are always host-only). */
 export type NetworkMode = "host" | "shared";
@@ -245,14 +246,7 @@ export class NetworkStore {
    * reserved like a gateway). Returned with the prefix length.
    */
   async address(name: string, vm: string): Promise<string> {
-    const lockFile = await Deno.open(join(this.path(name), "network.lock"), {
-      read: true,
-      write: true,
-      create: true,
-      mode: 0o600,
-    });
-    try {
-      await lockFile.lock(true);
+    return await withFileLock(join(this.path(name), "network.lock"), async () => {
       const info = await this.get(name);
       const c = parseCidr(info.subnet);
       let ip = info.addresses[vm];
@@ -267,15 +261,10 @@ export class NetworkStore {
         }
         info.addresses[vm] = ip;
         const file = join(this.path(name), "network.json");
-        await Deno.writeTextFile(`${file}.tmp`, JSON.stringify(info, null, 2) + "\n", {
-          mode: 0o600,
-        });
-        await Deno.rename(`${file}.tmp`, file);
+        await writeFileAtomic(file, JSON.stringify(info, null, 2) + "\n");
       }
       return `${ip}/${c.prefix}`;
-    } finally {
-      lockFile.close();
-    }
+    });
   }
 }
 

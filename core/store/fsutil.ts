@@ -1,7 +1,8 @@
 /**
  * Small file-system helpers with the store's guarantees: atomic writes
  * (temporary file, fsync, rename), private permissions, sparse files that
- * only grow, and copy-on-write or hole-preserving copies.
+ * only grow, copy-on-write or hole-preserving copies, and work under an
+ * exclusive lock file.
  * @module
  */
 import { dirname, join } from "node:path";
@@ -9,6 +10,21 @@ import { clonefile, copySparseLinux, LibcError } from "../../ffi/libc.ts";
 import { CoveError } from "../errors.ts";
 import { formatSize } from "../units.ts";
 import { isAllZero } from "../zero.ts";
+
+/**
+ * Runs `fn` holding an exclusive flock on `path` (created 0600 if absent),
+ * waiting for another holder to let go; the lock goes with the descriptor
+ * whatever happens, so a killed holder releases it.
+ */
+export async function withFileLock<T>(path: string, fn: () => Promise<T>): Promise<T> {
+  const f = await Deno.open(path, { read: true, write: true, create: true, mode: 0o600 });
+  try {
+    await f.lock(true);
+    return await fn();
+  } finally {
+    f.close();
+  }
+}
 
 /** Writes a file atomically with mode 0600. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array): Promise<void> {
