@@ -15,7 +15,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ensureDebianCloudGuest } from "../../tests/fixtures/debian_cloud_guest.ts";
+import { createFlags, ensureDebianCloudGuest } from "../../tests/fixtures/debian_cloud_guest.ts";
 import { guestAddress } from "../../core/access/address.ts";
 import { coveKeyPaths } from "../../core/access/keys.ts";
 import { readLiveStatus } from "../../core/access/status.ts";
@@ -79,14 +79,7 @@ try {
     NAME,
     "--config",
     config,
-    "--from",
-    g.disk,
-    "--kernel",
-    g.kernel,
-    "--initrd",
-    g.initrd,
-    "--cmdline",
-    g.cmdline,
+    ...createFlags(g),
   ]);
   await cove(["start", NAME]);
   started = true;

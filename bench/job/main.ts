@@ -14,7 +14,7 @@
  */
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { ensureDebianCloudGuest } from "../../tests/fixtures/debian_cloud_guest.ts";
+import { createFlags, ensureDebianCloudGuest } from "../../tests/fixtures/debian_cloud_guest.ts";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const CLI = join(ROOT, "cli", "main.ts");
@@ -83,14 +83,7 @@ try {
     "base",
     "--config",
     config,
-    "--from",
-    g.disk,
-    "--kernel",
-    g.kernel,
-    "--initrd",
-    g.initrd,
-    "--cmdline",
-    g.cmdline,
+    ...createFlags(g),
   ]);
   const job: number[] = [];
   const hand: number[] = [];

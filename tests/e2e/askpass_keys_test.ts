@@ -19,7 +19,7 @@
 import { join } from "node:path";
 import { assert, assertEquals } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
-import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { createFlags, ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { Bundle } from "../../core/store/bundle.ts";
 import { readLiveStatus } from "../../core/access/status.ts";
 import { applyDefaults } from "../../core/spec/defaults.ts";
@@ -104,14 +104,7 @@ linuxTest({
             name,
             "--config",
             config,
-            "--from",
-            g.disk,
-            "--kernel",
-            g.kernel,
-            "--initrd",
-            g.initrd,
-            "--cmdline",
-            g.cmdline,
+            ...createFlags(g),
           ], 300_000);
           assertEquals(c.code, 0, c.stderr);
           // What create and the engine's start leave for a macOS 27 guest: the

@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { assertEquals, assertMatch } from "../helpers/assert.ts";
 import { CLI, cove, ROOT } from "../helpers/cli.ts";
-import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { createFlags, ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
 /** Two host slots for three jobs: the third waits in the queue, then runs. */
@@ -124,14 +124,7 @@ linuxTest({
             "ci-base",
             "--config",
             config,
-            "--from",
-            g.disk,
-            "--kernel",
-            g.kernel,
-            "--initrd",
-            g.initrd,
-            "--cmdline",
-            g.cmdline,
+            ...createFlags(g),
           ], { env: ENV, timeoutMs: 300_000 });
           assertEquals(c.code, 0, c.stderr);
           const job = [

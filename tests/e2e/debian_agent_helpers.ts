@@ -8,7 +8,7 @@
 import { join } from "node:path";
 import { assertEquals } from "../helpers/assert.ts";
 import { type CliResult, cove } from "../helpers/cli.ts";
-import type { DebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { createFlags, type DebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
 /** A TCG boot to the agent takes a minute or two on a quiet 2-core machine; allow for a busy one. */
@@ -55,14 +55,7 @@ export async function createAndStart(
     name,
     "--config",
     file,
-    "--from",
-    g.disk,
-    "--kernel",
-    g.kernel,
-    "--initrd",
-    g.initrd,
-    "--cmdline",
-    g.cmdline,
+    ...createFlags(g),
   ], { timeoutMs: 300_000 });
   assertEquals(c.code, 0, c.stderr);
   const s = await run(home, ["start", name], { timeoutMs: 300_000 });

@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { CLI, cove } from "../helpers/cli.ts";
-import { ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
+import { createFlags, ensureDebianCloudGuest } from "../fixtures/debian_cloud_guest.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
@@ -160,14 +160,7 @@ linuxTest({
         name,
         "--config",
         config,
-        "--from",
-        g.disk,
-        "--kernel",
-        g.kernel,
-        "--initrd",
-        g.initrd,
-        "--cmdline",
-        g.cmdline,
+        ...createFlags(g),
       ], { env: ENV, timeoutMs: 300_000 });
       assertEquals(r.code, 0, r.stderr);
     };
