@@ -57,6 +57,15 @@ export interface SnapshotDisk {
   method?: CopyMethod;
 }
 
+/** A copy of one of the VM's firmware files ({@link Bundle.firmwareFiles}) in a snapshot. */
+export interface SnapshotFirmware {
+  /** The file's path as the spec gives it (relative paths are in the bundle). */
+  path: string;
+  /** File name inside the snapshot directory. */
+  file: string;
+  method?: CopyMethod;
+}
+
 /** The record of a snapshot (`snapshot.json`). */
 export interface SnapshotMeta {
   version: 1;
@@ -70,6 +79,8 @@ export interface SnapshotMeta {
   /** The spec the VM ran (or had) when the snapshot was taken. */
   spec: VmSpec;
   disks: SnapshotDisk[];
+  /** The firmware's files (EFI variables, Mac NVRAM) as they were; absent in older snapshots. */
+  firmware?: SnapshotFirmware[];
   /** Bytes the snapshot's files occupy on disk (shared copy-on-write extents count fully). */
   allocated: number;
   /** How long the guest was paused, for a running VM (ms). */
@@ -323,6 +334,22 @@ async function copyDisks(
   return out;
 }
 
+/** Copies the firmware files that exist into the staging directory; returns their records. */
+async function copyFirmware(
+  bundle: Bundle,
+  spec: VmSpec,
+  staging: string,
+): Promise<SnapshotFirmware[]> {
+  const out: SnapshotFirmware[] = [];
+  for (const [i, path] of bundle.firmwareFiles(spec).entries()) {
+    const src = bundle.resolve(path);
+    if (!(await Deno.stat(src).then((s) => s.isFile, () => false))) continue;
+    const file = bundle.snapshotFirmwareName(i);
+    out.push({ path, file, method: await cloneFile(src, join(staging, file)) });
+  }
+  return out;
+}
+
 /** Writes the record and renames the staging directory into `snapshots/TAG`. */
 async function publish(
   bundle: Bundle,
@@ -392,6 +419,7 @@ export async function saveStopped(
   await Deno.mkdir(staging, { mode: 0o700 });
   try {
     const copied = await copyDisks(bundle, disks, staging, opts.hook);
+    const firmware = await copyFirmware(bundle, spec, staging);
     const diskMs = performance.now() - t0;
     await opts.hook?.("before-publish");
     const allocated = await publish(bundle, staging, {
@@ -402,6 +430,7 @@ export async function saveStopped(
       engine,
       spec,
       disks: copied,
+      firmware,
     });
     return {
       name: bundle.name,
@@ -484,6 +513,8 @@ export async function saveRunning(
     }
     const td = performance.now();
     const copied = await copyDisks(bundle, disks, staging, opts.hook);
+    // At the same paused instant: the firmware's variables belong with these disks.
+    const firmware = await copyFirmware(bundle, spec, staging);
     diskMs = performance.now() - td;
     if (paused) {
       await vm.resume();
@@ -501,6 +532,7 @@ export async function saveRunning(
       engine,
       spec,
       disks: copied,
+      firmware,
       pausedMs: Math.round(pausedMs),
     });
     return {
@@ -620,7 +652,8 @@ export interface RestoreResult {
 
 /**
  * Restores snapshot `tag` of a stopped VM (hold the bundle lock): the disks
- * are replaced by copy-on-write copies of the snapshot's, and with memory a
+ * and firmware files are replaced by copy-on-write copies of the snapshot's,
+ * and with memory a
  * resume request makes the next run start from the snapshot's state. The
  * snapshot itself stays as it was.
  */
@@ -657,13 +690,15 @@ export async function restoreStopped(
       const target = bundle.resolve(currentSpec.disks[d.index]?.path ?? d.path);
       const tmp = bundle.restoreTempPath(target);
       await opts.hook?.("disk-copy");
-      await cloneFile(join(dir, d.file), tmp);
-      const f = await Deno.open(tmp, { read: true, write: true });
-      try {
-        await f.sync();
-      } finally {
-        f.close();
-      }
+      await cloneSynced(join(dir, d.file), tmp);
+      renames.push([tmp, target]);
+    }
+    // The firmware's variables go back with the disks they were taken with.
+    const now = bundle.firmwareFiles(currentSpec);
+    for (const [i, f] of (meta.firmware ?? []).entries()) {
+      const target = bundle.resolve(now[i] ?? f.path);
+      const tmp = bundle.restoreTempPath(target);
+      await cloneSynced(join(dir, f.file), tmp);
       renames.push([tmp, target]);
     }
     await opts.hook?.("before-swap");
@@ -681,6 +716,17 @@ export async function restoreStopped(
   await opts.hook?.("swap");
   await applyJournal(bundle, JSON.parse(await Deno.readTextFile(bundle.restoreJournalPath)));
   return { name: bundle.name, tag, memory };
+}
+
+/** Copies `src` to `dst` (copy-on-write where it can) and syncs it, before a rename puts it in place. */
+async function cloneSynced(src: string, dst: string): Promise<void> {
+  await cloneFile(src, dst);
+  const f = await Deno.open(dst, { read: true, write: true });
+  try {
+    await f.sync();
+  } finally {
+    f.close();
+  }
 }
 
 /** Removes snapshots; every tag must exist (nothing is removed otherwise). */

@@ -503,6 +503,21 @@ export class Bundle {
   snapshotDiskName(i: number): string {
     return `disk${i}.img`;
   }
+  /** The file name of the copy of the VM's i-th firmware file ({@link firmwareFiles}) in a snapshot. */
+  snapshotFirmwareName(i: number): string {
+    return `firmware${i}`;
+  }
+  /**
+   * The files the guest's firmware writes while it runs, as the spec names
+   * them: the EFI variable store of an EFI boot, the auxiliary storage (NVRAM)
+   * of a Mac. A snapshot, a clone and a push take them with the disks, at the
+   * same paused instant.
+   */
+  firmwareFiles(spec: VmSpec): string[] {
+    if (spec.boot.loader === "efi") return [spec.boot.variableStore ?? BUNDLE_FILES.efiVars];
+    if (spec.boot.loader === "macos") return [BUNDLE_FILES.auxStorage];
+    return [];
+  }
   /** The file a copy of `disks[i]` from outside the bundle takes in a clone or push copy of it. */
   copiedDiskName(i: number): string {
     return `disk${i}-copy.img`;

@@ -654,13 +654,15 @@ async function subdirs(dir: string): Promise<Deno.DirEntry[]> {
 /**
  * A consistent copy of a running VM's disks, made by its supervisor (see
  * `copyRunningDisks` in core/supervisor/client.ts): `dir` holds `disks[].file`,
- * the copies of the disks at `disks[].path`.
+ * the copies of the disks at `disks[].path`, and `firmware[].file`, the
+ * firmware's files (EFI variables, Mac NVRAM) taken at the same instant.
  */
 export interface RunningCopy {
   dir: string;
   /** True when the guest's file systems were frozen for the copy. */
   frozen: boolean;
   disks: { index: number; path: string; file: string; method: CopyMethod }[];
+  firmware?: { path: string; file: string; method: CopyMethod }[];
   /** Removes what is left of the copy (never throws). */
   release(): Promise<void>;
 }
@@ -671,8 +673,9 @@ export type CopyRunning = (from: Bundle) => Promise<RunningCopy>;
 /**
  * Copies a VM's files into a staging bundle: every file but its instance
  * files (and, unless `whole`, its spec, identity and summary, which a clone
- * writes anew). A disk of `copy` is moved in from there, never copied from
- * the running VM; a copied disk that is not a file of the bundle (a path
+ * writes anew). A disk or firmware file of `copy` is moved in from there,
+ * never copied from the running VM; a copied disk that is not a file of the
+ * bundle (a path
  * outside it) is moved in under {@link Bundle.copiedDiskName}, and
  * `relocated` says which `disks[i]` now has which path.
  */
@@ -685,12 +688,17 @@ async function copyBundleFiles(
   const real = (p: string) => Deno.realPath(p).catch(() => p);
   const pending = new Map<string, RunningCopy["disks"][number]>();
   for (const d of copy?.disks ?? []) pending.set(await real(from.resolve(d.path)), d);
+  // A firmware file outside the bundle is not the bundle's to copy: the clone names it too.
+  const firmware = new Map<string, { file: string; method: CopyMethod; what: string }>();
+  for (const f of copy?.firmware ?? []) {
+    firmware.set(await real(from.resolve(f.path)), { ...f, what: `the firmware file '${f.path}'` });
+  }
   const methods: CopyMethod[] = [];
-  const takeCopy = async (d: RunningCopy["disks"][number], dst: string) => {
+  const takeCopy = async (d: { file: string; method: CopyMethod }, what: string, dst: string) => {
     await Deno.rename(join(copy!.dir, d.file), dst).catch((e) => {
       throw new CoveError(
         "vm.control",
-        `the copy of disks[${d.index}] that the supervisor of '${from.name}' made is gone: ${
+        `the copy of ${what} that the supervisor of '${from.name}' made is gone: ${
           e instanceof Error ? e.message : e
         }`,
         { hint: "retry", exit: ExitCode.Failure },
@@ -706,15 +714,17 @@ async function copyBundleFiles(
     const dst = join(staging.dir, ent.name);
     const key = await real(src);
     const disk = pending.get(key);
+    const fw = firmware.get(key);
     if (disk) {
       pending.delete(key);
-      await takeCopy(disk, dst);
-    } else methods.push(await cloneFile(src, dst));
+      await takeCopy(disk, `disks[${disk.index}]`, dst);
+    } else if (fw) await takeCopy(fw, fw.what, dst);
+    else methods.push(await cloneFile(src, dst));
   }
   const relocated = new Map<number, string>();
   for (const d of pending.values()) {
     const name = staging.copiedDiskName(d.index);
-    await takeCopy(d, join(staging.dir, name));
+    await takeCopy(d, `disks[${d.index}]`, join(staging.dir, name));
     relocated.set(d.index, name);
   }
   return { methods, relocated };

@@ -293,6 +293,11 @@ export async function copyRunningDisks(bundle: Bundle): Promise<RunningCopy> {
       file: d.file,
       method: d.method ?? "copy",
     })),
+    firmware: (meta.firmware ?? []).map((f) => ({
+      path: f.path,
+      file: f.file,
+      method: f.method ?? "copy",
+    })),
     release: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
   };
 }

@@ -282,3 +282,50 @@ Deno.test("a running VM's qcow2 disk refuses a clone or push as a copy, saying a
     /stop 'q' to clone it \(a stopped VM is cloned whatever its disks; a push needs raw/,
   );
 });
+
+Deno.test("snapshots take the firmware's variables with the disks: a running VM's while it is paused, and a restore puts them back", () =>
+  withTempDir(async (home) => {
+    const { saveRunning } = await import("../../core/snapshot/snapshot.ts");
+    const store = new Store(home);
+    const b = await store.create("efi", {
+      spec: parseSpec(
+        "engine: qemu\nboot: { loader: efi }\ndisks: [{ path: disk.img, size: 1MiB }]\n",
+      ),
+    });
+    const spec = await b.readSpec();
+    const vars = join(b.dir, "efi-vars.fd");
+    assertEquals(b.firmwareFiles(spec), ["efi-vars.fd"]);
+    await Deno.writeTextFile(vars, "BootOrder=disk");
+    // A MOCK running VM whose firmware writes its variables once the pause is over.
+    let paused = false;
+    const vm = {
+      state: () => (paused ? "paused" as const : "running" as const),
+      pause: () => {
+        paused = true;
+        return Promise.resolve();
+      },
+      resume: async () => {
+        paused = false;
+        await Deno.writeTextFile(vars, "BootOrder=net (after the snapshot)");
+      },
+      saveState: () => Promise.resolve(),
+    };
+    const r = await saveRunning(b, spec, "qemu", vm, { tag: "live", diskOnly: true });
+    assertEquals(r.memory, false);
+    const meta = JSON.parse(await Deno.readTextFile(b.snapshotMetaPath("live")));
+    assertEquals(meta.firmware.map((f: { path: string }) => f.path), ["efi-vars.fd"]);
+    await restoreStopped(b, "live", spec, "qemu");
+    assertEquals(await Deno.readTextFile(vars), "BootOrder=disk");
+    // A stopped VM's too; a snapshot from before firmware was recorded restores the disks alone.
+    await saveStopped(b, spec, "qemu", { tag: "off" });
+    await Deno.writeTextFile(vars, "changed");
+    await restoreStopped(b, "off", spec, "qemu");
+    assertEquals(await Deno.readTextFile(vars), "BootOrder=disk");
+    delete meta.firmware;
+    await Deno.writeTextFile(b.snapshotMetaPath("live"), JSON.stringify(meta));
+    await Deno.writeTextFile(vars, "kept");
+    await restoreStopped(b, "live", spec, "qemu");
+    assertEquals(await Deno.readTextFile(vars), "kept");
+    // A kernel boot has no firmware files.
+    assertEquals(b.firmwareFiles({ ...spec, boot: { ...spec.boot, loader: "kernel" } }), []);
+  }));

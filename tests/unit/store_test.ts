@@ -321,6 +321,40 @@ Deno.test("store: a running VM is cloned and copied from its supervisor's copy o
     }
   }));
 
+Deno.test("store: a running VM's clone takes its firmware's variables from the supervisor's copy (a test double here), not from the live file", () =>
+  withTempDir(async (home) => {
+    const store = new Store(home);
+    const b = await store.create("fw", {
+      spec: parseSpec("boot: { loader: efi }\ndisks: [{ path: disk.img, size: 1MiB }]\n"),
+    });
+    await Deno.writeTextFile(join(b.dir, "efi-vars.fd"), "live variables");
+    const holder = await spawnReady("./fixtures/hold_lock.ts", [b.lockPath, "run"], {}, "locked");
+    const copier = async () => {
+      const dir = await Deno.makeTempDir({ dir: home });
+      await Deno.writeTextFile(join(dir, "disk-0"), "disk copy");
+      await Deno.writeTextFile(join(dir, "fw-0"), "variables at the copy");
+      return {
+        dir,
+        frozen: false,
+        disks: [{ index: 0, path: "disk.img", file: "disk-0", method: "copy" as const }],
+        firmware: [{ path: "efi-vars.fd", file: "fw-0", method: "copy" as const }],
+        release: () => Deno.remove(dir, { recursive: true }).catch(() => {}),
+      };
+    };
+    try {
+      const c = await store.clone("fw", "fw2", { copyRunning: copier });
+      assertEquals(
+        await Deno.readTextFile(join(c.bundle.dir, "efi-vars.fd")),
+        "variables at the copy",
+      );
+      assertEquals(await Deno.readTextFile(join(b.dir, "efi-vars.fd")), "live variables");
+    } finally {
+      holder.kill("SIGKILL");
+      await holder.status;
+      await holder.stdout.cancel().catch(() => {});
+    }
+  }));
+
 Deno.test("store: a released lock names nobody, so a probe never reads the next holder as the last one (a finished create is not 'in progress')", () =>
   withTempDir(async (home) => {
     const store = new Store(home);
