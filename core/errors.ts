@@ -97,7 +97,7 @@ export const ERROR_CODES: Readonly<Record<string, string>> = {
   "disk.none": "the VM has no disk to resize",
   "disk.not_found": "a disk named in the spec does not exist",
   "disk.outside": "a disk outside the bundle cannot be created or resized here",
-  "disk.path": "a disk path leaves the bundle or names a file cove keeps there",
+  "disk.path": "a disk or variable-store path leaves the bundle or names a file cove keeps there",
   "disk.shrink": "a disk size is smaller than the image it holds; disks only grow",
   "download.changed": "the file changed on the server while it was downloaded",
   "download.checksum": "the download does not match its checksum",

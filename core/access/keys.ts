@@ -7,6 +7,7 @@
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
 import { coveHome } from "../store/store.ts";
+import { withFileLock } from "../store/fsutil.ts";
 
 /** The paths of cove's key pair. */
 export interface CoveKey {
@@ -39,9 +40,7 @@ export async function ensureCoveKey(home = coveHome()): Promise<CoveKey> {
   if (await havePair(k)) return k;
   const dir = join(home, "ssh");
   await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const lock = await Deno.open(join(dir, ".lock"), { read: true, write: true, create: true });
-  try {
-    await lock.lock(true);
+  return await withFileLock(join(dir, ".lock"), async () => {
     if (await havePair(k)) return k; // made by another process meanwhile
     const tmp = join(dir, `.id_ed25519.${Deno.pid}.${crypto.randomUUID().slice(0, 8)}`);
     try {
@@ -55,9 +54,7 @@ export async function ensureCoveKey(home = coveHome()): Promise<CoveKey> {
       await Deno.remove(`${tmp}.pub`).catch(() => {});
     }
     return k;
-  } finally {
-    lock.close(); // releases the lock
-  }
+  });
 }
 
 /** Runs ssh-keygen to make a new pair at `path` and `path.pub`. */

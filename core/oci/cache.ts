@@ -23,7 +23,7 @@
 import { join } from "node:path";
 import { CoveError, ExitCode } from "../errors.ts";
 import type { CacheEntry, CacheProvider } from "../images/cache.ts";
-import { writeFileAtomic } from "../store/fsutil.ts";
+import { withFileLock, writeFileAtomic } from "../store/fsutil.ts";
 
 /** What `meta.json` records about a cached image. */
 export interface ImageMeta {
@@ -220,21 +220,11 @@ export class OciCache implements CacheProvider {
   async setRef(ref: string, digest: string): Promise<void> {
     if (ref.includes("@")) return;
     await this.ensure();
-    const f = await Deno.open(join(this.dir, ".refs.lock"), {
-      read: true,
-      write: true,
-      create: true,
-      mode: 0o600,
-    });
-    await f.lock(true);
-    try {
+    await withFileLock(join(this.dir, ".refs.lock"), async () => {
       const refs = await this.#readRefs();
       refs[ref] = digest;
       await writeFileAtomic(this.refsPath, JSON.stringify(refs, null, 2) + "\n");
-    } finally {
-      f.unlockSync();
-      f.close();
-    }
+    });
   }
 
   /** The digest a tag reference was last pulled as. */

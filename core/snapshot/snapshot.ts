@@ -334,6 +334,15 @@ async function copyDisks(
   return out;
 }
 
+/** Bytes the firmware files that exist occupy (for the space check). */
+async function firmwareBytes(bundle: Bundle, spec: VmSpec): Promise<number> {
+  let n = 0;
+  for (const p of bundle.firmwareFiles(spec)) {
+    n += await allocatedOf(bundle.resolve(p)).catch(() => 0);
+  }
+  return n;
+}
+
 /** Copies the firmware files that exist into the staging directory; returns their records. */
 async function copyFirmware(
   bundle: Bundle,
@@ -414,6 +423,7 @@ export async function saveStopped(
   const disks = snapshotDisks(bundle, spec);
   let need = 0;
   for (const d of disks) need += await allocatedOf(bundle.resolve(d.path));
+  need += await firmwareBytes(bundle, spec);
   await checkSpace(bundle, need, "the disk copies");
   const staging = bundle.snapshotStagingDir();
   await Deno.mkdir(staging, { mode: 0o700 });
@@ -479,6 +489,7 @@ export async function saveRunning(
   const disks = snapshotDisks(bundle, spec, opts.copy);
   let need = memory ? parseSize(spec.memory) : 0;
   for (const d of disks) need += await allocatedOf(bundle.resolve(d.path));
+  need += await firmwareBytes(bundle, spec);
   await checkSpace(bundle, need, memory ? "the memory image and disk copies" : "the disk copies");
   const staging = bundle.snapshotStagingDir();
   await Deno.mkdir(staging, { mode: 0o700 });
@@ -636,7 +647,7 @@ export async function clearResumeRequest(bundle: Bundle): Promise<void> {
 
 /** Options of {@link restoreStopped}. */
 export interface RestoreOptions {
-  /** Restore the disks only, even from a snapshot with memory. */
+  /** Restore the disks (and firmware variables) only, even from a snapshot with memory. */
   diskOnly?: boolean;
   /** Test seam: called at `disk-copy`, `before-swap` and `swap`. */
   hook?: (phase: string) => Promise<void>;
@@ -693,9 +704,11 @@ export async function restoreStopped(
       await cloneSynced(join(dir, d.file), tmp);
       renames.push([tmp, target]);
     }
-    // The firmware's variables go back with the disks they were taken with.
+    // The firmware's variables go back with the disks they were taken with (under the same
+    // boot loader: another loader's files are not these).
     const now = bundle.firmwareFiles(currentSpec);
-    for (const [i, f] of (meta.firmware ?? []).entries()) {
+    const sameLoader = meta.spec.boot.loader === currentSpec.boot.loader;
+    for (const [i, f] of (sameLoader ? meta.firmware ?? [] : []).entries()) {
       const target = bundle.resolve(now[i] ?? f.path);
       const tmp = bundle.restoreTempPath(target);
       await cloneSynced(join(dir, f.file), tmp);

@@ -150,6 +150,13 @@ const NOT_DISKS: ReadonlySet<string> = new Set([
   BUNDLE_FILES.auxStorage,
 ]);
 
+/** Names a variable store may not take: cove's own files and snapshots (efi-vars.fd is its default). */
+const NOT_VARIABLE_STORES: ReadonlySet<string> = new Set([
+  ...OWNED_FILES,
+  BUNDLE_FILES.snapshots,
+  BUNDLE_FILES.auxStorage,
+]);
+
 /** Where a disk of the spec is, and whether cove may create or grow it. */
 export interface DiskLocation {
   /** The absolute path. */
@@ -405,8 +412,26 @@ export class Bundle {
    * path is an existing file (never resized) or a new one in a directory of
    * yours that nobody else can write.
    */
-  async diskLocation(d: { path: string }, i: number): Promise<DiskLocation> {
-    const field = `disks[${i}].path`;
+  diskLocation(d: { path: string }, i: number): Promise<DiskLocation> {
+    return this.#location(d.path, `disks[${i}].path`, NOT_DISKS, "disk");
+  }
+
+  /**
+   * The same rules for an EFI variable store (`boot.variableStore`), which
+   * the firmware writes and snapshots restore: it may be `efi-vars.fd`, but
+   * no other file cove keeps.
+   */
+  variableStoreLocation(path: string): Promise<DiskLocation> {
+    return this.#location(path, "boot.variableStore", NOT_VARIABLE_STORES, "variable store");
+  }
+
+  async #location(
+    file: string,
+    field: string,
+    forbidden: ReadonlySet<string>,
+    noun: string,
+  ): Promise<DiskLocation> {
+    const d = { path: file };
     const bad = (why: string, hint: string) =>
       new CoveError("disk.path", `${field}: '${d.path}' ${why}`, { hint, exit: ExitCode.Usage });
     if (d.path === "") throw bad("is empty", "give a file name");
@@ -418,8 +443,8 @@ export class Bundle {
           "use a file name inside the VM's directory, or an absolute path",
         );
       }
-      if (NOT_DISKS.has(rel.split("/")[0])) {
-        throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+      if (forbidden.has(rel.split("/")[0])) {
+        throw bad("is a file cove keeps in the VM's directory", `give the ${noun} another name`);
       }
       const path = join(this.dir, rel);
       let exists = false;
@@ -445,8 +470,8 @@ export class Bundle {
       const home = await Deno.realPath(this.dir);
       if (real.startsWith(home + "/")) {
         const rel = real.slice(home.length + 1);
-        if (NOT_DISKS.has(rel.split("/")[0])) {
-          throw bad("is a file cove keeps in the VM's directory", "give the disk another name");
+        if (forbidden.has(rel.split("/")[0])) {
+          throw bad("is a file cove keeps in the VM's directory", `give the ${noun} another name`);
         }
         return { path: d.path, inside: true, exists: true };
       }
@@ -472,10 +497,18 @@ export class Bundle {
     return { path: d.path, inside: false, exists: false };
   }
 
-  /** Checks every disk of a spec with {@link diskLocation}. */
-  async checkDisks(spec: { disks: { path: string }[] }): Promise<DiskLocation[]> {
+  /**
+   * Checks every disk of a spec with {@link diskLocation}, and an EFI boot's
+   * variable store with {@link variableStoreLocation}.
+   */
+  async checkDisks(
+    spec: { disks: { path: string }[]; boot?: { loader?: string; variableStore?: string } },
+  ): Promise<DiskLocation[]> {
     const out: DiskLocation[] = [];
     for (const [i, d] of spec.disks.entries()) out.push(await this.diskLocation(d, i));
+    if (spec.boot?.loader === "efi" && spec.boot.variableStore) {
+      await this.variableStoreLocation(spec.boot.variableStore);
+    }
     return out;
   }
 

@@ -193,14 +193,12 @@ export class VzRunningVm implements RunningVm {
    * still queued ("starting"). The engine calls it before handing the VM out.
    */
   async settled(): Promise<void> {
-    if (this.#ending) return;
-    let now: VmState;
+    const now = async () => engineState((await this.#o.vz.state(this.#o.handle)).state);
     try {
-      now = engineState((await this.#o.vz.state(this.#o.handle)).state);
-    } catch {
-      return; // the pump reports a library that has gone away
-    }
-    if (!(await this.#caughtUp(now))) this.#setState(now);
+      if (this.#ending || (await this.#caughtUp(await now()))) return;
+      // The events never got there (or it has moved on since): the library's state now.
+      if (!this.#ending) this.#setState(await now());
+    } catch { /* the pump reports a library that has gone away */ }
   }
 
   /** Whether the state reached `target` (or the VM ended) within 5 s of events. */

@@ -1,6 +1,6 @@
 /**
  * Paths another user or the guest could control, through the real CLI:
- * disk paths are confined (a relative path stays in the bundle and names no
+ * disk paths (and an EFI variable store) are confined (a relative path stays in the bundle and names no
  * file cove keeps there; an absolute one is never resized, and a new one is
  * made only in a directory of yours), and a COVE_HOME, `vms/` or bundle
  * that another user owns or can write is refused with one line, as ssh's
@@ -30,6 +30,32 @@ Deno.test("disk paths: cove.yaml, a path out of the bundle and a grown outside f
     assertMatch(oneLine(own.stderr), /disks\[0\]\.path: 'cove\.yaml' is a file cove keeps/);
     const run = await createWith(home, "run", "disks: [{ path: run/qmp.sock, size: 1MiB }]\n");
     assertEquals(run.code, 2, run.stderr);
+    // The EFI variable store, which the firmware writes and a snapshot restore renames onto,
+    // follows the same rules; its default name is its own.
+    for (
+      const [store, why] of [["cove.yaml", "is a file cove keeps"], [
+        "../x.fd",
+        "leaves the VM's directory",
+      ]]
+    ) {
+      const r = await createWith(
+        home,
+        "vars",
+        `boot: { loader: efi, variableStore: "${store}" }\n`,
+      );
+      assertEquals(r.code, 2, r.stderr);
+      assertMatch(
+        oneLine(r.stderr),
+        new RegExp(`^cove: boot\\.variableStore: '${store.replaceAll(".", "\\.")}' ${why}`),
+      );
+    }
+    const vars = await createWith(
+      home,
+      "vars",
+      "boot: { loader: efi, variableStore: efi-vars.fd }\n",
+    );
+    assertEquals(vars.code, 0, vars.stderr);
+    assertEquals((await cove(home, ["delete", "vars"])).code, 0);
 
     const up = await createWith(home, "up", "disks: [{ path: ../../escaped.img, size: 1MiB }]\n");
     assertEquals(up.code, 2, up.stderr);
