@@ -10,6 +10,10 @@
 export interface ServedFile {
   body: Uint8Array<ArrayBuffer>;
   etag?: string;
+  /** Send no ETag at all (a server that validates by Last-Modified only). */
+  noEtag?: boolean;
+  /** Last-Modified; a request whose If-Modified-Since is this gets a 304. */
+  lastModified?: string;
   contentType?: string;
   /** Drop the connection after this many bytes for the next N full/ranged responses. */
   dropAfter?: number;
@@ -32,6 +36,7 @@ export interface SeenRequest {
   range: string | null;
   ifRange: string | null;
   ifNoneMatch: string | null;
+  ifModifiedSince: string | null;
 }
 
 /** A running loopback server. */
@@ -53,7 +58,13 @@ export function startLoopbackServer(): LoopbackServer {
     const path = new URL(req.url).pathname;
     const range = req.headers.get("Range");
     const ifRange = req.headers.get("If-Range");
-    seen.push({ path, range, ifRange, ifNoneMatch: req.headers.get("If-None-Match") });
+    seen.push({
+      path,
+      range,
+      ifRange,
+      ifNoneMatch: req.headers.get("If-None-Match"),
+      ifModifiedSince: req.headers.get("If-Modified-Since"),
+    });
     const f = files.get(path);
     if (!f) return new Response("not found", { status: 404 });
     if (f.noAnswer) {
@@ -67,14 +78,17 @@ export function startLoopbackServer(): LoopbackServer {
       });
     }
     if (f.status) return new Response(null, { status: f.status, headers: f.headers });
-    const etag = f.etag ?? `"${f.body.length}"`;
-    if (req.headers.get("If-None-Match") === etag) {
+    const etag = f.noEtag ? undefined : f.etag ?? `"${f.body.length}"`;
+    if (etag && req.headers.get("If-None-Match") === etag) {
       return new Response(null, { status: 304, headers: { ETag: etag } });
+    }
+    if (f.lastModified && req.headers.get("If-Modified-Since") === f.lastModified) {
+      return new Response(null, { status: 304, headers: { "Last-Modified": f.lastModified } });
     }
     let start = 0;
     let status = 200;
     const m = range ? /^bytes=(\d+)-$/.exec(range) : null;
-    if (m && (ifRange === null || ifRange === etag)) {
+    if (m && (ifRange === null || ifRange === (etag ?? f.lastModified))) {
       start = Number(m[1]);
       if (start >= f.body.length) {
         return new Response(null, {
@@ -88,8 +102,9 @@ export function startLoopbackServer(): LoopbackServer {
     const headers: Record<string, string> = {
       "Content-Length": String(slice.length),
       "Content-Type": f.contentType ?? "application/octet-stream",
-      "ETag": etag,
       "Accept-Ranges": "bytes",
+      ...(etag ? { ETag: etag } : {}),
+      ...(f.lastModified ? { "Last-Modified": f.lastModified } : {}),
       ...f.headers,
     };
     if (status === 206) {

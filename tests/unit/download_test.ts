@@ -138,6 +138,29 @@ Deno.test("a changed file (If-Range mismatch) restarts from zero instead of spli
   });
 });
 
+Deno.test("a server that validates by Last-Modified only: an unchanged file is a 304 and a cache hit, a changed one is fetched anew", async () => {
+  await withEnv(async ({ cache, srv, body }) => {
+    const url = `${srv.base}/dated.img`;
+    const may = "Fri, 01 May 2026 10:00:00 GMT";
+    srv.files.set("/dated.img", { body, noEtag: true, lastModified: may });
+    const first = await download(url, { cache });
+    assertEquals(first.cached, false);
+    const again = await download(url, { cache });
+    assertEquals(again.cached, true);
+    assertEquals(srv.seen.at(-1)!.ifModifiedSince, may);
+    assertEquals(srv.seen.at(-1)!.ifNoneMatch, null);
+    const fresh = pseudoRandomBytes(SIZE, 42);
+    srv.files.set("/dated.img", {
+      body: fresh,
+      noEtag: true,
+      lastModified: "Mon, 01 Jun 2026 10:00:00 GMT",
+    });
+    const changed = await download(url, { cache });
+    assertEquals(changed.cached, false);
+    assertEquals(changed.digest, `sha256:${sha("sha256", fresh)}`);
+  });
+});
+
 Deno.test("a checksum mismatch gives one line and leaves no cache entry and no partial", async () => {
   await withEnv(async ({ cache, srv, body }) => {
     srv.files.set("/bad.img", { body });
