@@ -160,6 +160,27 @@ linuxTest(
         assertEquals(body!.trim(), HTTP_BODY);
       });
 
+      await t.step(
+        "cove ssh --wait against a guest with no sshd gives up at its bound with cove's one line, exit 4",
+        async () => {
+          // The tiny guest runs no sshd: the forward to its port 22 never shows an SSH banner.
+          const t0 = Date.now();
+          const r = await run(home, ["ssh", name, "--wait", "3s", "--", "true"]);
+          const took = Date.now() - t0;
+          assertEquals(r.code, 4, r.stderr);
+          const lines = r.stderr.trim().split("\n");
+          assertEquals(lines.length, 1, r.stderr);
+          assertMatch(
+            lines[0],
+            new RegExp(
+              `^cove: VM '${name}' did not accept ssh within 3s \\(wait longer with --wait`,
+            ),
+          );
+          // Bounded by --wait, not by ssh's own timeouts or a hang (generous for a loaded host).
+          assert(took < 60_000, `took ${took} ms`);
+        },
+      );
+
       await t.step("pause stops the guest and resume brings it back", async () => {
         const p = await run(home, ["pause", name]);
         assertEquals(p.code, 0, p.stderr);
