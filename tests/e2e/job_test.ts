@@ -117,7 +117,7 @@ linuxTest({
       });
 
       await t.step(
-        "a passing job (--env, --artifact, --format json) and a failing job keep their exit codes",
+        "a passing job (--env, --artifact, --format json) and a failing job keep their exit codes; a job past its --timeout is cove's 206",
         async () => {
           const art = join(home, "artifacts");
           const pass = spawnCove(home, [
@@ -152,7 +152,23 @@ linuxTest({
             "-c",
             "echo failing; exit 7",
           ]);
-          const [p, f] = await Promise.all([pass.done, fail.done]);
+          // A third job runs past its --timeout: cove's 206, and its VM goes too (it waits for a
+          // slot while the other two run, when the host has two).
+          const late = spawnCove(home, [
+            "job",
+            "run",
+            "--from",
+            base,
+            "--name",
+            "job-late",
+            "--timeout",
+            "10s",
+            "--",
+            "sh",
+            "-c",
+            "echo started late; sleep 600",
+          ]);
+          const [p, f, l] = await Promise.all([pass.done, fail.done, late.done]);
           assertEquals(p.code, 0, pass.stderr());
           const lines = pass.stdout().trim().split("\n");
           assertEquals(lines[0], "job says hello from the host");
@@ -176,6 +192,9 @@ linuxTest({
 
           assertEquals(f.code, 7, fail.stderr());
           assertEquals(fail.stdout(), "failing\n");
+          assertEquals(l.code, 206, late.stderr());
+          assertEquals(late.stdout(), "started late\n");
+          assertMatch(late.stderr(), /the job ran past --timeout 10s and was stopped/);
           assertEquals(await vmNames(home), [base]);
         },
       );
