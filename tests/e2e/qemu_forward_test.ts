@@ -21,12 +21,11 @@ import {
   qemuPids,
   READY_MARKER,
   TEST_ENV,
+  typeInto,
+  typeUntil,
   waitFor,
   waitForConsole,
 } from "./qemu_helpers.ts";
-import { Store } from "../../core/store/store.ts";
-import { controlSocketTarget } from "../../core/supervisor/paths.ts";
-import { httpRequest } from "../../core/supervisor/http.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
 function has(path: string): boolean {
@@ -98,14 +97,6 @@ async function probe<T>(...args: string[]): Promise<T> {
     ...args,
   );
   return JSON.parse(text.trim().split("\n").pop()!) as T;
-}
-
-async function typeInto(home: string, name: string, line: string): Promise<void> {
-  const b = new Store(home).bundle(name);
-  const r = await httpRequest(await controlSocketTarget(b), "POST", "/console/input", {
-    data: line + "\n",
-  });
-  if (r.status !== 200) throw new Error(`console input to ${name}: ${r.status}`);
 }
 
 function count(text: string, needle: string): number {
@@ -279,14 +270,14 @@ linuxTest({
 
       await t.step("64 MiB come through byte-identically on both paths", async () => {
         for (const vm of ["tap", "user"]) {
-          await typeInto(
+          await typeUntil(
             home,
             vm,
             "ln -sf /mnt/data/big.bin /www/big; echo BIG-READY-$((6*7))",
+            "BIG-READY-42",
+            180_000,
           );
         }
-        await waitForConsole(home, "tap", "BIG-READY-42", 180_000);
-        await waitForConsole(home, "user", "BIG-READY-42", 180_000);
         const viaProxy = await probe<{ length: number; sha256: string }>(
           "http",
           "127.0.0.1",

@@ -10,6 +10,9 @@ import { join } from "node:path";
 import { type CliResult, cove } from "../helpers/cli.ts";
 import { ensureTinyGuest, type TinyGuest } from "../fixtures/tinyguest.ts";
 import { Bundle } from "../../core/store/bundle.ts";
+import { Store } from "../../core/store/store.ts";
+import { controlSocketTarget } from "../../core/supervisor/paths.ts";
+import { httpRequest } from "../../core/supervisor/http.ts";
 
 export {
   BOOT_MARKER,
@@ -107,6 +110,47 @@ export async function consoleLog(home: string, name: string): Promise<string> {
   } catch {
     return "";
   }
+}
+
+/** Types `line` and a newline on a running VM's serial console, through its supervisor. */
+export async function typeInto(home: string, name: string, line: string): Promise<void> {
+  const b = new Store(home).bundle(name);
+  const r = await httpRequest(await controlSocketTarget(b), "POST", "/console/input", {
+    data: line + "\n",
+  });
+  if (r.status !== 200) throw new Error(`console input to ${name}: ${r.status}`);
+}
+
+/**
+ * Types `line` until `marker` appears on the console after it, again every
+ * `everyMs`: the tiny guest's shell starts a moment after its ready marker,
+ * and its line editor drops what was typed before it read. So `line` must
+ * be safe to run twice.
+ */
+export async function typeUntil(
+  home: string,
+  name: string,
+  line: string,
+  marker: string,
+  timeoutMs = 60_000,
+  everyMs = 10_000,
+): Promise<void> {
+  const from = (await consoleLog(home, name)).length;
+  const deadline = Date.now() + timeoutMs;
+  let next = 0;
+  while (Date.now() < deadline) {
+    if (Date.now() >= next) {
+      await typeInto(home, name, line);
+      next = Date.now() + everyMs;
+    }
+    if ((await consoleLog(home, name)).slice(from).includes(marker)) return;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(
+    `'${marker}' did not appear on ${name}'s console within ${
+      timeoutMs / 1000
+    }s of typing '${line}':\n${(await consoleLog(home, name)).slice(-2000)}`,
+  );
 }
 
 /** Waits until console.log contains `text`. */

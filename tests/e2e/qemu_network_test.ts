@@ -6,10 +6,15 @@ import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { ensureNetGuest } from "../fixtures/netguest.ts";
 import { canBuildNetGuest } from "../fixtures/netguest.ts";
-import { BOOT_TIMEOUT_MS, consoleLog, READY_MARKER, run, waitForConsole } from "./qemu_helpers.ts";
-import { Store } from "../../core/store/store.ts";
-import { controlSocketTarget } from "../../core/supervisor/paths.ts";
-import { httpRequest } from "../../core/supervisor/http.ts";
+import {
+  BOOT_TIMEOUT_MS,
+  consoleLog,
+  READY_MARKER,
+  run,
+  typeInto,
+  typeUntil,
+  waitForConsole,
+} from "./qemu_helpers.ts";
 import { freePort } from "../helpers/oci_registry.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
@@ -23,14 +28,6 @@ function hostLacks(): string | undefined {
   }
   if (!canBuildNetGuest()) return "the network guest needs a C compiler (cc)";
   return undefined;
-}
-
-async function typeInto(home: string, name: string, line: string): Promise<void> {
-  const b = new Store(home).bundle(name);
-  const r = await httpRequest(await controlSocketTarget(b), "POST", "/console/input", {
-    data: line + "\n",
-  });
-  if (r.status !== 200) throw new Error(`console input to ${name}: ${r.status}`);
 }
 
 async function createOn(
@@ -121,10 +118,19 @@ linuxTest({
       });
 
       await t.step("the two members ping each other", async () => {
-        await typeInto(home, "a", "ping -c 3 -W 3 10.252.0.3 >/dev/null && echo PING-OK-$((40+2))");
-        await typeInto(home, "b", "ping -c 3 -W 3 10.252.0.2 >/dev/null && echo PING-OK-$((40+2))");
-        await waitForConsole(home, "a", "PING-OK-42", 60_000);
-        await waitForConsole(home, "b", "PING-OK-42", 60_000);
+        // The first lines typed after boot: typeUntil types again if the shell was not reading yet.
+        await typeUntil(
+          home,
+          "a",
+          "ping -c 3 -W 3 10.252.0.3 >/dev/null && echo PING-OK-$((40+2))",
+          "PING-OK-42",
+        );
+        await typeUntil(
+          home,
+          "b",
+          "ping -c 3 -W 3 10.252.0.2 >/dev/null && echo PING-OK-$((40+2))",
+          "PING-OK-42",
+        );
       });
 
       await t.step("a file served by one member arrives intact at the other", async () => {
