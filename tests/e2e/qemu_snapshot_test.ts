@@ -10,7 +10,6 @@
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { CLI, ROOT } from "../helpers/cli.ts";
-import { httpRequest } from "../../core/supervisor/http.ts";
 import {
   cleanupHome,
   consoleLog,
@@ -20,8 +19,8 @@ import {
   run,
   supervisorPids,
   TEST_ENV,
+  typeUntil,
   waitFor,
-  waitForConsole,
 } from "./qemu_helpers.ts";
 import { linuxTest } from "../helpers/guard.ts";
 
@@ -45,20 +44,14 @@ async function waitCount(home: string, name: string, n: number, timeoutMs = 120_
   );
 }
 
-/** Types a line on the guest's serial console through the control API. */
-async function typeLine(home: string, name: string, line: string): Promise<void> {
-  const res = await httpRequest(join(home, "vms", name, "control.sock"), "POST", "/console/input", {
-    data: `\n${line}\n`,
-  }, { timeoutMs: 5000 });
-  assertEquals(res.status, 200);
-}
-
-/** Runs a shell command in the guest and waits for the marker it prints when done. */
+/**
+ * Runs a shell command in the guest and waits for the marker it prints when done, typing it
+ * again if the guest's shell was not reading yet (the command must be safe to run twice).
+ */
 async function guestRun(home: string, name: string, cmd: string, marker: string): Promise<void> {
   // The marker is printed with $((...)), so the echoed command line does not contain it.
   const [pre, n] = marker.split("#");
-  await typeLine(home, name, `${cmd}; echo ${pre}$((${n}+0))`);
-  await waitForConsole(home, name, `${pre}${n}`, 60_000);
+  await typeUntil(home, name, `\n${cmd}; echo ${pre}$((${n}+0))`, `${pre}${n}`);
 }
 
 async function ok(home: string, args: string[], env: Record<string, string> = {}) {
