@@ -92,6 +92,7 @@ export {
   type FirstBootEvent,
   getVm,
   type GetVmOptions,
+  kernelBootNote,
   type RegistryFlags,
   setVm,
   type SetVmOptions,

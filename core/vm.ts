@@ -213,6 +213,11 @@ export interface CloneVmOptions extends RegistryFlags {
   onRunningCopy?: (frozen: boolean) => void;
 }
 
+/** The line `cove push` prints on stderr for a VM that boots a kernel file (PushResult.kernelBoot). */
+export function kernelBootNote(name: string): string {
+  return `'${name}' boots a kernel file (boot.loader: kernel), which a Tart image does not carry: where it is pulled it boots its disk with EFI, so the disk needs a bootloader for that`;
+}
+
 /** The line that says how a running VM's disks were copied (for a clone or a push). */
 export function copyNote(name: string, frozen: boolean): string {
   return frozen

@@ -116,7 +116,9 @@ export function register(program: Command): void {
     .option("--concurrency <n>", "layers compressed and uploaded at once (1 to 64)", "4")
     .option("--format <format>", FORMAT_HELP, parseFormat, "text" as const)
     .action(async (name, refs, opts) => {
-      const { Store, copyNote, pushVm, formatSize, parseFlag } = await import("../../mod.ts");
+      const { Store, copyNote, kernelBootNote, pushVm, formatSize, parseFlag } = await import(
+        "../../mod.ts"
+      );
       const { pct, progressLine } = await import("../progress.ts");
       const concurrency = parseFlag("--concurrency", opts.concurrency);
       const store = new Store();
@@ -145,6 +147,7 @@ export function register(program: Command): void {
         bar.end();
       }
       if (res.frozen !== undefined) log(copyNote(name, res.frozen));
+      if (res.kernelBoot) log(kernelBootNote(name));
       if (opts.format === "json") outJson(res);
       else for (const p of res.pushed) out(`pushed ${p}`);
     });

@@ -91,6 +91,11 @@ export interface PushResult {
    * this says whether its file systems were frozen (through its agent) for the copy.
    */
   frozen?: boolean;
+  /**
+   * Set when the VM boots a kernel file (boot.loader: kernel): a Tart image
+   * carries no kernel, so where it is pulled it boots its disk with EFI.
+   */
+  kernelBoot?: boolean;
 }
 
 /** Digests of a disk's chunks as pushed before, valid while the file is unchanged. */
@@ -413,5 +418,6 @@ async function pushBundle(
     layers: chunks.length,
     skipped: progress.skipped,
     uploaded: progress.uploaded,
+    ...(spec.boot.loader === "kernel" ? { kernelBoot: true } : {}),
   };
 }

@@ -2,15 +2,18 @@
  * `cove job run` faults, under TCG with the tiny busybox guest
  * (tests/fixtures/tinyguest.ts), which boots in seconds and has no sshd:
  * a VM that cannot boot (its kernel is garbage) exits 202, a VM that never
- * answers ssh exits 203, a job whose slot never frees exits 205; each is
- * one line, and no job VM is left behind. `--keep-on-failure` keeps it.
+ * answers ssh exits 203 (also when it comes from a registry reference,
+ * pulled once into the cache), a job whose slot never frees exits 205;
+ * each is one line, and no job VM is left behind. `--keep-on-failure`
+ * keeps it.
  * @module
  */
 import { join } from "node:path";
-import { assertEquals, assertMatch } from "../helpers/assert.ts";
+import { assert, assertEquals, assertMatch } from "../helpers/assert.ts";
 import { cove } from "../helpers/cli.ts";
 import { ensureTinyGuest, tinyGuestCreateArgs } from "../fixtures/tinyguest.ts";
 import { linuxTest } from "../helpers/guard.ts";
+import { startRegistry } from "../helpers/oci_registry.ts";
 
 const ENV = { COVE_QEMU_ACCEL: "tcg" };
 
@@ -20,7 +23,7 @@ async function names(home: string): Promise<string[]> {
 }
 
 linuxTest({
-  needs: "boots the tiny guest under QEMU",
+  needs: "boots the tiny guest under QEMU and runs Debian's docker-registry",
   name:
     "cove job run: a VM that cannot boot exits 202, one that never answers ssh exits 203, a full host exits 205 after --queue-timeout; nothing is left behind",
   sanitizeResources: false,
@@ -77,6 +80,45 @@ linuxTest({
           assertEquals(typeof rec.times.boot, "number");
           assertEquals(JSON.parse(r.stderr.trim()).error.code, "job.ready");
           assertEquals(await names(home), ["broken", "tiny"]);
+        },
+      );
+
+      await t.step(
+        "a job from a registry reference: pulled into the cache once, run in a clone of it; its failure (203 here: no sshd) leaves no VM",
+        async () => {
+          const reg = await startRegistry();
+          try {
+            const ref = `${reg.host}/cove/tiny:1`;
+            const push = await cove(home, ["push", "tiny", ref, "--insecure"], {
+              env: ENV,
+              timeoutMs: 180_000,
+            });
+            assertEquals(push.code, 0, push.stderr);
+            // The tiny guest boots a kernel file, which the image does not carry: push says so.
+            assertMatch(
+              push.stderr,
+              /'tiny' boots a kernel file \(boot\.loader: kernel\), which a Tart image does not carry/,
+            );
+            const env = { ...ENV, COVE_INSECURE_REGISTRIES: reg.host };
+            const args = ["job", "run", "--from", ref, "--ready-timeout", "5s", "--", "true"];
+            const r = await cove(home, args, { env, timeoutMs: 180_000 });
+            assertEquals(r.code, 203, r.stderr);
+            const lines = r.stderr.trim().split("\n");
+            assertEquals(lines[0], `cove: pulled ${ref} into the cache`);
+            assertMatch(
+              lines.at(-1)!,
+              /^cove: the job's VM 'job-[0-9a-f]{8}' did not answer ssh within 5s/,
+            );
+            assertEquals(await names(home), ["broken", "tiny"]);
+            // The second job takes the cached image: no second pull.
+            const again = await cove(home, args, { env, timeoutMs: 180_000 });
+            assertEquals(again.code, 203, again.stderr);
+            assert(!again.stderr.includes("pulled"), again.stderr);
+            const refs = await cove(home, ["image", "ls", "--format", "json"], { env });
+            assertMatch(refs.stdout, new RegExp(ref.replaceAll(".", "\\.")));
+          } finally {
+            await reg.stop();
+          }
         },
       );
 
