@@ -150,12 +150,10 @@ const NOT_DISKS: ReadonlySet<string> = new Set([
   BUNDLE_FILES.auxStorage,
 ]);
 
-/** Names a variable store may not take: cove's own files and snapshots (efi-vars.fd is its default). */
-const NOT_VARIABLE_STORES: ReadonlySet<string> = new Set([
-  ...OWNED_FILES,
-  BUNDLE_FILES.snapshots,
-  BUNDLE_FILES.auxStorage,
-]);
+/** Names a variable store may not take: those a disk may not, but efi-vars.fd, its default. */
+const NOT_VARIABLE_STORES: ReadonlySet<string> = new Set(
+  [...NOT_DISKS].filter((n) => n !== BUNDLE_FILES.efiVars),
+);
 
 /** Where a disk of the spec is, and whether cove may create or grow it. */
 export interface DiskLocation {
@@ -431,12 +429,11 @@ export class Bundle {
     forbidden: ReadonlySet<string>,
     noun: string,
   ): Promise<DiskLocation> {
-    const d = { path: file };
     const bad = (why: string, hint: string) =>
-      new CoveError("disk.path", `${field}: '${d.path}' ${why}`, { hint, exit: ExitCode.Usage });
-    if (d.path === "") throw bad("is empty", "give a file name");
-    if (!isAbsolute(d.path)) {
-      const rel = normalize(d.path);
+      new CoveError("disk.path", `${field}: '${file}' ${why}`, { hint, exit: ExitCode.Usage });
+    if (file === "") throw bad("is empty", "give a file name");
+    if (!isAbsolute(file)) {
+      const rel = normalize(file);
       if (rel === ".." || rel.startsWith("../") || rel === "." || isAbsolute(rel)) {
         throw bad(
           "leaves the VM's directory",
@@ -461,25 +458,25 @@ export class Bundle {
       return { path, inside: true, exists };
     }
     try {
-      const st = await Deno.stat(d.path);
+      const st = await Deno.stat(file);
       if (!st.isFile && !st.isBlockDevice) {
         throw bad("is not a file", "give an image file or a block device");
       }
       // An absolute path into this bundle follows the rules of a relative one.
-      const real = await Deno.realPath(d.path);
+      const real = await Deno.realPath(file);
       const home = await Deno.realPath(this.dir);
       if (real.startsWith(home + "/")) {
         const rel = real.slice(home.length + 1);
         if (forbidden.has(rel.split("/")[0])) {
           throw bad("is a file cove keeps in the VM's directory", `give the ${noun} another name`);
         }
-        return { path: d.path, inside: true, exists: true };
+        return { path: file, inside: true, exists: true };
       }
-      return { path: d.path, inside: false, exists: true };
+      return { path: file, inside: false, exists: true };
     } catch (e) {
       if (e instanceof CoveError) throw e;
     }
-    const parent = dirname(d.path);
+    const parent = dirname(file);
     let st: Deno.FileInfo;
     try {
       st = await Deno.stat(parent);
@@ -494,7 +491,7 @@ export class Bundle {
         "create the image yourself, or put it in a directory of yours",
       );
     }
-    return { path: d.path, inside: false, exists: false };
+    return { path: file, inside: false, exists: false };
   }
 
   /**

@@ -675,9 +675,8 @@ export type CopyRunning = (from: Bundle) => Promise<RunningCopy>;
  * files (and, unless `whole`, its spec, identity and summary, which a clone
  * writes anew). A disk or firmware file of `copy` is moved in from there,
  * never copied from the running VM; a copied disk that is not a file of the
- * bundle (a path
- * outside it) is moved in under {@link Bundle.copiedDiskName}, and
- * `relocated` says which `disks[i]` now has which path.
+ * bundle (a path outside it) is moved in under {@link Bundle.copiedDiskName},
+ * and `relocated` says which `disks[i]` now has which path.
  */
 async function copyBundleFiles(
   from: Bundle,
